@@ -1,0 +1,39 @@
+"""The embedded Airflow configuration shared by the demo, the UI command and the tests.
+
+SQLite metadata DB + LocalExecutor + this repo's dags/ and plugins/, examples off, a small worker pool
+for a 2-core machine. ``python scripts/airflow_env.py AIRFLOW_HOME`` prints shell exports.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def airflow_env(airflow_home: Path | str, landing: Path | str | None = None) -> dict[str, str]:
+    home = Path(airflow_home).resolve()
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "CDP_LANDING_DIR": str(Path(landing).resolve() if landing else home / "landing"),
+        "CDP_STAGING_DIR": str(home / "staging"),
+        "PYTHONPATH": str(ROOT / "plugins"),
+    }
+
+
+if __name__ == "__main__":
+    for key, value in airflow_env(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None).items():
+        sys.stdout.write(f"export {key}='{value}'\n")
