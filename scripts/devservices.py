@@ -89,7 +89,7 @@ def _chown_tree(path: Path, user: pwd.struct_passwd | None) -> None:
 
 def _http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - loopback URL we built
+        with urllib.request.urlopen(url, timeout=2) as r:
             return 200 <= r.status < 500
     except urllib.error.HTTPError as e:
         return e.code < 500
@@ -125,7 +125,7 @@ class Harness:
     def _spawn(self, name: str, argv: list[str], *, user: pwd.struct_passwd | None = None,
                env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[subprocess.Popen, Path]:
         log_file = self.run_dir / f"{name}.log"
-        out = open(log_file, "ab")  # noqa: SIM115 - handed to the child
+        out = open(log_file, "ab")
         kwargs: dict = {}
         if user is not None:
             kwargs.update(user=user.pw_uid, group=user.pw_gid, extra_groups=[])
@@ -368,7 +368,8 @@ LogLevel VERBOSE
                                      "login": "postgres", "schema": "postgres"}
         if "smtp" in s:
             conns["cdp_smtp"] = {"conn_type": "smtp", "host": "127.0.0.1", "port": s["smtp"].port,
-                                 "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "cdp-ingest@localhost"}}
+                                 "extra": {"disable_ssl": True, "disable_tls": True,
+                                           "from_email": "cdp-ingest@localhost"}}
         if "webhook" in s:
             conns["cdp_webhook"] = {"conn_type": "http", "host": s["webhook"].info["url"],
                                     "password": s["webhook"].info["token"]}

@@ -27,10 +27,10 @@ def make_handler(inbox: Path, token: str):
             self.end_headers()
             self.wfile.write(data)
 
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             self._reply(200 if self.path == "/health" else 404, {"ok": self.path == "/health"})
 
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             if self.headers.get("Authorization") != f"Bearer {token}":
                 return self._reply(401, {"error": "missing or wrong bearer token"})
             length = int(self.headers.get("Content-Length") or 0)
@@ -49,7 +49,7 @@ def make_handler(inbox: Path, token: str):
             return self._reply(200, {"received": n})
 
         def log_message(self, fmt, *args):  # keep the log to one line per request
-            print(fmt % args, flush=True)  # noqa: T201
+            print(fmt % args, flush=True)
 
     return Handler
 

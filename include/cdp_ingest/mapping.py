@@ -1,0 +1,327 @@
+"""Mapping files (YAML): source columns → dotted paths of Tracardi documents (SPEC §6).
+
+Example (``include/cdp_ingest/mappings/demo-events.yaml`` is a complete one)::
+
+    kind: event                    # profile | session | event
+    source_id: crm-export          # events: source.id
+    id_column: insert_id           # events/sessions: natural key; default = hash(unit, row number)
+    identity: [email]              # first non-empty column gives the profile id (profiles: required)
+    session_column: session_id     # events: session.id
+    time: {column: ts, format: epoch}     # epoch | epoch_ms | iso | a strftime pattern
+    event_type: {column: event}           # or {value: purchase}
+    fields:
+      first name: data.pii.firstname                        # short form: "column: target"
+      age: {target: data.pii.attributes.age, type: INTEGER}
+      email: {target: data.contact.email, required: true, validate: email}
+      plan: {target: traits.plan, default: free}
+    defaults: {data.pii.language.native: en}                # constants set on every document
+    derived: {data.pii.name: "{first name} {last name}"}    # templates over source columns
+    unmapped: properties           # ignore | properties | traits (default: ignore)
+
+A ``Mapper`` turns one source row (column → text) into a ``Mapped`` result or raises ``RowError``
+with one failure description. It holds no per-file state, so rows can be mapped in any worker.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import string
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cdp_ingest.coerce import COERCERS, DATE_PREFIX, parse_epoch_datetime
+from cdp_ingest.documents import KINDS, deterministic_id, new_document, set_path
+from cdp_ingest.errors import MappingError, RowError
+
+TYPES = ("STRING", "INTEGER", "LONG", "FLOAT", "BOOLEAN", "DATETIME")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+PHONE_RE = re.compile(r"^\+[1-9]\d{7,14}$")
+_PHONE_STRIP = str.maketrans("", "", " -().")
+VALIDATORS = ("email", "phone")
+TARGET_ROOTS = {
+    "profile": {"data", "traits", "aux", "interests", "consents", "segments", "stats", "active"},
+    "session": {"device", "os", "app", "utm", "context", "properties", "traits", "aux", "metadata"},
+    "event": {"properties", "traits", "context", "device", "os", "app", "utm", "hit", "data", "aux", "request",
+              "config", "tags", "metadata"},
+}
+
+
+@functools.lru_cache(maxsize=65536)
+def profile_id_for(identity: str) -> str:
+    """The profile id every source derives from the same identity value (cached: identities repeat
+    across the rows of a file, and uuid5 is one of the costlier steps per row)."""
+    return deterministic_id("identity", identity)
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    column: str
+    target: str
+    type: str = "STRING"
+    required: bool = False
+    default: Any = None
+    validate: str | None = None
+
+
+@dataclass
+class Mapped:
+    """One mapped row: a full document (events, sessions) or profile operations (profiles)."""
+
+    kind: str
+    doc_id: str
+    document: dict | None = None
+    operations: list[tuple[str, str, Any]] = field(default_factory=list)
+    when: datetime | None = None
+
+
+@dataclass
+class Mapping:
+    kind: str
+    fields: list[FieldRule]
+    source_id: str = "cdp-ingest"
+    id_column: str | None = None
+    identity: list[str] = field(default_factory=list)
+    session_column: str | None = None
+    time_column: str | None = None
+    time_format: str = "epoch"
+    event_type_column: str | None = None
+    event_type_value: str | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+    derived: dict[str, str] = field(default_factory=dict)
+    unmapped: str = "ignore"
+    name: str = "mapping"
+
+    # ---- loading ----------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path) -> Mapping:
+        p = Path(path)
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as e:
+            raise MappingError(f"mapping {p.name}: cannot read YAML: {e}") from e
+        return cls.from_dict(raw, name=p.stem)
+
+    @classmethod
+    def from_dict(cls, raw: Any, name: str = "mapping") -> Mapping:
+        def fail(msg: str) -> MappingError:
+            return MappingError(f"mapping {name}: {msg}")
+
+        if not isinstance(raw, dict):
+            raise fail("must be a YAML mapping at top level")
+        known = {"kind", "fields", "source_id", "id_column", "identity", "session_column", "time", "event_type",
+                 "defaults", "derived", "unmapped"}
+        unknown = set(raw) - known
+        if unknown:
+            raise fail(f"unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+        kind = raw.get("kind")
+        if kind not in KINDS:
+            raise fail(f"kind must be one of {KINDS}, not {kind!r}")
+        rules = []
+        for column, spec in (raw.get("fields") or {}).items():
+            if isinstance(spec, str):
+                spec = {"target": spec}
+            if not isinstance(spec, dict) or not isinstance(spec.get("target"), str):
+                raise fail(f"field {column!r} needs a target path")
+            extra = set(spec) - {"target", "type", "required", "default", "validate"}
+            if extra:
+                raise fail(f"field {column!r}: unknown options {sorted(extra)}")
+            ftype = str(spec.get("type", "STRING")).upper()
+            if ftype not in TYPES:
+                raise fail(f"field {column!r}: type must be one of {TYPES}")
+            if spec.get("validate") not in (None, *VALIDATORS):
+                raise fail(f"field {column!r}: validate must be one of {VALIDATORS}")
+            _check_target(kind, spec["target"], fail)
+            rules.append(FieldRule(str(column), spec["target"], ftype, bool(spec.get("required", False)),
+                                   spec.get("default"), spec.get("validate")))
+        identity = raw.get("identity") or []
+        identity = [identity] if isinstance(identity, str) else list(identity)
+        if kind == "profile" and not identity:
+            raise fail("a profile mapping needs identity: [column, ...]")
+        time_spec = raw.get("time") or {}
+        if isinstance(time_spec, str):
+            time_spec = {"column": time_spec}
+        et = raw.get("event_type") or {}
+        if isinstance(et, str):
+            et = {"value": et}
+        if kind == "event" and not (et.get("column") or et.get("value")):
+            raise fail("an event mapping needs event_type: {column: ...} or {value: ...}")
+        unmapped = raw.get("unmapped", "ignore")
+        if unmapped not in ("ignore", "properties", "traits"):
+            raise fail("unmapped must be ignore, properties or traits")
+        for target in (raw.get("defaults") or {}):
+            _check_target(kind, target, fail)
+        derived = raw.get("derived") or {}
+        for target, template in derived.items():
+            _check_target(kind, target, fail)
+            try:
+                list(string.Formatter().parse(template))
+            except ValueError as e:
+                raise fail(f"derived {target!r}: bad template: {e}") from e
+        return cls(kind=kind, fields=rules, source_id=str(raw.get("source_id", "cdp-ingest")),
+                   id_column=raw.get("id_column"), identity=identity, session_column=raw.get("session_column"),
+                   time_column=time_spec.get("column"), time_format=time_spec.get("format", "epoch"),
+                   event_type_column=et.get("column"), event_type_value=et.get("value"),
+                   defaults=dict(raw.get("defaults") or {}), derived=dict(derived), unmapped=unmapped, name=name)
+
+    def source_columns(self) -> set[str]:
+        cols = {r.column for r in self.fields} | set(self.identity)
+        for c in (self.id_column, self.session_column, self.time_column, self.event_type_column):
+            if c:
+                cols.add(c)
+        for template in self.derived.values():
+            cols.update(f for _, f, _, _ in string.Formatter().parse(template) if f)
+        return cols
+
+    def check_header(self, header: list[str]) -> None:
+        """Fail the whole file early when a column the mapping needs is not in the header."""
+        required = {r.column for r in self.fields if r.required} | set(self.identity[:1])
+        for c in (self.id_column, self.time_column, self.event_type_column):
+            if c:
+                required.add(c)
+        missing = sorted(required - set(header))
+        if missing:
+            from cdp_ingest.errors import FileLevelError
+
+            raise FileLevelError("bad_mapping", f"columns required by mapping {self.name} are not in the header: "
+                                                f"{', '.join(missing)}")
+
+
+def _check_target(kind: str, target: str, fail) -> None:
+    if not re.fullmatch(r"[A-Za-z_][\w-]*(\.[\w-]+)*", target):
+        raise fail(f"target {target!r} is not a dotted path")
+    if target.split(".")[0] not in TARGET_ROOTS[kind]:
+        raise fail(f"target {target!r}: a {kind} can only be mapped under {sorted(TARGET_ROOTS[kind])}")
+
+
+def parse_time(text: str, fmt: str, column: str) -> datetime:
+    t = text.strip()
+    if t.startswith(DATE_PREFIX) or fmt == "epoch":
+        return parse_epoch_datetime(t, column)
+    try:
+        if fmt == "epoch_ms":
+            return parse_epoch_datetime(str(float(t) / 1000), column)
+        dt = datetime.fromisoformat(t.replace("Z", "+00:00")) if fmt == "iso" else datetime.strptime(t, fmt)
+    except ValueError:
+        raise RowError(f"column '{column}': not a datetime in format {fmt}") from None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+class Mapper:
+    """Applies a ``Mapping`` to rows. ``unit_key`` names the source unit for default ids."""
+
+    def __init__(self, mapping: Mapping, *, unit_key: str, now: datetime):
+        self.m = mapping
+        self.unit_key = unit_key
+        self.now = now
+        self._mapped_columns = mapping.source_columns()
+        self._unmapped_targets: dict[str, str | None] = {}  # column -> target, filled on first sight
+        self._event_names: dict[str, str] = {}
+
+    def _unmapped_target(self, col: str) -> str | None:
+        try:
+            return self._unmapped_targets[col]
+        except KeyError:
+            target = None if col in self._mapped_columns else f"{self.m.unmapped}.{_safe_key(col)}"
+            self._unmapped_targets[col] = target
+            return target
+
+    def _value(self, rule: FieldRule, text: str | None) -> Any:
+        if text is None or text == "":
+            if rule.required and rule.default is None:
+                raise RowError(f"column '{rule.column}' is required")
+            return rule.default
+        if rule.type == "DATETIME":  # epoch seconds or ISO 8601, whichever the cell holds
+            fmt = "epoch" if text.strip().replace(".", "", 1).isdigit() else "iso"
+            return parse_time(text, fmt, rule.column).isoformat()
+        if text.startswith(DATE_PREFIX):
+            return parse_epoch_datetime(text, rule.column).isoformat()
+        value = COERCERS[rule.type](text, rule.column)
+        if rule.validate == "email" and not EMAIL_RE.match(value):
+            raise RowError(f"column '{rule.column}': not a valid email address")
+        if rule.validate == "phone":
+            value = value.translate(_PHONE_STRIP)
+            if not PHONE_RE.match(value):
+                raise RowError(f"column '{rule.column}': not a valid phone number (E.164, e.g. +4930123456)")
+        return value
+
+    def map_row(self, row: dict[str, str], ref: int) -> Mapped:
+        m = self.m
+        values: list[tuple[str, Any]] = []
+        for rule in m.fields:
+            v = self._value(rule, row.get(rule.column))
+            if v is not None:
+                values.append((rule.target, v))
+        if m.unmapped != "ignore":
+            for col, text in row.items():
+                if text != "" and (target := self._unmapped_target(col)) is not None:
+                    values.append((target, text))
+        for target, template in m.derived.items():
+            try:
+                values.append((target, template.format_map(_Blank(row)).strip()))
+            except (ValueError, IndexError) as e:
+                raise RowError(f"derived field {target}: {e}") from None
+        values.extend(m.defaults.items())
+        identity = next((row[c] for c in m.identity if row.get(c)), None)
+        if identity is not None and len(identity) >= 1024:
+            raise RowError("identity value must be shorter than 1024 characters")
+
+        if m.kind == "profile":
+            if identity is None:
+                raise RowError(f"no identity: all of {', '.join(m.identity)} are empty")
+            ops = [("$set", target, v) for target, v in values]
+            return Mapped("profile", profile_id_for(identity), operations=ops)
+
+        when = self.now
+        if m.time_column:
+            text = row.get(m.time_column) or ""
+            if not text:
+                raise RowError(f"column '{m.time_column}' (time) is empty")
+            when = parse_time(text, m.time_format, m.time_column)
+        if m.id_column:
+            doc_id = (row.get(m.id_column) or "").strip()
+            if not doc_id:
+                raise RowError(f"column '{m.id_column}' (id) is empty")
+            if len(doc_id) > 512:
+                raise RowError(f"column '{m.id_column}' (id) is longer than 512 characters")
+        else:
+            doc_id = deterministic_id(self.unit_key, ref)
+        doc = new_document(m.kind, doc_id, self.now)
+        for target, v in values:
+            set_path(doc, target, v)
+        profile = {"id": profile_id_for(identity)} if identity is not None else None
+        if m.kind == "event":
+            etype = row.get(m.event_type_column, "").strip() if m.event_type_column else m.event_type_value
+            if not etype:
+                raise RowError(f"column '{m.event_type_column}' (event type) is empty")
+            doc["type"] = etype
+            name = self._event_names.get(etype)
+            if name is None:
+                name = self._event_names[etype] = etype.replace("-", " ").replace("_", " ").capitalize()
+            doc["name"] = name
+            doc["metadata"]["time"]["create"] = when.replace(tzinfo=None).isoformat(timespec="microseconds")
+            doc["source"] = {"id": m.source_id}
+            doc["profile"] = profile
+            doc["metadata"]["profile_less"] = profile is None
+            sid = row.get(m.session_column) if m.session_column else None
+            doc["session"] = {"id": sid, "start": None, "duration": 0, "tz": "utc"} if sid else None
+        else:  # session
+            doc["profile"] = profile or {"id": None}
+            doc["metadata"]["time"]["timestamp"] = when.timestamp()
+            doc["metadata"]["time"]["weekday"] = when.weekday()
+            doc["metadata"]["time"]["insert"] = when.replace(tzinfo=None).isoformat(timespec="microseconds")
+        return Mapped(m.kind, doc_id, document=doc, when=when)
+
+
+class _Blank(dict):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def _safe_key(column: str) -> str:
+    key = re.sub(r"[^\w-]+", "_", column.strip().lower()).strip("_")
+    return key or "column"

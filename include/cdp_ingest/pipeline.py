@@ -1,0 +1,270 @@
+"""Import steps shared by every source: begin → transform (stage) → load → commit.
+
+The Airflow DAGs run each step as its own task and pass only paths and counts between them:
+
+- ``begin_unit``: fingerprint the source unit and open (or resume) its ledger entry.
+- ``transform_unit``: stream the source in bounded batches, map/validate each row, write accepted
+  rows to a staged Parquet file (serialised documents, ready to send) and rejected rows to the
+  error CSV. Counts: rows_in = accepted + rejected.
+- ``load_unit``: stream the staged file into the store; per-item failures go to a second error CSV.
+- ``commit_unit``: merge the error files, check rows_in = loaded + rejected + duplicates, commit.
+
+``import_unit`` chains them in one process and can skip the staging file (``stage=False``) so that
+mapping and loading overlap; the benchmark and the embedded demo use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cdp_ingest.documents import index_for
+from cdp_ingest.errorfile import ErrorFileWriter
+from cdp_ingest.errors import RowError
+from cdp_ingest.ledger import Accounting, Ledger, LedgerEntry, SourceUnit
+from cdp_ingest.mapping import Mapped
+from cdp_ingest.store import BulkItem, LoadStats, Outcome, ProfileRow, Store
+
+log = logging.getLogger(__name__)
+
+STAGE_SCHEMA = pa.schema([
+    ("ref", pa.int64()), ("kind", pa.string()), ("index", pa.string()), ("id", pa.string()),
+    ("body", pa.binary()), ("orig", pa.binary()),
+])
+STAGE_ROWS = 20_000
+
+RowFn = Callable[[dict[str, str], int], Mapped]
+
+
+@dataclass
+class TransformResult:
+    rows_in: int
+    accepted: int
+    rejected: int
+    staged: str | None
+    error_file: str | None
+    columns: list[str]
+    kinds: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LoadResult:
+    loaded: int
+    duplicates: int
+    failed: int
+    error_file: str | None
+    indices: list[str]
+    requests: int
+    retries: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ImportReport:
+    unit_id: str
+    import_id: str
+    path: str
+    status: str  # committed | skipped
+    rows_in: int
+    loaded: int
+    rejected: int
+    duplicates: int
+    error_file: str | None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def begin_unit(ledger: Ledger, source_path: str, opener: Callable[[str, str], Any] = open, *, kind: str,
+               source: str, account: str | None = None, force: bool = False) -> LedgerEntry:
+    unit = SourceUnit.from_file(source_path, opener=opener)
+    return ledger.begin(unit, kind=kind, source=source, account=account, force=force)
+
+
+# ---- transform ------------------------------------------------------------------------------------
+def iter_rows(batches: Iterable) -> Iterator[tuple[int, dict[str, str] | None, list[str], str | None]]:
+    """(row number, row dict, header, reader's failure description or None) for every data row."""
+    for sb in batches:
+        names = sb.batch.schema.names
+        cols = [c.to_pylist() for c in sb.batch.columns]
+        bad = sb.bad_rows
+        for i, values in enumerate(zip(*cols, strict=True)):
+            row = {n: ("" if v is None else v if isinstance(v, str) else str(v)) for n, v in zip(names, values,
+                                                                                                strict=True)}
+            yield sb.first_row + i, row, names, bad.get(i)
+
+
+def mapped_to_stage_row(m: Mapped, prefix: str, import_id: str, ref: int) -> tuple[str, str, bytes]:
+    """(index, id, body) for the stage: a serialised document, or a profile's operations."""
+    if m.kind == "profile":
+        body = orjson.dumps({"ops": m.operations}, default=str)
+        return f"{prefix}profile", m.doc_id, body
+    doc = m.document
+    doc["metadata"]["aux"]["cdp"] = {"import_id": import_id, "row": ref}
+    return index_for(prefix, m.kind, m.when), m.doc_id, orjson.dumps(doc, default=str)
+
+
+def transform_unit(batches: Iterable, row_fn: RowFn, *, prefix: str, import_id: str, staged_path: str | Path,
+                   error_path: str | Path) -> TransformResult:
+    staged_path, error_path = Path(staged_path), Path(error_path)
+    staged_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = staged_path.with_suffix(".partial")
+    writer = pq.ParquetWriter(tmp, STAGE_SCHEMA, compression="zstd")
+    errors: ErrorFileWriter | None = None
+    rows_in = accepted = 0
+    kinds: set[str] = set()
+    header: list[str] = []
+    buf: dict[str, list] = {k: [] for k in STAGE_SCHEMA.names}
+    try:
+        for ref, row, header, bad in iter_rows(batches):
+            rows_in += 1
+            try:
+                if bad is not None:
+                    raise RowError(bad)
+                m = row_fn(row, ref)
+            except RowError as e:
+                if errors is None:
+                    errors = ErrorFileWriter(error_path, header)
+                errors.write(row, str(e))
+                continue
+            index, doc_id, body = mapped_to_stage_row(m, prefix, import_id, ref)
+            kinds.add(m.kind)
+            accepted += 1
+            for k, v in (("ref", ref), ("kind", m.kind), ("index", index), ("id", doc_id), ("body", body),
+                         ("orig", orjson.dumps(row))):
+                buf[k].append(v)
+            if len(buf["ref"]) >= STAGE_ROWS:
+                writer.write_table(pa.table(buf, schema=STAGE_SCHEMA))
+                buf = {k: [] for k in STAGE_SCHEMA.names}
+        if buf["ref"]:
+            writer.write_table(pa.table(buf, schema=STAGE_SCHEMA))
+    finally:
+        writer.close()
+        error_file = errors.close() if errors else None
+    os.replace(tmp, staged_path)
+    if error_file is None and error_path.exists():
+        error_path.unlink()  # left by an earlier attempt that rejected rows this one did not
+    return TransformResult(rows_in, accepted, rows_in - accepted, str(staged_path),
+                           str(error_file) if error_file else None, list(header), sorted(kinds))
+
+
+# ---- load -----------------------------------------------------------------------------------------
+def read_stage(staged_path: str | Path, batch_rows: int = STAGE_ROWS) -> Iterator[dict[str, list]]:
+    pf = pq.ParquetFile(staged_path)
+    for batch in pf.iter_batches(batch_size=batch_rows):
+        yield batch.to_pydict()
+
+
+def load_unit(staged_path: str | Path, store: Store, *, import_id: str, error_path: str | Path,
+              columns: list[str], now: datetime | None = None) -> LoadResult:
+    """Stream the staged file into the store. Profile operations are merged in file order first
+    (SPEC §1: profiles, then sessions, then events), then the other kinds are bulk-created."""
+    now = now or datetime.now(UTC)
+    stats = LoadStats()
+    errors = ErrorFileWriter(error_path, columns)
+    if Path(error_path).exists():
+        Path(error_path).unlink()
+    pending: dict[int, bytes] = {}  # ref -> original row, only for rows whose outcome is not back yet
+
+    def handle(outcomes: Iterable[Outcome]) -> None:
+        for o in outcomes:
+            orig = pending.pop(o.ref, None)
+            if o.status == "failed":
+                errors.write(orjson.loads(orig) if orig else {}, o.reason or "store rejected the row")
+
+    def profiles() -> Iterator[ProfileRow]:
+        for b in read_stage(staged_path):
+            for ref, kind, pid, body, orig in zip(b["ref"], b["kind"], b["id"], b["body"], b["orig"], strict=True):
+                if kind == "profile":
+                    pending[ref] = orig
+                    yield ProfileRow(pid, ref, [tuple(op) for op in orjson.loads(body)["ops"]])
+
+    def documents(kind: str) -> Iterator[BulkItem]:
+        for b in read_stage(staged_path):
+            for ref, k, index, doc_id, body, orig in zip(b["ref"], b["kind"], b["index"], b["id"], b["body"],
+                                                         b["orig"], strict=True):
+                if k == kind:
+                    pending[ref] = orig
+                    yield BulkItem(index, doc_id, body, ref)
+
+    kinds = set(pq.read_table(staged_path, columns=["kind"]).column("kind").unique().to_pylist())
+    if "profile" in kinds:
+        handle(store.merge_profiles(profiles(), import_id, now, stats=stats))
+    for kind in ("session", "event"):
+        if kind in kinds:
+            handle(store.bulk_load(documents(kind), import_id=import_id, stats=stats))
+    error_file = errors.close()
+    store.refresh(stats.indices)
+    return LoadResult(stats.loaded, stats.duplicates, stats.failed, str(error_file) if error_file else None,
+                      sorted(stats.indices), stats.requests, stats.retries)
+
+
+# ---- commit -----------------------------------------------------------------------------------------
+def merge_error_files(final_path: str | Path, *parts: str | None) -> str | None:
+    """Concatenate the transform and load error CSVs (same header) into ``final_path``."""
+    parts_present = [Path(p) for p in parts if p and Path(p).exists()]
+    if not parts_present:
+        return None
+    final_path = Path(final_path)
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final_path.with_suffix(".partial")
+    with open(tmp, "wb") as out:
+        for i, p in enumerate(parts_present):
+            with open(p, "rb") as fh:
+                if i > 0:
+                    fh.readline()  # header already written
+                shutil.copyfileobj(fh, out)
+    os.replace(tmp, final_path)
+    return str(final_path)
+
+
+def commit_unit(ledger: Ledger, entry: LedgerEntry, t: TransformResult, ld: LoadResult, *,
+                error_file: str | None) -> Accounting:
+    acc = Accounting(rows_in=t.rows_in, loaded=ld.loaded, rejected=t.rejected + ld.failed, duplicates=ld.duplicates)
+    ledger.commit(entry, acc, error_file=error_file)
+    return acc
+
+
+# ---- all in one -----------------------------------------------------------------------------------
+def import_unit(source_path: str, open_batches: Callable[[], Iterable], row_fn_factory: Callable[[str], RowFn], *,
+                store: Store, ledger: Ledger, work_dir: str | Path, kind: str, source: str,
+                account: str | None = None, force: bool = False, opener=open) -> ImportReport:
+    """Import one source unit in this process: begin, transform, load, commit."""
+    import time
+
+    t0 = time.monotonic()
+    entry = begin_unit(ledger, source_path, opener, kind=kind, source=source, account=account, force=force)
+    if entry.committed:
+        return ImportReport(entry.unit_id, entry.import_id, source_path, "skipped", 0, 0, 0, 0, entry.error_file,
+                            time.monotonic() - t0)
+    work = Path(work_dir) / entry.import_id
+    try:
+        t = transform_unit(open_batches(), row_fn_factory(entry.import_id), prefix=store.prefix,
+                           import_id=entry.import_id, staged_path=work / "staged.parquet",
+                           error_path=work / "transform-errors.csv")
+        ld = load_unit(t.staged, store, import_id=entry.import_id, error_path=work / "load-errors.csv",
+                       columns=t.columns)
+        error_file = merge_error_files(work / "errors.csv", t.error_file, ld.error_file)
+        acc = commit_unit(ledger, entry, t, ld, error_file=error_file)
+    except Exception as e:
+        ledger.fail(entry, f"{e.__class__.__name__}: {e}")
+        raise
+    Path(t.staged).unlink(missing_ok=True)
+    return ImportReport(entry.unit_id, entry.import_id, source_path, "committed", acc.rows_in, acc.loaded,
+                        acc.rejected, acc.duplicates, error_file, time.monotonic() - t0)

@@ -1,0 +1,427 @@
+"""The OpenSearch / Elasticsearch store: templates, streamed bulk loads, profile merges.
+
+Design (measured in benchmarks/bulk_import.py):
+- Documents arrive pre-serialised (orjson, in the transform step), so a load only concatenates
+  bytes; the client's stdlib JSON serializer, which halves bulk throughput, is never used for bodies.
+- Bulk requests are cut by count *and* bytes and sent by a small thread pool (HTTP waits release
+  the GIL); at most ``concurrency + 1`` chunks exist at once, so memory is bounded.
+- Responses are trimmed with ``filter_path`` to statuses and errors: parsing 5,000 full item
+  results would cost more than building the request.
+- Events and sessions use ``create``: a second copy of an id is refused by the server (409) and
+  counted as a duplicate. A 409 whose stored copy carries the same ``import_id`` and row was written
+  by an earlier attempt of this very import (a retry after a crash) and counts as loaded.
+- Profiles are merged client-side (read, apply operations, write with ``if_seq_no`` /
+  ``if_primary_term``, retry on conflict): no server-side scripts, which the integ-test
+  distribution does not have.
+- Whole requests are retried on connection errors, 429 and 5xx with exponential backoff; items
+  rejected with 429 are retried alone; any other item failure is reported with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from cdp_ingest.documents import apply_operation, new_document, stamp
+from cdp_ingest.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+FILTER_PATH = "errors,items.*.status,items.*.error.type,items.*.error.reason"
+
+
+class OrjsonSerializer:
+    """opensearch-py serializer backed by orjson (2x faster than the stdlib default)."""
+
+    mimetype = "application/json"
+
+    def dumps(self, data: Any) -> str:
+        if isinstance(data, str | bytes):
+            return data  # type: ignore[return-value]
+        return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS).decode()
+
+    def loads(self, s: str | bytes) -> Any:
+        return orjson.loads(s)
+
+
+def make_client(hosts: list[str] | str, *, http_auth: tuple[str, str] | None = None, verify_certs: bool = True,
+                timeout: float = 60, pool_maxsize: int = 8):
+    """An opensearch-py client tuned for bulk loads (works against Elasticsearch 7 too)."""
+    from opensearchpy import OpenSearch
+
+    return OpenSearch(hosts=[hosts] if isinstance(hosts, str) else hosts, http_auth=http_auth,
+                      verify_certs=verify_certs, timeout=timeout, max_retries=0, retry_on_timeout=False,
+                      serializer=OrjsonSerializer(), pool_maxsize=pool_maxsize, http_compress=False)
+
+
+@dataclass(slots=True)
+class BulkItem:
+    """One document to write. ``source`` is the serialised JSON body."""
+
+    index: str
+    id: str
+    source: bytes
+    ref: int  # source row number (1-based), echoed back in outcomes
+    op: str = "create"
+
+
+@dataclass(slots=True)
+class Outcome:
+    ref: int
+    status: str  # "loaded" | "duplicate" | "failed"
+    reason: str | None = None
+    id: str | None = None
+
+
+@dataclass
+class LoadStats:
+    loaded: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    requests: int = 0
+    retries: int = 0
+    indices: set[str] = field(default_factory=set)
+
+    def add(self, o: Outcome) -> None:
+        if o.status == "loaded":
+            self.loaded += 1
+        elif o.status == "duplicate":
+            self.duplicates += 1
+        else:
+            self.failed += 1
+
+
+def _mappings(flavor: str) -> dict[str, dict]:
+    # Free-form bags (properties, traits, context...) would explode the mapping and conflict on
+    # types between events: OpenSearch's flat_object indexes them without either problem.
+    bag = {"type": "flat_object"} if flavor == "opensearch" else {"type": "object", "enabled": False}
+    date = {"type": "date", "format": "strict_date_optional_time||epoch_second"}
+    kw = {"type": "keyword"}
+    cdp = {"properties": {"cdp": {"properties": {"import_id": kw, "row": {"type": "long"}}}}}
+    common_meta = {"properties": {"time": {"properties": {"insert": date, "create": date, "update": date}},
+                                  "aux": cdp, "status": kw, "channel": kw}}
+    return {
+        "profile": {"dynamic": True, "properties": {
+            "id": kw, "ids": kw, "metadata": common_meta, "traits": bag, "aux": bag, "interests": bag,
+            "segments": kw, "active": {"type": "boolean"},
+            "data": {"properties": {"contact": {"properties": {"email": kw, "phone": kw}},
+                                    "preferences": bag, "pii": {"dynamic": True, "properties": {}}}},
+        }},
+        "session": {"dynamic": True, "properties": {
+            "id": kw, "profile": {"properties": {"id": kw}}, "metadata": common_meta,
+            "context": bag, "properties": bag, "traits": bag, "aux": bag, "device": bag, "os": bag,
+            "app": bag, "utm": bag,
+        }},
+        "event": {"dynamic": True, "properties": {
+            "id": kw, "name": kw, "type": kw, "metadata": common_meta,
+            "profile": {"properties": {"id": kw}}, "session": {"properties": {"id": kw}},
+            "source": {"properties": {"id": kw}}, "properties": bag, "traits": bag, "context": bag,
+            "aux": bag, "device": bag, "os": bag, "app": bag, "utm": bag, "hit": bag, "data": bag,
+            "request": bag, "config": bag,
+        }},
+        "ledger": {"dynamic": False, "properties": {
+            "unit_id": kw, "import_id": kw, "source": kw, "path": kw, "kind": kw, "status": kw,
+            "size": {"type": "long"}, "checksum": kw, "started": date, "finished": date,
+            "rows_in": {"type": "long"}, "loaded": {"type": "long"}, "rejected": {"type": "long"},
+            "duplicates": {"type": "long"}, "error_file": kw, "account": kw,
+        }},
+    }
+
+
+class Store:
+    """Bulk access to one OpenSearch/Elasticsearch cluster under an index ``prefix``."""
+
+    def __init__(self, client, *, prefix: str = "cdp-", flavor: str = "opensearch", chunk_docs: int = 5000,
+                 chunk_bytes: int = 8 << 20, concurrency: int = 2, max_retries: int = 6,
+                 backoff: float = 0.5, max_backoff: float = 30.0, sleep: Callable[[float], None] = time.sleep):
+        if flavor not in ("opensearch", "elasticsearch"):
+            raise ValueError(f"flavor must be opensearch or elasticsearch, not {flavor!r}")
+        if chunk_docs < 1 or chunk_bytes < 1024 or concurrency < 1:
+            raise ValueError("chunk_docs >= 1, chunk_bytes >= 1024 and concurrency >= 1 are required")
+        self.client = client
+        self.prefix = prefix
+        self.flavor = flavor
+        self.chunk_docs = chunk_docs
+        self.chunk_bytes = chunk_bytes
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._retries = 0  # cumulative retries (requests and items), read into LoadStats
+
+    # ---- names and templates ---------------------------------------------------------------------
+    def index(self, kind: str) -> str:
+        return f"{self.prefix}{kind}" if kind != "ledger" else f"{self.prefix}import-ledger"
+
+    def ensure_templates(self, shards: int = 1, replicas: int = 0) -> None:
+        """Create/refresh composable index templates for every index family (idempotent)."""
+        patterns = {"profile": self.index("profile"), "session": self.index("session"),
+                    "event": f"{self.prefix}event-*", "ledger": self.index("ledger")}
+        for kind, mapping in _mappings(self.flavor).items():
+            body = {"index_patterns": [patterns[kind]], "priority": 200,
+                    "template": {"settings": {"number_of_shards": shards, "number_of_replicas": replicas,
+                                              "index.mapping.total_fields.limit": 2000},
+                                 "mappings": mapping},
+                    "_meta": {"managed_by": "cdp-ingest"}}
+            self._request("PUT", f"/_index_template/{self.prefix}{kind}", body=body)
+
+    # ---- low level ------------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, *, body: Any = None, params: dict | None = None,
+                 headers: dict | None = None, ok_statuses: tuple[int, ...] = ()) -> Any:
+        """One request with retries on connection errors, 429 and 5xx."""
+        from opensearchpy.exceptions import ConnectionError as OSConnectionError
+        from opensearchpy.exceptions import ConnectionTimeout, TransportError
+
+        attempt = 0
+        while True:
+            try:
+                return self.client.transport.perform_request(method, path, body=body, params=params or {},
+                                                             headers=headers)
+            except (OSConnectionError, ConnectionTimeout) as e:
+                status, reason = None, f"connection error: {e.__class__.__name__}"
+            except TransportError as e:
+                status = e.status_code if isinstance(e.status_code, int) else None
+                if status in ok_statuses:
+                    return e.info
+                if status not in RETRY_STATUSES:
+                    raise StoreError(f"{method} {path} failed with HTTP {status}: {_short(e.info)}") from e
+                reason = f"HTTP {status}"
+            attempt += 1
+            if attempt > self.max_retries:
+                raise StoreError(f"{method} {path} still failing after {self.max_retries} retries ({reason})")
+            delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+            log.warning("%s %s: %s, retry %s/%s in %.1f s", method, path, reason, attempt, self.max_retries, delay)
+            with self._lock:
+                self._retries += 1
+            self._sleep(delay)
+
+    def refresh(self, indices: Iterable[str]) -> None:
+        names = ",".join(sorted(set(indices)))
+        if names:
+            self._request("POST", f"/{names}/_refresh", params={"ignore_unavailable": "true"})
+
+    def _send_bulk(self, payload: bytes) -> dict:
+        return self._request("POST", "/_bulk", body=payload, params={"filter_path": FILTER_PATH},
+                             headers={"content-type": "application/x-ndjson"})
+
+    # ---- bulk load of documents ----------------------------------------------------------------------
+    def bulk_load(self, items: Iterable[BulkItem], import_id: str | None = None,
+                  stats: LoadStats | None = None) -> Iterator[Outcome]:
+        """Write ``items`` in bounded chunks; yield one ``Outcome`` per item (order not guaranteed).
+
+        ``import_id`` lets a retried import recognise its own earlier writes (see module doc).
+        """
+        stats = stats if stats is not None else LoadStats()
+        retries_before = self._retries
+        pending: deque[Future] = deque()
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="bulk") as pool:
+            for chunk in self._chunks(items):
+                stats.indices.update(i.index for i in chunk)
+                pending.append(pool.submit(self._load_chunk, chunk, import_id))
+                while len(pending) > self.concurrency:
+                    yield from self._collect(pending.popleft(), stats)
+            while pending:
+                yield from self._collect(pending.popleft(), stats)
+        stats.retries += self._retries - retries_before
+
+    def _collect(self, fut: Future, stats: LoadStats) -> Iterator[Outcome]:
+        outcomes, requests = fut.result()
+        stats.requests += requests
+        for o in outcomes:
+            stats.add(o)
+            yield o
+
+    def _chunks(self, items: Iterable[BulkItem]) -> Iterator[list[BulkItem]]:
+        chunk: list[BulkItem] = []
+        size = 0
+        for item in items:
+            chunk.append(item)
+            size += len(item.source) + len(item.index) + len(item.id) + 48
+            if len(chunk) >= self.chunk_docs or size >= self.chunk_bytes:
+                yield chunk
+                chunk, size = [], 0
+        if chunk:
+            yield chunk
+
+    @staticmethod
+    def _payload(chunk: list[BulkItem]) -> bytes:
+        parts: list[bytes] = []
+        for it in chunk:
+            parts.append(b'{"%s":{"_index":"%s","_id":%s}}\n' % (it.op.encode(), it.index.encode(),
+                                                                   orjson.dumps(it.id)))
+            parts.append(it.source)
+            parts.append(b"\n")
+        return b"".join(parts)
+
+    def _load_chunk(self, chunk: list[BulkItem], import_id: str | None) -> tuple[list[Outcome], int]:
+        outcomes: list[Outcome] = []
+        conflicts: list[BulkItem] = []
+        requests = 0
+        attempt = 0
+        while chunk:
+            resp = self._send_bulk(self._payload(chunk))
+            requests += 1
+            if not resp.get("errors"):
+                outcomes.extend(Outcome(it.ref, "loaded", id=it.id) for it in chunk)
+                break
+            again: list[BulkItem] = []
+            for it, result in zip(chunk, resp["items"], strict=True):
+                r = next(iter(result.values()))
+                st = r.get("status", 500)
+                if st < 300:
+                    outcomes.append(Outcome(it.ref, "loaded", id=it.id))
+                elif st == 409 and it.op == "create":
+                    conflicts.append(it)
+                elif st in RETRY_STATUSES:
+                    again.append(it)
+                else:
+                    err = r.get("error") or {}
+                    outcomes.append(Outcome(it.ref, "failed", f"store rejected the document: {err.get('type')}: "
+                                                               f"{_short(err.get('reason'))}", id=it.id))
+            attempt += 1
+            if again and attempt > self.max_retries:
+                outcomes.extend(Outcome(it.ref, "failed", "store kept rejecting the document (HTTP 429/5xx)",
+                                        id=it.id) for it in again)
+                break
+            if again:
+                with self._lock:
+                    self._retries += 1
+                self._sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+            chunk = again
+        if conflicts:
+            outcomes.extend(self._resolve_conflicts(conflicts, import_id))
+            requests += 1
+        return outcomes, requests
+
+    def _resolve_conflicts(self, items: list[BulkItem], import_id: str | None) -> list[Outcome]:
+        """A 409 on create: ours from an earlier attempt (same import and row) or a real duplicate."""
+        if import_id is None:
+            return [Outcome(it.ref, "duplicate", id=it.id) for it in items]
+        docs = [{"_index": it.index, "_id": it.id} for it in items]
+        resp = self._request("POST", "/_mget", body={"docs": docs},
+                             params={"_source_includes": "metadata.aux.cdp"})
+        out = []
+        for it, d in zip(items, resp["docs"], strict=True):
+            cdp = (((d.get("_source") or {}).get("metadata") or {}).get("aux") or {}).get("cdp") or {}
+            mine = cdp.get("import_id") == import_id and cdp.get("row") == it.ref
+            out.append(Outcome(it.ref, "loaded" if mine else "duplicate", id=it.id))
+        return out
+
+    # ---- profile merges -------------------------------------------------------------------------------
+    def merge_profiles(self, rows: Iterable[ProfileRow], import_id: str, now: datetime,
+                       stats: LoadStats | None = None, chunk_rows: int = 2000) -> Iterator[Outcome]:
+        """Apply profile operations row by row, in order, without server-side scripts.
+
+        Rows of one chunk that touch the same profile are folded in memory, then each profile is
+        written once with optimistic concurrency; a conflict re-reads and re-applies that profile.
+        """
+        stats = stats if stats is not None else LoadStats()
+        index = self.index("profile")
+        stats.indices.add(index)
+        chunk: list[ProfileRow] = []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) >= chunk_rows:
+                yield from self._merge_chunk(index, chunk, import_id, now, stats)
+                chunk = []
+        if chunk:
+            yield from self._merge_chunk(index, chunk, import_id, now, stats)
+
+    def _merge_chunk(self, index: str, rows: list[ProfileRow], import_id: str, now: datetime,
+                     stats: LoadStats) -> Iterator[Outcome]:
+        todo = rows
+        for attempt in range(self.max_retries + 1):
+            ids = list(dict.fromkeys(r.profile_id for r in todo))
+            resp = self._request("POST", "/_mget", body={"docs": [{"_index": index, "_id": i} for i in ids]})
+            stats.requests += 1
+            current = {d["_id"]: d for d in resp["docs"] if d.get("found")}
+            merged: dict[str, dict] = {}
+            for r in todo:
+                doc = merged.get(r.profile_id)
+                if doc is None:
+                    found = current.get(r.profile_id)
+                    doc = found["_source"] if found else new_document("profile", r.profile_id, now)
+                    merged[r.profile_id] = doc
+                for op, path, value in r.operations:
+                    apply_operation(doc, op, path, value)
+                for extra_id in r.ids:
+                    if extra_id not in doc["ids"]:
+                        doc["ids"].append(extra_id)
+                doc["metadata"]["time"]["update"] = now.replace(tzinfo=None).isoformat(timespec="microseconds")
+                stamp(doc, import_id, r.ref)
+            lines: list[bytes] = []
+            order = list(merged)
+            for pid in order:
+                found = current.get(pid)
+                if found:
+                    meta = {"_index": index, "_id": pid, "if_seq_no": found["_seq_no"],
+                            "if_primary_term": found["_primary_term"]}
+                    lines.append(orjson.dumps({"index": meta}))
+                else:
+                    lines.append(orjson.dumps({"create": {"_index": index, "_id": pid}}))
+                lines.append(orjson.dumps(merged[pid], option=orjson.OPT_NON_STR_KEYS))
+            result = self._send_bulk(b"\n".join(lines) + b"\n")
+            stats.requests += 1
+            status = {}
+            for pid, item in zip(order, result.get("items", []), strict=False):
+                r = next(iter(item.values()))
+                status[pid] = (r.get("status", 500), r.get("error") or {})
+            retry: list[ProfileRow] = []
+            for r in todo:
+                st, err = status.get(r.profile_id, (200, {})) if result.get("errors") else (200, {})
+                if st < 300:
+                    o = Outcome(r.ref, "loaded", id=r.profile_id)
+                elif st in (409, *RETRY_STATUSES):
+                    retry.append(r)
+                    continue
+                else:
+                    o = Outcome(r.ref, "failed", f"store rejected the profile: {err.get('type')}: "
+                                                 f"{_short(err.get('reason'))}", id=r.profile_id)
+                stats.add(o)
+                yield o
+            if not retry:
+                return
+            log.info("profile merge: %s rows hit a concurrent update, retry %s", len(retry), attempt + 1)
+            todo = retry
+        for r in todo:
+            o = Outcome(r.ref, "failed", "profile kept changing concurrently; gave up after retries",
+                        id=r.profile_id)
+            stats.add(o)
+            yield o
+
+    # ---- reads used by the ledger and tests ------------------------------------------------------------
+    def get(self, index: str, doc_id: str) -> dict | None:
+        resp = self._request("GET", f"/{index}/_doc/{doc_id}", ok_statuses=(404,))
+        return resp if resp and resp.get("found") else None
+
+    def count(self, index: str, query: dict | None = None) -> int:
+        resp = self._request("POST", f"/{index}/_count", body={"query": query or {"match_all": {}}},
+                             params={"ignore_unavailable": "true"}, ok_statuses=(404,))
+        return int((resp or {}).get("count", 0))
+
+
+@dataclass(slots=True)
+class ProfileRow:
+    """One source row's operations on one profile (SPEC §2 ``$set/$add/$remove/$delete``)."""
+
+    profile_id: str
+    ref: int
+    operations: list[tuple[str, str, Any]]
+    ids: list[str] = field(default_factory=list)
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode() if value else ""
+    return text[:limit]

@@ -1,0 +1,37 @@
+"""Build engine objects from Airflow connections (secrets never leave the connection)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cdp_ingest.store import Store
+
+STORE_CONN_TYPES = ("opensearch", "elasticsearch")
+
+
+def store_from_connection(conn_id: str, *, prefix: str | None = None) -> Store:
+    """A ``Store`` for an ``opensearch`` or ``elasticsearch`` connection.
+
+    Connection extras: ``use_ssl`` / ``verify_certs`` (booleans), ``index_prefix`` (default ``cdp-``),
+    ``bulk_chunk_docs``, ``bulk_chunk_bytes``, ``bulk_concurrency``.
+    """
+    from airflow.sdk import BaseHook
+    from cdp_ingest.store import Store, make_client
+
+    conn = BaseHook.get_connection(conn_id)
+    if conn.conn_type not in STORE_CONN_TYPES:
+        raise ValueError(f"connection {conn_id!r} has type {conn.conn_type!r}; expected one of {STORE_CONN_TYPES}")
+    extra = conn.extra_dejson
+    use_ssl = str(extra.get("use_ssl", False)).lower() == "true"
+    host = conn.host or "127.0.0.1"
+    if "://" not in host:
+        host = f"{'https' if use_ssl else 'http'}://{host}"
+    url = f"{host}:{conn.port or 9200}"
+    auth = (conn.login, conn.password) if conn.login else None
+    client = make_client(url, http_auth=auth, verify_certs=str(extra.get("verify_certs", True)).lower() == "true")
+    return Store(client, prefix=prefix or extra.get("index_prefix", "cdp-"),
+                 flavor="elasticsearch" if conn.conn_type == "elasticsearch" else "opensearch",
+                 chunk_docs=int(extra.get("bulk_chunk_docs", 5000)),
+                 chunk_bytes=int(extra.get("bulk_chunk_bytes", 8 << 20)),
+                 concurrency=int(extra.get("bulk_concurrency", 2)))

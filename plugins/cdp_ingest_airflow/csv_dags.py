@@ -1,0 +1,146 @@
+"""DAG factory for scheduled CSV imports from the landing folder (config/csv_imports.yaml).
+
+Shape per import: wait_for_files (sensor) → for profile, then session, then event:
+list_files → stage (transform, mapped per file) → validate → load (BulkIndexOperator) → archive.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from airflow.sdk import DAG, Param, PokeReturnValue, TaskGroup, task
+
+from cdp_ingest_airflow.defaults import DEFAULT_ARGS
+from cdp_ingest_airflow.operators import BulkIndexOperator, StageFileOperator, validate_stage
+
+ROOT = Path(__file__).resolve().parents[2]
+MAPPINGS = ROOT / "include" / "cdp_ingest" / "mappings"
+KIND_ORDER = ("profile", "session", "event")
+
+
+def landing_root() -> Path:
+    return Path(os.environ.get("CDP_LANDING_DIR", ROOT / "landing"))
+
+
+def find_files(folder: str, pattern: str) -> list[str]:
+    """Files matching ``pattern`` under the import's landing folder, oldest first (upload order)."""
+    base = landing_root() / folder
+    files = [p for p in base.glob(pattern) if p.is_file() and not p.name.startswith(".")]
+    return [str(p) for p in sorted(files, key=lambda p: (p.stat().st_mtime, p.name))]
+
+
+def archive(results: list[dict[str, Any]], folder: str, day: str) -> list[str]:
+    """Move committed (or already-imported) files to ``processed/<day>/``: never before commit."""
+    moved = []
+    target = landing_root() / folder / "processed" / day
+    for r in results:
+        src = Path(r["path"])
+        if r.get("status") in ("committed", "skipped") and src.exists():
+            target.mkdir(parents=True, exist_ok=True)
+            dest = target / src.name
+            if dest.exists():
+                dest = target / f"{src.stem}.{r['import_id'][:12]}{src.suffix}"
+            shutil.move(src, dest)
+            moved.append(str(dest))
+    return moved
+
+
+def _doc(name: str, cfg: dict[str, Any]) -> str:
+    units = "\n".join(f"| {k} | `{u['pattern']}` | `{u['mapping']}` |" for k, u in cfg["units"].items())
+    return f"""### CSV import `{name}`
+
+{cfg.get('description', '')}
+
+Reads CSV files from `$CDP_LANDING_DIR/{cfg['folder']}/`, maps each row with its mapping file into
+Tracardi-shaped documents and bulk-loads them into the store of connection `{cfg.get('store_conn_id',
+'cdp_opensearch')}`: **profiles first, then sessions, then events**.
+
+| kind | files | mapping |
+|---|---|---|
+{units}
+
+Rejected rows go to `errors/<file>.<import>.errors.csv` (original columns + `Failure Description`).
+Imported files move to `processed/<date>/`; a file already imported is skipped (ledger), unless the
+run's `force` param is set. `dry_run` stages and validates without loading.
+"""
+
+
+def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
+    folder = cfg["folder"]
+    conn_id = cfg.get("store_conn_id", "cdp_opensearch")
+    ratio = float(cfg.get("max_reject_ratio", 0.5))
+    units = cfg["units"]
+    unknown = set(units) - set(KIND_ORDER)
+    if unknown:
+        raise ValueError(f"csv import {name}: unknown unit kinds {sorted(unknown)}")
+    with DAG(
+        dag_id=f"csv_import_{name}",
+        schedule=cfg.get("schedule"),
+        start_date=datetime(2025, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        tags=["cdp-ingest", "csv", "import"],
+        doc_md=_doc(name, cfg),
+        params={"force": Param(False, type="boolean", description="Re-import files already imported"),
+                "dry_run": Param(False, type="boolean", description="Stage and validate only; load nothing")},
+        dagrun_timeout=timedelta(hours=6),
+    ) as dag:
+
+        @task.sensor(poke_interval=60, timeout=600, mode="reschedule", soft_fail=True)
+        def wait_for_files() -> PokeReturnValue:
+            found = {k: find_files(folder, u["pattern"]) for k, u in units.items()}
+            return PokeReturnValue(is_done=any(found.values()), xcom_value=found)
+
+        waited = wait_for_files()
+        previous = waited
+        for kind in KIND_ORDER:
+            if kind not in units:
+                continue
+            unit = units[kind]
+            mapping = unit["mapping"] if os.path.isabs(unit["mapping"]) else str(MAPPINGS / unit["mapping"])
+            with TaskGroup(group_id=kind) as group:
+
+                @task(task_id="list_files", trigger_rule="none_failed")
+                def list_files(pattern: str) -> list[str]:
+                    return find_files(folder, pattern)
+
+                files = list_files(unit["pattern"])
+                staged = StageFileOperator.partial(
+                    task_id="stage", mapping_path=mapping, store_conn_id=conn_id, account=name,
+                    force="{{ params.force }}",
+                ).expand(source_path=files)
+
+                @task(task_id="validate")
+                def validate(result: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+                    from airflow.exceptions import AirflowSkipException
+
+                    checked = validate_stage(result, max_reject_ratio=ratio)
+                    if params and params.get("dry_run"):
+                        raise AirflowSkipException(f"dry run: {result['path']} staged and validated, not loaded")
+                    return checked
+
+                validated = validate.expand(result=staged.output)
+                loaded = BulkIndexOperator.partial(
+                    task_id="load", store_conn_id=conn_id, error_dir=str(landing_root() / folder / "errors"),
+                ).expand(staged=validated)
+
+                @task(task_id="archive")
+                def archive_files(results: list[dict[str, Any]], ds: str | None = None) -> list[str]:
+                    return archive(list(results), folder, ds or "unknown-day")
+
+                archive_files(loaded.output)
+            previous >> group
+            previous = group
+    return dag
+
+
+def build_all(config_path: str | Path | None = None) -> dict[str, DAG]:
+    path = Path(config_path or os.environ.get("CDP_CSV_IMPORTS", ROOT / "config" / "csv_imports.yaml"))
+    cfg = yaml.safe_load(path.read_text()) or {}
+    return {f"csv_import_{name}": build_dag(name, c) for name, c in (cfg.get("imports") or {}).items()}
