@@ -98,16 +98,18 @@ def begin_unit(ledger: Ledger, source_path: str, opener: Callable[[str, str], An
 
 
 # ---- transform ------------------------------------------------------------------------------------
-def iter_rows(batches: Iterable) -> Iterator[tuple[int, dict[str, str] | None, list[str], str | None]]:
-    """(row number, row dict, header, reader's failure description or None) for every data row."""
+def iter_rows(batches: Iterable) -> Iterator[tuple[int, dict[str, Any], list[str], str | None]]:
+    """(row number, row dict, header, reader's failure description or None) for every data row.
+
+    CSV values are strings; Parquet values keep their Arrow-to-Python types (maps as lists of
+    pairs, decimals, datetimes) for the row function to interpret.
+    """
     for sb in batches:
         names = sb.batch.schema.names
         cols = [c.to_pylist() for c in sb.batch.columns]
         bad = sb.bad_rows
         for i, values in enumerate(zip(*cols, strict=True)):
-            row = {n: ("" if v is None else v if isinstance(v, str) else str(v)) for n, v in zip(names, values,
-                                                                                                strict=True)}
-            yield sb.first_row + i, row, names, bad.get(i)
+            yield sb.first_row + i, dict(zip(names, values, strict=True)), names, bad.get(i)
 
 
 def mapped_to_stage_row(m: Mapped, prefix: str, import_id: str, ref: int) -> tuple[str, str, bytes]:
@@ -147,7 +149,7 @@ def transform_unit(batches: Iterable, row_fn: RowFn, *, prefix: str, import_id: 
             kinds.add(m.kind)
             accepted += 1
             for k, v in (("ref", ref), ("kind", m.kind), ("index", index), ("id", doc_id), ("body", body),
-                         ("orig", orjson.dumps(row))):
+                         ("orig", orjson.dumps(row, default=str))):
                 buf[k].append(v)
             if len(buf["ref"]) >= STAGE_ROWS:
                 writer.write_table(pa.table(buf, schema=STAGE_SCHEMA))
