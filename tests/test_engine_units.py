@@ -1,0 +1,181 @@
+"""Pure engine pieces: coercion, mapping, documents, error file, accounting (no services)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from cdp_ingest.coerce import coerce
+from cdp_ingest.documents import apply_operation, deterministic_id, event_index, json_schema, new_document
+from cdp_ingest.errorfile import FAILURE_COLUMN, ErrorFileWriter, neutralise, read_error_file
+from cdp_ingest.errors import AccountingError, MappingError, RowError
+from cdp_ingest.ledger import Accounting
+from cdp_ingest.mapping import Mapper, Mapping, profile_id_for
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("text", "dtype", "expected"), [
+    ("42", "INTEGER", 42), ("4.0", "INTEGER", 4), ("9223372036854775807", "LONG", 2**63 - 1),
+    ("1.5", "FLOAT", 1.5), ("Y", "BOOLEAN", True), ("n", "BOOLEAN", False), ("TRUE", "BOOLEAN", True),
+    ("0", "BOOLEAN", False), ("abc", "STRING", "abc"),
+    ("$D_1700000000", "STRING", datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)),
+])
+def test_coerce_accepts(text, dtype, expected):
+    assert coerce(text, dtype, "col") == expected
+
+
+@pytest.mark.parametrize(("text", "dtype", "message"), [
+    ("4.5", "INTEGER", "expected INTEGER, got a fraction"), ("x", "INTEGER", "expected INTEGER"),
+    ("3000000000", "INTEGER", "INTEGER out of range"), ("maybe", "BOOLEAN", "expected BOOLEAN"),
+    ("nan", "FLOAT", "FLOAT must be finite"), ("$D_abc", "STRING", "not an epoch-seconds datetime"),
+    ("$D_99999999999999", "STRING", "out of range"),
+])
+def test_coerce_rejects_with_column_name_not_value(text, dtype, message):
+    with pytest.raises(RowError, match=message) as e:
+        coerce(text, dtype, "secret_col")
+    assert "secret_col" in str(e.value)
+    assert text not in str(e.value) or text in ("x",)  # never echo the value (PII)
+
+
+def test_profile_operations_are_idempotent_set_semantics():
+    doc = {}
+    ops = [("$set", "traits.plan", "gold"), ("$add", "traits.tags", "a"), ("$add", "traits.tags", ["b", "a"]),
+           ("$remove", "traits.tags", "a"), ("$set", "traits.tmp", 1), ("$delete", "traits.tmp", None)]
+    for op in ops:
+        apply_operation(doc, *op)
+    once = {"traits": {"plan": "gold", "tags": ["b"]}}
+    assert doc == once
+    for op in ops:  # replaying the same file after a crash changes nothing
+        apply_operation(doc, *op)
+    assert doc == once
+    with pytest.raises(ValueError, match="unknown profile operation"):
+        apply_operation(doc, "$inc", "x", 1)
+
+
+def test_event_index_uses_event_time_month():
+    assert event_index("cdp-", datetime(2025, 12, 31, 23, 59, tzinfo=UTC)) == "cdp-event-2025-12"
+    assert deterministic_id("a", 1) == deterministic_id("a", 1) != deterministic_id("a", 2)
+
+
+def test_new_documents_follow_tracardi_shape():
+    for kind in ("profile", "session", "event"):
+        doc = new_document(kind, "id-1", NOW)
+        assert doc["id"] == "id-1"
+        assert doc["metadata"]["time"]["insert"] == "2026-11-23T12:00:00.000000"
+        schema = json_schema(kind)
+        assert set(schema["required"]) == {"id", "metadata"}
+        assert "metadata" in schema["properties"]
+    assert new_document("profile", "p", NOW)["ids"] == ["p"]
+    a, b = new_document("event", "1", NOW), new_document("event", "2", NOW)
+    a["properties"]["x"] = 1
+    assert b["properties"] == {}  # skeletons are not shared between documents
+
+
+EVENTS = {
+    "kind": "event", "id_column": "insert_id", "identity": ["email"], "session_column": "sid",
+    "time": {"column": "ts", "format": "epoch"}, "event_type": {"column": "event"},
+    "fields": {"price": {"target": "properties.price", "type": "FLOAT"}, "page": "properties.page"},
+    "defaults": {"context.channel": "import"}, "derived": {"properties.label": "{event}@{page}"},
+    "unmapped": "properties",
+}
+
+
+def test_mapping_builds_an_event_document():
+    m = Mapping.from_dict(EVENTS, name="ev")
+    out = Mapper(m, unit_key="u", now=NOW).map_row(
+        {"insert_id": "e-1", "ts": "1764547200", "event": "add-to-cart", "email": "a@x.io", "sid": "s-1",
+         "price": "9.5", "page": "/p/1", "Referrer Site": "google"}, 7)
+    d = out.document
+    assert (out.kind, out.doc_id, d["id"], d["type"], d["name"]) == ("event", "e-1", "e-1", "add-to-cart",
+                                                                     "Add to cart")
+    assert out.when == datetime(2025, 12, 1, tzinfo=UTC)
+    assert d["metadata"]["time"]["create"] == "2025-12-01T00:00:00.000000"
+    assert d["metadata"]["time"]["insert"] == "2026-11-23T12:00:00.000000"
+    assert d["profile"] == {"id": profile_id_for("a@x.io")}
+    assert d["session"]["id"] == "s-1"
+    assert d["properties"] == {"price": 9.5, "page": "/p/1", "referrer_site": "google", "label": "add-to-cart@/p/1"}
+    assert d["context"] == {"channel": "import"}
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"insert_id": "", "ts": "1", "event": "x"}, "column 'insert_id' (id) is empty"),
+    ({"insert_id": "1", "ts": "", "event": "x"}, "column 'ts' (time) is empty"),
+    ({"insert_id": "1", "ts": "1", "event": ""}, "column 'event' (event type) is empty"),
+    ({"insert_id": "1", "ts": "1", "event": "x", "price": "cheap"}, "column 'price': expected FLOAT"),
+    ({"insert_id": "1", "ts": "soon", "event": "x"}, "column 'ts': not an epoch-seconds datetime"),
+    ({"insert_id": "1", "ts": "1", "event": "x", "email": "e" * 1024}, "shorter than 1024"),
+])
+def test_mapping_rejects_rows_with_one_reason(row, message):
+    m = Mapping.from_dict(EVENTS, name="ev")
+    with pytest.raises(RowError) as e:
+        Mapper(m, unit_key="u", now=NOW).map_row(row, 1)
+    assert message in str(e.value)
+
+
+def test_profile_mapping_gives_operations_and_identity_id():
+    m = Mapping.from_dict({"kind": "profile", "identity": ["email", "phone"],
+                           "fields": {"email": {"target": "data.contact.email", "validate": "email"},
+                                      "age": {"target": "data.pii.attributes.age", "type": "INTEGER"},
+                                      "phone": {"target": "data.contact.phone", "validate": "phone"}}})
+    mapper = Mapper(m, unit_key="u", now=NOW)
+    out = mapper.map_row({"email": "", "phone": "+48 600-100-200", "age": "41"}, 1)
+    assert out.doc_id == profile_id_for("+48 600-100-200")
+    assert ("$set", "data.contact.phone", "+48600100200") in out.operations
+    assert ("$set", "data.pii.attributes.age", 41) in out.operations
+    with pytest.raises(RowError, match="no identity"):
+        mapper.map_row({"email": "", "phone": "", "age": "1"}, 2)
+    with pytest.raises(RowError, match="not a valid phone"):
+        mapper.map_row({"email": "a@b.co", "phone": "12", "age": "1"}, 3)
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"kind": "thing"}, "kind must be one of"),
+    ({"kind": "profile", "fields": {}}, "needs identity"),
+    ({"kind": "event", "fields": {}}, "needs event_type"),
+    ({"kind": "event", "event_type": "x", "fields": {"a": "profile.id"}}, "can only be mapped under"),
+    ({"kind": "event", "event_type": "x", "fields": {"a": {"target": "properties.a", "type": "MONEY"}}},
+     "type must be one of"),
+    ({"kind": "event", "event_type": "x", "colour": 1}, "unknown keys"),
+    ({"kind": "event", "event_type": "x", "fields": {"a": "properties..a"}}, "not a dotted path"),
+])
+def test_mapping_file_errors_are_precise(raw, message):
+    with pytest.raises(MappingError, match=message):
+        Mapping.from_dict(raw, name="bad")
+
+
+def test_bundled_demo_mappings_load(tmp_path):
+    from pathlib import Path
+
+    import cdp_ingest
+
+    for p in (Path(cdp_ingest.__file__).parent / "mappings").glob("*.yaml"):
+        assert Mapping.load(p).kind in ("profile", "session", "event")
+    broken = tmp_path / "x.yaml"
+    broken.write_text("kind: [unclosed")
+    with pytest.raises(MappingError, match="cannot read YAML"):
+        Mapping.load(broken)
+
+
+def test_error_file_neutralises_formulas_and_keeps_every_value(tmp_path):
+    assert neutralise("=HYPERLINK(1)") == "'=HYPERLINK(1)"
+    assert neutralise("-1") == "'-1" and neutralise("@x") == "'@x" and neutralise("+1") == "'+1"
+    assert neutralise("plain") == "plain"
+    w = ErrorFileWriter(tmp_path / "e.csv", ["a", "b"])
+    assert w.close() is None and not (tmp_path / "e.csv").exists()  # nothing rejected: no file
+    with ErrorFileWriter(tmp_path / "e.csv", ["a", "b"]) as w:
+        w.write({"a": "=cmd|' /C calc'!A0", "b": "ok\nline2"}, "bad value")
+        w.write(["1", "2", "3"], "too many fields")
+    rows = read_error_file(tmp_path / "e.csv")
+    assert rows[0] == {"a": "'=cmd|' /C calc'!A0", "b": "ok\nline2", FAILURE_COLUMN: "bad value"}
+    assert rows[1][FAILURE_COLUMN] == "too many fields (extra fields: 3)"
+    with ErrorFileWriter(tmp_path / "e.csv", ["a", "b"], append=True) as w:
+        w.write({"a": "x", "b": "y"}, "later")
+    assert [r[FAILURE_COLUMN] for r in read_error_file(tmp_path / "e.csv")][-1] == "later"
+
+
+def test_accounting_check():
+    Accounting(10, 7, 2, 1).check()
+    with pytest.raises(AccountingError, match="rows_in=10 but loaded=7"):
+        Accounting(10, 7, 2, 0).check()
+    assert Accounting(1, 1, 0, 0) + Accounting(2, 0, 1, 1) == Accounting(3, 1, 1, 1)

@@ -1,0 +1,225 @@
+"""The store, ledger and pipeline against the real OpenSearch: shapes, indices, idempotency,
+error files, retries, crash-and-retry, profile merges."""
+
+from __future__ import annotations
+
+import http.server
+import itertools
+import threading
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+from cdp_ingest import sample
+from cdp_ingest.errorfile import FAILURE_COLUMN, read_error_file
+from cdp_ingest.errors import StoreError
+from cdp_ingest.ledger import Ledger, SourceUnit
+from cdp_ingest.mapping import Mapper, Mapping, profile_id_for
+from cdp_ingest.pipeline import begin_unit, import_unit, load_unit, transform_unit
+from cdp_ingest.readers import read_batches
+from cdp_ingest.store import BulkItem, ProfileRow, Store, make_client
+
+pytestmark = pytest.mark.services
+MAPPINGS = Path(__file__).resolve().parents[1] / "include" / "cdp_ingest" / "mappings"
+NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+_prefixes = itertools.count()
+
+
+@pytest.fixture
+def store(opensearch):
+    s = Store(make_client(opensearch.info["url"]), prefix=f"t-store{next(_prefixes)}-", chunk_docs=500,
+              backoff=0.01)
+    s.ensure_templates()
+    yield s
+    s._request("DELETE", f"/{s.prefix}*")
+
+
+def _import(store, path, mapping_name, work, **kw):
+    m = Mapping.load(MAPPINGS / f"demo-{mapping_name}.yaml")
+    return import_unit(str(path), lambda: read_batches(path),
+                       lambda iid: Mapper(m, unit_key=iid, now=NOW).map_row,
+                       store=store, ledger=Ledger(store), work_dir=work, kind=m.kind, source="test", **kw)
+
+
+def test_events_land_shaped_in_monthly_indices_and_rerun_adds_nothing(store, tmp_path):
+    src = tmp_path / "events.csv"
+    exp = sample.write_events(src, 2000, profiles=50, sessions=20)
+    rep = _import(store, src, "events", tmp_path / "work")
+    assert rep.status == "committed"
+    assert (rep.rows_in, rep.loaded, rep.rejected, rep.duplicates) == (2000, exp.good, exp.bad, exp.duplicates)
+    p = store.prefix
+    assert store.count(f"{p}event-2025-11") + store.count(f"{p}event-2025-12") == exp.good
+    doc = store.get(f"{p}event-2025-11", "e-0000000000")["_source"]
+    assert doc["type"] == "page-view" and doc["name"] == "Page view"
+    assert doc["metadata"]["time"]["create"] == "2025-11-01T00:00:00.000000"
+    first = src.read_text().splitlines()[1].split(",")
+    assert doc["profile"]["id"] == profile_id_for(first[3])
+    assert doc["session"]["id"] == first[4]
+    assert doc["source"] == {"id": "demo-tracker"}
+    assert doc["properties"]["product"]["quantity"] == 1
+    assert doc["properties"]["referrer"] in ("google", "direct", "mail")
+    assert doc["metadata"]["aux"]["cdp"] == {"import_id": rep.import_id, "row": 1}
+    december = store._request("POST", f"/{p}event-2025-12/_search", body={"size": 1})["hits"]["hits"][0]
+    assert december["_source"]["metadata"]["time"]["create"].startswith("2025-12")
+
+    again = _import(store, src, "events", tmp_path / "work")
+    assert again.status == "skipped" and again.import_id == rep.import_id
+    forced = _import(store, src, "events", tmp_path / "work", force=True)
+    assert forced.import_id != rep.import_id
+    assert (forced.loaded, forced.duplicates) == (0, exp.good + exp.duplicates)
+    store.refresh([f"{p}event-*"])
+    assert store.count(f"{p}event-*") == exp.good
+
+    errors = read_error_file(rep.error_file)
+    assert len(errors) == exp.bad
+    reasons = {r[FAILURE_COLUMN] for r in errors}
+    assert reasons == {"column 'event' (event type) is empty", "column 'price': expected FLOAT"}
+    assert set(errors[0]) == {"insert_id", "ts", "event", "email", "session_id", "page", "product_id", "price",
+                              "quantity", "referrer", FAILURE_COLUMN}
+
+
+def test_profiles_merge_operations_across_rows_and_files(store, tmp_path):
+    now = NOW
+    pid = profile_id_for("ada@example.com")
+    rows1 = [ProfileRow(pid, 1, [("$set", "data.pii.firstname", "Ada"), ("$add", "traits.tags", "vip")]),
+             ProfileRow(pid, 2, [("$add", "traits.tags", ["beta", "vip"]), ("$set", "traits.tmp", 1)])]
+    out = list(store.merge_profiles(rows1, "imp-1", now))
+    assert [o.status for o in out] == ["loaded", "loaded"]
+    rows2 = [ProfileRow(pid, 1, [("$remove", "traits.tags", "vip"), ("$delete", "traits.tmp", None)]),
+             ProfileRow(profile_id_for("bob@example.com"), 2, [("$set", "data.pii.firstname", "Bob")])]
+    list(store.merge_profiles(rows2, "imp-2", now))
+    doc = store.get(store.index("profile"), pid)["_source"]
+    assert doc["data"]["pii"]["firstname"] == "Ada"
+    assert doc["traits"] == {"tags": ["beta"]}
+    assert doc["ids"] == [pid]
+    assert doc["metadata"]["aux"]["cdp"] == {"import_id": "imp-2", "row": 1}
+
+
+def test_profile_merge_retries_on_concurrent_update(store):
+    pid = profile_id_for("race@example.com")
+    list(store.merge_profiles([ProfileRow(pid, 1, [("$set", "traits.a", 1)])], "imp-0", NOW))
+    original = store._send_bulk
+    raced = []
+
+    def racing_send(payload: bytes):
+        if not raced:  # someone else writes the profile between our read and our write
+            raced.append(True)
+            store._request("POST", f"/{store.index('profile')}/_update/{pid}", body={"doc": {"traits": {"b": 2}}},
+                           params={"refresh": "true"})
+        return original(payload)
+
+    store._send_bulk = racing_send
+    out = list(store.merge_profiles([ProfileRow(pid, 7, [("$set", "traits.c", 3)])], "imp-1", NOW))
+    assert [o.status for o in out] == ["loaded"]
+    assert store.get(store.index("profile"), pid)["_source"]["traits"] == {"a": 1, "b": 2, "c": 3}
+
+
+def test_crash_mid_load_then_retry_gives_exactly_the_right_documents(store, tmp_path):
+    src = tmp_path / "events.csv"
+    exp = sample.write_events(src, 3000, profiles=50, sessions=20)
+    m = Mapping.load(MAPPINGS / "demo-events.yaml")
+    ledger = Ledger(store)
+    entry = begin_unit(ledger, str(src), kind="event", source="test")
+    t = transform_unit(read_batches(src), Mapper(m, unit_key=entry.import_id, now=NOW).map_row,
+                       prefix=store.prefix, import_id=entry.import_id, staged_path=tmp_path / "s.parquet",
+                       error_path=tmp_path / "t-err.csv")
+    calls = itertools.count()
+    original = store._send_bulk
+
+    def dying_send(payload: bytes):
+        if next(calls) == 3:
+            raise StoreError("worker lost its connection")  # like a worker killed mid-load
+        return original(payload)
+
+    store._send_bulk = dying_send
+    with pytest.raises(StoreError):
+        load_unit(t.staged, store, import_id=entry.import_id, error_path=tmp_path / "l-err.csv", columns=t.columns)
+    ledger.fail(entry, "crashed")
+    store.refresh([f"{store.prefix}event-*"])
+    partial = store.count(f"{store.prefix}event-*")
+    assert 0 < partial < exp.good
+
+    store._send_bulk = original
+    retry = ledger.begin(SourceUnit.from_file(str(src)), kind="event", source="test")
+    assert retry.import_id == entry.import_id and retry.attempts == 2
+    ld = load_unit(t.staged, store, import_id=retry.import_id, error_path=tmp_path / "l-err.csv", columns=t.columns)
+    # writes of the crashed attempt are recognised as this import's own: loaded, not duplicates
+    assert (ld.loaded, ld.duplicates, ld.failed) == (exp.good, exp.duplicates, 0)
+    assert store.count(f"{store.prefix}event-*") == exp.good
+
+
+def test_per_item_failures_are_reported_with_reason(store, tmp_path):
+    good = orjson.dumps({"id": "ok", "metadata": {"time": {"insert": "2025-11-01T00:00:00"}}})
+    bad = orjson.dumps({"id": "bad", "metadata": {"time": {"insert": "not a date"}}})
+    items = [BulkItem(f"{store.prefix}event-2025-11", "ok", good, 1),
+             BulkItem(f"{store.prefix}event-2025-11", "bad", bad, 2)]
+    out = {o.ref: o for o in store.bulk_load(items)}
+    assert out[1].status == "loaded"
+    assert out[2].status == "failed" and "mapper_parsing_exception" in out[2].reason
+
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """A proxy in front of OpenSearch that answers 429/503 to the first bulk requests."""
+
+    upstream = ""
+    failures: list[int] = []
+    seen: list[int] = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.startswith("/_bulk") and self.failures:
+            code = self.failures.pop(0)
+            self.seen.append(code)
+            self.send_response(code)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"error":"busy"}')
+            return
+        req = urllib.request.Request(self.upstream + self.path, data=body, method="POST",
+                                     headers={"Content-Type": self.headers.get("Content-Type")})
+        with urllib.request.urlopen(req) as r:
+            data = r.read()
+            self.send_response(r.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_bulk_retries_429_and_5xx_with_backoff(store, opensearch):
+    _Flaky.upstream = opensearch.info["url"]
+    _Flaky.failures, _Flaky.seen = [429, 503, 429], []
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        sleeps: list[float] = []
+        s = Store(make_client(f"http://127.0.0.1:{srv.server_port}"), prefix=store.prefix, backoff=0.5,
+                  sleep=sleeps.append, concurrency=1)
+        items = [BulkItem(f"{store.prefix}event-2025-11", f"r{i}", orjson.dumps({"id": f"r{i}"}), i)
+                 for i in range(10)]
+        out = list(s.bulk_load(items))
+        assert [o.status for o in out] == ["loaded"] * 10
+        assert _Flaky.seen == [429, 503, 429]
+        assert sleeps == [0.5, 1.0, 2.0]  # exponential backoff
+        _Flaky.failures = [429] * 10
+        s.max_retries = 2
+        with pytest.raises(StoreError, match="still failing after 2 retries"):
+            list(s.bulk_load(items))
+    finally:
+        srv.shutdown()
+
+
+def test_templates_route_free_form_bags_to_flat_object(store):
+    resp = store._request("GET", f"/_index_template/{store.prefix}event")
+    mapping = resp["index_templates"][0]["index_template"]["template"]["mappings"]
+    assert mapping["properties"]["properties"] == {"type": "flat_object"}
+    # conflicting value types for the same property in two events do not fail either
+    items = [BulkItem(f"{store.prefix}event-2025-11", "a", orjson.dumps({"properties": {"v": 1}}), 1),
+             BulkItem(f"{store.prefix}event-2025-11", "b", orjson.dumps({"properties": {"v": {"x": "y"}}}), 2)]
+    assert [o.status for o in store.bulk_load(items)] == ["loaded", "loaded"]
