@@ -17,6 +17,7 @@ command -v ssh-keygen >/dev/null || apt_missing+=(openssh-client)
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || apt_missing+=(postgresql)
 command -v java >/dev/null || apt_missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || apt_missing+=(maven)
+command -v docker-compose >/dev/null || apt_missing+=(docker-compose)  # static `config -q` check only
 if [ ${#apt_missing[@]} -gt 0 ]; then
     echo "bootstrap: installing Debian packages: ${apt_missing[*]}"
     $SUDO apt-get update -qq

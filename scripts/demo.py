@@ -1,0 +1,240 @@
+"""The main job: run every import DAG once, end to end, on generated sample data, with the embedded
+defaults (SQLite metadata DB, LocalExecutor, local landing folder, local OpenSearch), then print a
+summary. Started by ``make demo`` (after scripts/bootstrap.sh).
+
+Steps: start the real local services → generate sample inputs → ``airflow db migrate`` → start
+``airflow standalone`` (scheduler, dag-processor, triggerer, api-server, LocalExecutor) → unpause
+and trigger each DAG → wait for the runs → summary from the store and the ledger → stop everything
+by PID. ``--keep`` leaves the services and Airflow running for a look at the UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from airflow_env import ROOT, airflow_env
+from devservices import Harness, _kill_groups, free_port
+
+log = logging.getLogger("demo")
+RUN = ROOT / ".run"
+VENV_BIN = Path(sys.executable).parent
+
+
+# ---- sample inputs, one preparer per DAG family -------------------------------------------------------
+def prepare_csv(landing: Path, harness: Harness, scale: int) -> dict[str, dict]:
+    from cdp_ingest import sample
+
+    base = landing / "demo"
+    shutil.rmtree(base, ignore_errors=True)
+    for sub in ("profiles", "sessions", "events"):
+        (base / sub).mkdir(parents=True)
+    exp = {
+        "profile": sample.write_profiles(base / "profiles" / "crm-export.csv", 500 * scale),
+        "session": sample.write_sessions(base / "sessions" / "web-sessions.csv", 1000 * scale, profiles=500 * scale),
+        "event": sample.write_events(base / "events" / "tracker.csv", 20000 * scale, profiles=500 * scale,
+                                     sessions=1000 * scale),
+    }
+    return {"csv_import_demo": {"expected": {k: vars(v) for k, v in exp.items()}}}
+
+
+# Other DAG families register their preparers here: (services they need, preparer).
+PREPARERS: list[tuple[tuple[str, ...], Callable[[Path, Harness, int], dict[str, dict]]]] = [
+    (("opensearch", "webhook"), prepare_csv),
+]
+
+
+# ---- Airflow ------------------------------------------------------------------------------------------
+def airflow(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(VENV_BIN / "airflow"), *args], env=env, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"airflow {' '.join(args)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def start_standalone(env: dict[str, str], log_file: Path) -> subprocess.Popen:
+    out = open(log_file, "ab")
+    # standalone stops cleanly on SIGINT only; a background shell may have set SIGINT to ignored.
+    proc = subprocess.Popen([str(VENV_BIN / "airflow"), "standalone"], env=env, stdout=out,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    out.close()
+    return proc
+
+
+def stop_standalone(proc: subprocess.Popen) -> None:
+    """SIGINT to standalone itself (it shuts its components down), then TERM/KILL its process group
+    for whatever did not exit within 15 s."""
+    try:
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    _kill_groups([proc.pid], grace=5)
+
+
+def wait_for_dags(db: Path, dag_ids: list[str], proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"airflow standalone exited with code {proc.returncode}; see its log")
+        try:
+            with sqlite3.connect(db) as c:
+                found = {r[0] for r in c.execute("SELECT dag_id FROM serialized_dag")}
+            if set(dag_ids) <= found:
+                return
+        except sqlite3.Error:
+            pass
+        time.sleep(2)
+    raise RuntimeError(f"DAGs not parsed within {timeout:.0f} s: {dag_ids}")
+
+
+def first_run(db: Path, dag_id: str, timeout: float) -> str | None:
+    """The run the scheduler creates when a scheduled DAG is unpaused (its latest interval)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sqlite3.connect(db) as c:
+            row = c.execute("SELECT run_id FROM dag_run WHERE dag_id=? ORDER BY id LIMIT 1", (dag_id,)).fetchone()
+        if row:
+            return row[0]
+        time.sleep(1)
+    return None
+
+
+def wait_for_runs(db: Path, runs: dict[str, str], timeout: float) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        with sqlite3.connect(db) as c:
+            for dag_id, run_id in runs.items():
+                row = c.execute("SELECT state FROM dag_run WHERE dag_id=? AND run_id=?", (dag_id, run_id)).fetchone()
+                states[dag_id] = row[0] if row else "missing"
+        if all(s in ("success", "failed") for s in states.values()):
+            return states
+        time.sleep(3)
+    return states
+
+
+# ---- summary --------------------------------------------------------------------------------------------
+def summary(url: str, states: dict[str, str], seconds: float) -> tuple[str, bool]:
+    from cdp_ingest.ledger import Ledger
+    from cdp_ingest.store import Store, make_client
+
+    store = Store(make_client(url), prefix="cdp-")
+    lines = ["", "cdp-ingest demo summary", "=" * 23, ""]
+    lines.append(f"{'DAG':32} {'state':8}")
+    for dag_id, state in states.items():
+        lines.append(f"{dag_id:32} {state:8}")
+    lines += ["", f"{'imported file':34} {'kind':8} {'status':10} {'rows_in':>8} {'loaded':>8} {'rejected':>8} "
+                  f"{'dupes':>6}"]
+    entries = Ledger(store).list(limit=200)
+    ok = all(s == "success" for s in states.values()) and bool(entries)
+    for e in sorted(entries, key=lambda e: e.started or ""):
+        balanced = e.rows_in == e.loaded + e.rejected + e.duplicates
+        ok &= e.committed and balanced
+        lines.append(f"{Path(e.path).name[:34]:34} {e.kind:8} {e.status:10} {e.rows_in:8d} {e.loaded:8d} "
+                     f"{e.rejected:8d} {e.duplicates:6d}{'' if balanced else '  <-- accounting mismatch'}")
+    lines += ["", f"{'index':32} {'documents':>10}"]
+    cat = store._request("GET", "/_cat/indices/cdp-*", params={"format": "json", "h": "index,docs.count"})
+    for row in sorted(cat, key=lambda r: r["index"]):
+        lines.append(f"{row['index']:32} {int(row['docs.count']):10d}")
+    lines += ["", f"finished in {seconds:.0f} s: {'OK' if ok else 'FAILED'}", ""]
+    return "\n".join(lines), ok
+
+
+def _terminate(signum, frame):  # so that `finally` stops everything we started
+    raise SystemExit(128 + signum)
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("opensearch").setLevel(logging.WARNING)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", type=int, default=1, help="multiply the sample sizes")
+    ap.add_argument("--timeout", type=float, default=1200, help="seconds to wait for the DAG runs")
+    ap.add_argument("--keep", action="store_true", help="leave services and Airflow running afterwards")
+    ap.add_argument("--ui", action="store_true", help="start everything with sample data, trigger nothing, "
+                                                      "and keep the UI up until Ctrl-C")
+    args = ap.parse_args()
+    t0 = time.monotonic()
+    shutil.rmtree(RUN / "demo", ignore_errors=True)
+    home = RUN / "demo" / "airflow"
+    landing = RUN / "demo" / "landing"
+    home.mkdir(parents=True)
+    landing.mkdir(parents=True)
+    harness = Harness(RUN / "demo" / "services")
+    proc = None
+    try:
+        needed = sorted({s for services, _ in PREPARERS for s in services})
+        harness.start(needed)
+        runs_cfg: dict[str, dict] = {}
+        for _, prepare in PREPARERS:
+            runs_cfg.update(prepare(landing, harness, args.scale))
+        port = free_port()
+        env = {**os.environ, **airflow_env(home, landing), **harness.airflow_connections(),
+               "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin", "AIRFLOW__API__PORT": str(port),
+               "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/"}
+        env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])  # standalone spawns `airflow`
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "plugins"), os.environ.get("PYTHONPATH")]))
+        airflow("db", "migrate", env=env)
+        proc = start_standalone(env, home / "standalone.log")
+        wait_for_dags(home / "airflow.db", list(runs_cfg), proc)
+        if args.ui:
+            sys.stdout.write(f"\nAirflow UI: http://127.0.0.1:{port}  user admin, password in "
+                             f"{home}/simple_auth_manager_passwords.json.generated\n"
+                             f"DAGs (paused; unpause or trigger them in the UI): {', '.join(runs_cfg)}\n"
+                             f"Landing folder: {landing}\nCtrl-C stops Airflow and the services.\n")
+            try:
+                proc.wait()
+            except KeyboardInterrupt:
+                pass
+            return 0
+        runs: dict[str, str] = {}
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        for dag_id, cfg in runs_cfg.items():
+            if cfg.get("trigger"):  # manual-only DAGs, or runs that need a conf/logical date
+                run_id = f"demo__{stamp}"
+                trig = ["dags", "trigger", dag_id, "-r", run_id, "-c", json.dumps(cfg.get("conf", {}))]
+                if cfg.get("logical_date"):
+                    trig += ["-l", cfg["logical_date"]]
+                airflow(*trig, env=env)
+                airflow("dags", "unpause", dag_id, env=env)
+            else:  # a scheduled DAG: unpausing makes the scheduler create its latest run
+                airflow("dags", "unpause", dag_id, env=env)
+                run_id = first_run(home / "airflow.db", dag_id, 60)
+                if run_id is None:
+                    raise RuntimeError(f"the scheduler created no run for {dag_id} after unpausing it")
+            runs[dag_id] = run_id
+            log.info("running %s (%s)", dag_id, run_id)
+        states = wait_for_runs(home / "airflow.db", runs, args.timeout)
+        text, ok = summary(harness.services["opensearch"].info["url"], states, time.monotonic() - t0)
+        sys.stdout.write(text)
+        if not ok:
+            sys.stdout.write(f"Airflow logs: {home / 'logs'}; standalone log: {home / 'standalone.log'}\n")
+        if args.keep:
+            sys.stdout.write(f"UI: http://127.0.0.1:{port} (admin / see {home}/simple_auth_manager_passwords.json"
+                             ".generated); stop with: kill -INT -{proc.pid} && python scripts/devservices.py "
+                             f"stop --run-dir {harness.run_dir}\n")
+        return 0 if ok else 1
+    finally:
+        if not args.keep:
+            if proc is not None:
+                stop_standalone(proc)
+            harness.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
