@@ -43,10 +43,11 @@ def _import(store, path, mapping_name, work, **kw):
                        store=store, ledger=Ledger(store), work_dir=work, kind=m.kind, source="test", **kw)
 
 
-def test_events_land_shaped_in_monthly_indices_and_rerun_adds_nothing(store, tmp_path):
+@pytest.mark.parametrize("stage", [True, False], ids=["staged", "streamed"])
+def test_events_land_shaped_in_monthly_indices_and_rerun_adds_nothing(store, tmp_path, stage):
     src = tmp_path / "events.csv"
     exp = sample.write_events(src, 2000, profiles=50, sessions=20)
-    rep = _import(store, src, "events", tmp_path / "work")
+    rep = _import(store, src, "events", tmp_path / "work", stage=stage)
     assert rep.status == "committed"
     assert (rep.rows_in, rep.loaded, rep.rejected, rep.duplicates) == (2000, exp.good, exp.bad, exp.duplicates)
     p = store.prefix
@@ -114,6 +115,20 @@ def test_profile_merge_retries_on_concurrent_update(store):
     out = list(store.merge_profiles([ProfileRow(pid, 7, [("$set", "traits.c", 3)])], "imp-1", NOW))
     assert [o.status for o in out] == ["loaded"]
     assert store.get(store.index("profile"), pid)["_source"]["traits"] == {"a": 1, "b": 2, "c": 3}
+
+
+def test_streamed_profiles_import_matches_expected_counts(store, tmp_path):
+    src = tmp_path / "profiles.csv"
+    exp = sample.write_profiles(src, 400)
+    rep = _import(store, src, "profiles", tmp_path / "work", stage=False)
+    assert (rep.rows_in, rep.loaded, rep.rejected, rep.duplicates) == (400, exp.good, exp.bad, 0)
+    store.refresh([store.index("profile")])
+    assert store.count(store.index("profile")) == exp.good
+    doc = store.get(store.index("profile"), profile_id_for(sample.email(0)))["_source"]
+    assert doc["data"]["contact"]["email"] == sample.email(0)
+    assert doc["data"]["pii"]["name"] == "Ada Lovelace"
+    assert doc["traits"]["segment"] in ("gold", "silver", "new")
+    assert len(read_error_file(rep.error_file)) == exp.bad
 
 
 def test_crash_mid_load_then_retry_gives_exactly_the_right_documents(store, tmp_path):

@@ -122,48 +122,113 @@ def mapped_to_stage_row(m: Mapped, prefix: str, import_id: str, ref: int) -> tup
     return index_for(prefix, m.kind, m.when), m.doc_id, orjson.dumps(doc, default=str)
 
 
-def transform_unit(batches: Iterable, row_fn: RowFn, *, prefix: str, import_id: str, staged_path: str | Path,
-                   error_path: str | Path) -> TransformResult:
-    staged_path, error_path = Path(staged_path), Path(error_path)
-    staged_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = staged_path.with_suffix(".partial")
-    writer = pq.ParquetWriter(tmp, STAGE_SCHEMA, compression="zstd")
-    errors: ErrorFileWriter | None = None
-    rows_in = accepted = 0
-    kinds: set[str] = set()
-    header: list[str] = []
-    buf: dict[str, list] = {k: [] for k in STAGE_SCHEMA.names}
-    try:
-        for ref, row, header, bad in iter_rows(batches):
-            rows_in += 1
+class RowMapper:
+    """Runs a row function over source rows: rejected rows go to the error CSV (created on the first
+    one), accepted rows come out as ``(ref, Mapped, row)``. Counts rows_in / accepted / rejected."""
+
+    def __init__(self, row_fn: RowFn, error_path: str | Path):
+        self.row_fn = row_fn
+        self.error_path = Path(error_path)
+        self.rows_in = self.accepted = 0
+        self.header: list[str] = []
+        self.kinds: set[str] = set()
+        self._errors: ErrorFileWriter | None = None
+
+    @property
+    def rejected(self) -> int:
+        return self.rows_in - self.accepted
+
+    def reject(self, row: dict[str, Any], reason: str) -> None:
+        if self._errors is None:
+            self._errors = ErrorFileWriter(self.error_path, self.header)
+        self._errors.write(row, reason)
+
+    def run(self, batches: Iterable) -> Iterator[tuple[int, Mapped, dict[str, Any]]]:
+        row_fn = self.row_fn
+        for ref, row, self.header, bad in iter_rows(batches):
+            self.rows_in += 1
             try:
                 if bad is not None:
                     raise RowError(bad)
                 m = row_fn(row, ref)
             except RowError as e:
-                if errors is None:
-                    errors = ErrorFileWriter(error_path, header)
-                errors.write(row, str(e))
+                self.reject(row, str(e))
                 continue
+            self.accepted += 1
+            self.kinds.add(m.kind)
+            yield ref, m, row
+
+    def close(self) -> str | None:
+        path = self._errors.close() if self._errors else None
+        if path is None and self.error_path.exists():
+            self.error_path.unlink()  # left by an earlier attempt that rejected rows this one did not
+        return str(path) if path else None
+
+
+def transform_unit(batches: Iterable, row_fn: RowFn, *, prefix: str, import_id: str, staged_path: str | Path,
+                   error_path: str | Path) -> TransformResult:
+    staged_path = Path(staged_path)
+    staged_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = staged_path.with_suffix(".partial")
+    writer = pq.ParquetWriter(tmp, STAGE_SCHEMA, compression="zstd")
+    rm = RowMapper(row_fn, error_path)
+    cols: dict[str, list] = {k: [] for k in STAGE_SCHEMA.names}
+    refs, kinds, indices, ids, bodies, origs = (cols[k] for k in STAGE_SCHEMA.names)
+    try:
+        for ref, m, row in rm.run(batches):
             index, doc_id, body = mapped_to_stage_row(m, prefix, import_id, ref)
-            kinds.add(m.kind)
-            accepted += 1
-            for k, v in (("ref", ref), ("kind", m.kind), ("index", index), ("id", doc_id), ("body", body),
-                         ("orig", orjson.dumps(row, default=str))):
-                buf[k].append(v)
-            if len(buf["ref"]) >= STAGE_ROWS:
-                writer.write_table(pa.table(buf, schema=STAGE_SCHEMA))
-                buf = {k: [] for k in STAGE_SCHEMA.names}
-        if buf["ref"]:
-            writer.write_table(pa.table(buf, schema=STAGE_SCHEMA))
+            refs.append(ref)
+            kinds.append(m.kind)
+            indices.append(index)
+            ids.append(doc_id)
+            bodies.append(body)
+            origs.append(orjson.dumps(row, default=str))
+            if len(refs) >= STAGE_ROWS:
+                writer.write_table(pa.table(cols, schema=STAGE_SCHEMA))
+                for v in cols.values():
+                    v.clear()
+        if refs:
+            writer.write_table(pa.table(cols, schema=STAGE_SCHEMA))
     finally:
         writer.close()
-        error_file = errors.close() if errors else None
+        error_file = rm.close()
     os.replace(tmp, staged_path)
-    if error_file is None and error_path.exists():
-        error_path.unlink()  # left by an earlier attempt that rejected rows this one did not
-    return TransformResult(rows_in, accepted, rows_in - accepted, str(staged_path),
-                           str(error_file) if error_file else None, list(header), sorted(kinds))
+    return TransformResult(rm.rows_in, rm.accepted, rm.rejected, str(staged_path), error_file, list(rm.header),
+                           sorted(rm.kinds))
+
+
+def stream_unit(batches: Iterable, row_fn: RowFn, store: Store, *, kind: str, import_id: str,
+                error_path: str | Path, now: datetime | None = None) -> tuple[TransformResult, LoadResult]:
+    """Map and load in one pass, without a staging file: the main thread maps rows while the bulk
+    threads wait on the store, so the two overlap. Rejected and store-refused rows share one error CSV."""
+    now = now or datetime.now(UTC)
+    rm = RowMapper(row_fn, error_path)
+    stats = LoadStats()
+    pending: dict[int, dict[str, Any]] = {}  # ref -> original row, only while its outcome is not back
+
+    def items() -> Iterator[BulkItem | ProfileRow]:
+        for ref, m, row in rm.run(batches):
+            pending[ref] = row
+            if m.kind == "profile":
+                yield ProfileRow(m.doc_id, ref, m.operations)
+            else:
+                index, doc_id, body = mapped_to_stage_row(m, store.prefix, import_id, ref)
+                yield BulkItem(index, doc_id, body, ref)
+
+    outcomes = (store.merge_profiles(items(), import_id, now, stats=stats) if kind == "profile"
+                else store.bulk_load(items(), import_id=import_id, stats=stats))
+    try:
+        for o in outcomes:
+            row = pending.pop(o.ref, None)
+            if o.status == "failed":
+                rm.reject(row or {}, o.reason or "store rejected the row")
+    finally:
+        error_file = rm.close()
+    store.refresh(stats.indices)
+    t = TransformResult(rm.rows_in, rm.accepted, rm.rejected, None, error_file, list(rm.header), sorted(rm.kinds))
+    ld = LoadResult(stats.loaded, stats.duplicates, stats.failed, None, sorted(stats.indices), stats.requests,
+                    stats.retries)
+    return t, ld
 
 
 # ---- load -----------------------------------------------------------------------------------------
@@ -246,8 +311,11 @@ def commit_unit(ledger: Ledger, entry: LedgerEntry, t: TransformResult, ld: Load
 # ---- all in one -----------------------------------------------------------------------------------
 def import_unit(source_path: str, open_batches: Callable[[], Iterable], row_fn_factory: Callable[[str], RowFn], *,
                 store: Store, ledger: Ledger, work_dir: str | Path, kind: str, source: str,
-                account: str | None = None, force: bool = False, opener=open) -> ImportReport:
-    """Import one source unit in this process: begin, transform, load, commit."""
+                account: str | None = None, force: bool = False, opener=open, stage: bool = True) -> ImportReport:
+    """Import one source unit in this process: begin, transform, load, commit.
+
+    ``stage=False`` maps and loads in one overlapped pass (``stream_unit``) instead of going
+    through the staged Parquet file the Airflow tasks hand to each other."""
     import time
 
     t0 = time.monotonic()
@@ -257,16 +325,21 @@ def import_unit(source_path: str, open_batches: Callable[[], Iterable], row_fn_f
                             time.monotonic() - t0)
     work = Path(work_dir) / entry.import_id
     try:
-        t = transform_unit(open_batches(), row_fn_factory(entry.import_id), prefix=store.prefix,
-                           import_id=entry.import_id, staged_path=work / "staged.parquet",
-                           error_path=work / "transform-errors.csv")
-        ld = load_unit(t.staged, store, import_id=entry.import_id, error_path=work / "load-errors.csv",
-                       columns=t.columns)
-        error_file = merge_error_files(work / "errors.csv", t.error_file, ld.error_file)
+        if stage:
+            t = transform_unit(open_batches(), row_fn_factory(entry.import_id), prefix=store.prefix,
+                               import_id=entry.import_id, staged_path=work / "staged.parquet",
+                               error_path=work / "transform-errors.csv")
+            ld = load_unit(t.staged, store, import_id=entry.import_id, error_path=work / "load-errors.csv",
+                           columns=t.columns)
+            error_file = merge_error_files(work / "errors.csv", t.error_file, ld.error_file)
+            Path(t.staged).unlink(missing_ok=True)
+        else:
+            t, ld = stream_unit(open_batches(), row_fn_factory(entry.import_id), store, kind=kind,
+                                import_id=entry.import_id, error_path=work / "errors.csv")
+            error_file = t.error_file
         acc = commit_unit(ledger, entry, t, ld, error_file=error_file)
     except Exception as e:
         ledger.fail(entry, f"{e.__class__.__name__}: {e}")
         raise
-    Path(t.staged).unlink(missing_ok=True)
     return ImportReport(entry.unit_id, entry.import_id, source_path, "committed", acc.rows_in, acc.loaded,
                         acc.rejected, acc.duplicates, error_file, time.monotonic() - t0)
