@@ -125,10 +125,12 @@ SKELETONS = {"profile": _PROFILE, "session": _SESSION, "event": _EVENT}
 _SKELETON_JSON = {kind: orjson.dumps(doc) for kind, doc in SKELETONS.items()}
 
 
-def new_document(kind: str, doc_id: str, now: datetime) -> dict:
+def new_document(kind: str, doc_id: str, now: datetime | str) -> dict:
+    """A fresh skeleton; ``now`` may be given already formatted (callers that make many documents
+    with the same insert time format it once)."""
     doc = orjson.loads(_SKELETON_JSON[kind])
     doc["id"] = doc_id
-    doc["metadata"]["time"]["insert"] = iso(now)
+    doc["metadata"]["time"]["insert"] = now if isinstance(now, str) else iso(now)
     if kind == "profile":
         doc["ids"] = [doc_id]
     return doc

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from cdp_ingest.coerce import COERCERS, DATE_PREFIX, parse_epoch_datetime
-from cdp_ingest.documents import KINDS, deterministic_id, new_document, set_path
+from cdp_ingest.documents import KINDS, deterministic_id, iso, new_document, set_path
 from cdp_ingest.errors import MappingError, RowError
 
 TYPES = ("STRING", "INTEGER", "LONG", "FLOAT", "BOOLEAN", "DATETIME")
@@ -218,6 +218,7 @@ class Mapper:
         self.m = mapping
         self.unit_key = unit_key
         self.now = now
+        self._now_iso = iso(now)
         self._mapped_columns = mapping.source_columns()
         self._unmapped_targets: dict[str, str | None] = {}  # column -> target, filled on first sight
         self._event_names: dict[str, str] = {}
@@ -290,7 +291,7 @@ class Mapper:
                 raise RowError(f"column '{m.id_column}' (id) is longer than 512 characters")
         else:
             doc_id = deterministic_id(self.unit_key, ref)
-        doc = new_document(m.kind, doc_id, self.now)
+        doc = new_document(m.kind, doc_id, self._now_iso)
         for target, v in values:
             set_path(doc, target, v)
         profile = {"id": profile_id_for(identity)} if identity is not None else None

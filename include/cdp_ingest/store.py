@@ -19,9 +19,11 @@ Design (measured in benchmarks/bulk_import.py):
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -324,42 +326,59 @@ class Store:
                        stats: LoadStats | None = None, chunk_rows: int = 2000) -> Iterator[Outcome]:
         """Apply profile operations row by row, in order, without server-side scripts.
 
-        Rows of one chunk that touch the same profile are folded in memory, then each profile is
+        Rows are cut into chunks and each chunk into ``concurrency`` lanes by profile id, so every
+        profile stays in one lane and its rows keep their order while the lanes run in parallel.
+        Within a lane, rows that touch the same profile are folded in memory, then each profile is
         written once with optimistic concurrency; a conflict re-reads and re-applies that profile.
         """
         stats = stats if stats is not None else LoadStats()
         index = self.index("profile")
         stats.indices.add(index)
-        chunk: list[ProfileRow] = []
-        for row in rows:
-            chunk.append(row)
-            if len(chunk) >= chunk_rows:
-                yield from self._merge_chunk(index, chunk, import_id, now, stats)
+        lanes = self.concurrency
+        now_iso = now.replace(tzinfo=None).isoformat(timespec="microseconds")
+        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="merge") as pool:
+            chunk: list[ProfileRow] = []
+            for row in itertools.chain(rows, [None]):
+                if row is not None:
+                    chunk.append(row)
+                    if len(chunk) < chunk_rows * lanes:
+                        continue
+                if not chunk:
+                    break
+                parts: list[list[ProfileRow]] = [[] for _ in range(lanes)]
+                for r in chunk:
+                    parts[zlib.crc32(r.profile_id.encode()) % lanes].append(r)
+                futures = [pool.submit(self._merge_chunk, index, p, import_id, now_iso) for p in parts if p]
+                for fut in futures:
+                    outcomes, requests = fut.result()
+                    stats.requests += requests
+                    for o in outcomes:
+                        stats.add(o)
+                        yield o
                 chunk = []
-        if chunk:
-            yield from self._merge_chunk(index, chunk, import_id, now, stats)
 
-    def _merge_chunk(self, index: str, rows: list[ProfileRow], import_id: str, now: datetime,
-                     stats: LoadStats) -> Iterator[Outcome]:
+    def _merge_chunk(self, index: str, rows: list[ProfileRow], import_id: str,
+                     now_iso: str) -> tuple[list[Outcome], int]:
+        out: list[Outcome] = []
+        requests = 0
         todo = rows
         for attempt in range(self.max_retries + 1):
             ids = list(dict.fromkeys(r.profile_id for r in todo))
             resp = self._request("POST", "/_mget", body={"docs": [{"_index": index, "_id": i} for i in ids]})
-            stats.requests += 1
             current = {d["_id"]: d for d in resp["docs"] if d.get("found")}
             merged: dict[str, dict] = {}
             for r in todo:
                 doc = merged.get(r.profile_id)
                 if doc is None:
                     found = current.get(r.profile_id)
-                    doc = found["_source"] if found else new_document("profile", r.profile_id, now)
+                    doc = found["_source"] if found else new_document("profile", r.profile_id, now_iso)
                     merged[r.profile_id] = doc
                 for op, path, value in r.operations:
                     apply_operation(doc, op, path, value)
                 for extra_id in r.ids:
                     if extra_id not in doc["ids"]:
                         doc["ids"].append(extra_id)
-                doc["metadata"]["time"]["update"] = now.replace(tzinfo=None).isoformat(timespec="microseconds")
+                doc["metadata"]["time"]["update"] = now_iso
                 stamp(doc, import_id, r.ref)
             lines: list[bytes] = []
             order = list(merged)
@@ -373,33 +392,29 @@ class Store:
                     lines.append(orjson.dumps({"create": {"_index": index, "_id": pid}}))
                 lines.append(orjson.dumps(merged[pid], option=orjson.OPT_NON_STR_KEYS))
             result = self._send_bulk(b"\n".join(lines) + b"\n")
-            stats.requests += 1
+            requests += 2
             status = {}
-            for pid, item in zip(order, result.get("items", []), strict=False):
-                r = next(iter(item.values()))
-                status[pid] = (r.get("status", 500), r.get("error") or {})
+            if result.get("errors"):
+                for pid, item in zip(order, result["items"], strict=True):
+                    r = next(iter(item.values()))
+                    status[pid] = (r.get("status", 500), r.get("error") or {})
             retry: list[ProfileRow] = []
             for r in todo:
-                st, err = status.get(r.profile_id, (200, {})) if result.get("errors") else (200, {})
+                st, err = status.get(r.profile_id, (200, {}))
                 if st < 300:
-                    o = Outcome(r.ref, "loaded", id=r.profile_id)
+                    out.append(Outcome(r.ref, "loaded", id=r.profile_id))
                 elif st in (409, *RETRY_STATUSES):
                     retry.append(r)
-                    continue
                 else:
-                    o = Outcome(r.ref, "failed", f"store rejected the profile: {err.get('type')}: "
-                                                 f"{_short(err.get('reason'))}", id=r.profile_id)
-                stats.add(o)
-                yield o
+                    out.append(Outcome(r.ref, "failed", f"store rejected the profile: {err.get('type')}: "
+                                                        f"{_short(err.get('reason'))}", id=r.profile_id))
             if not retry:
-                return
+                return out, requests
             log.info("profile merge: %s rows hit a concurrent update, retry %s", len(retry), attempt + 1)
             todo = retry
-        for r in todo:
-            o = Outcome(r.ref, "failed", "profile kept changing concurrently; gave up after retries",
-                        id=r.profile_id)
-            stats.add(o)
-            yield o
+        out.extend(Outcome(r.ref, "failed", "profile kept changing concurrently; gave up after retries",
+                           id=r.profile_id) for r in todo)
+        return out, requests
 
     # ---- reads used by the ledger and tests ------------------------------------------------------------
     def get(self, index: str, doc_id: str) -> dict | None:

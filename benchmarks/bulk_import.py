@@ -1,0 +1,300 @@
+"""Bulk import benchmark: the same generated CSVs into the same local OpenSearch, side by side.
+
+    python benchmarks/bulk_import.py [--events 1000000] [--profiles 200000] [--naive-rows 20000]
+                                     [--big-factor 10] [--url http://127.0.0.1:9200]
+
+Variants (each runs in its own child process, so peak RSS is per variant):
+  a  naive     csv.DictReader, one client.index() per row (the hand-written script style)
+  b  helpers   the same documents through opensearch-py's plain helpers.bulk (defaults)
+  c  ceiling   pre-serialised NDJSON (made before the clock starts) sent with the best chunk
+               size/concurrency of a small sweep: what the cluster accepts at most
+  d  engine    cdp_ingest streamed (map + load overlapped), end to end from the CSV, with
+               validation, error file, ledger and accounting
+  d' staged    cdp_ingest as the Airflow tasks run it: transform to a staged file, then load
+Documents are built by the same mapping in a, b and d, so the variants differ in how they load.
+(a) is measured on the first --naive-rows rows only (at ~1-2k rows/s a full run takes many minutes).
+Finally the engine runs on a file --big-factor times larger to show that its memory stays flat.
+Prints a table and writes benchmarks/results/bulk_import.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+MAPPINGS = ROOT / "include" / "cdp_ingest" / "mappings"
+RESULTS = ROOT / "benchmarks" / "results"
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+
+
+# ---- variants (run in a child process) ------------------------------------------------------------------
+def _mapper(kind: str, unit_key: str):
+    from cdp_ingest.mapping import Mapper, Mapping
+
+    return Mapper(Mapping.load(MAPPINGS / f"demo-{kind}.yaml"), unit_key=unit_key, now=NOW)
+
+
+def _docs(kind: str, csv_path: str, prefix: str, limit: int | None = None):
+    """(index, id, document) per good row, built with the same mapping the engine uses."""
+    from cdp_ingest.documents import apply_operation, index_for, new_document
+    from cdp_ingest.errors import RowError
+
+    mapper = _mapper(kind, "bench")
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        for ref, row in enumerate(csv.DictReader(fh), 1):
+            if limit and ref > limit:
+                return
+            try:
+                m = mapper.map_row(row, ref)
+            except RowError:
+                continue
+            if m.kind == "profile":  # the document the engine's merge would write for a new profile
+                doc = new_document("profile", m.doc_id, NOW)
+                for op, path, value in m.operations:
+                    apply_operation(doc, op, path, value)
+                yield f"{prefix}profile", m.doc_id, doc
+            else:
+                yield index_for(prefix, m.kind, m.when), m.doc_id, m.document
+
+
+def run_naive(kind, csv_path, url, prefix, limit):
+    from opensearchpy import OpenSearch
+
+    client = OpenSearch(hosts=[url])
+    n = 0
+    for index, doc_id, doc in _docs(kind, csv_path, prefix, limit):
+        client.index(index=index, id=doc_id, body=doc)
+        n += 1
+    return n
+
+
+def run_helpers(kind, csv_path, url, prefix, limit):
+    from opensearchpy import OpenSearch, helpers
+
+    client = OpenSearch(hosts=[url], timeout=120)
+    actions = ({"_index": i, "_id": d, "_source": doc} for i, d, doc in _docs(kind, csv_path, prefix, limit))
+    ok, errors = helpers.bulk(client, actions, raise_on_error=False, stats_only=True)
+    return ok
+
+
+def run_ceiling(kind, ndjson_dir, url, prefix, limit, chunk, concurrency):
+    """Send pre-made bulk bodies (files of ``chunk`` documents each) with ``concurrency`` threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import urllib3
+
+    http = urllib3.PoolManager(maxsize=concurrency)
+    files = sorted(Path(ndjson_dir).glob(f"{chunk}-*.ndjson"))
+    bodies = [f.read_bytes().replace(b"@PREFIX@", prefix.encode()) for f in files]  # before the clock
+    counts = [b.count(b"\n") // 2 for b in bodies]
+    t0 = time.perf_counter()
+
+    def send(body: bytes) -> None:
+        r = http.request("POST", f"{url}/_bulk?filter_path=errors", body=body,
+                         headers={"content-type": "application/x-ndjson"})
+        if r.status != 200 or b'"errors":false' not in r.data:
+            raise RuntimeError(f"bulk failed: {r.status} {r.data[:300]!r}")
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(send, bodies))
+    return sum(counts), time.perf_counter() - t0
+
+
+def run_engine(kind, csv_path, url, prefix, stage: bool, work: str):
+    from cdp_ingest.ledger import Ledger
+    from cdp_ingest.pipeline import import_unit
+    from cdp_ingest.readers import read_batches
+    from cdp_ingest.store import Store, make_client
+
+    store = Store(make_client(url), prefix=prefix)
+    store.ensure_templates()
+    rep = import_unit(csv_path, lambda: read_batches(csv_path),
+                      lambda iid: _mapper(kind, iid).map_row, store=store, ledger=Ledger(store), work_dir=work,
+                      kind=kind.rstrip("s"), source="bench", stage=stage)
+    return rep.loaded, rep.to_dict()
+
+
+def child(args) -> None:
+    t0 = time.perf_counter()
+    extra = {}
+    if args.variant == "naive":
+        n = run_naive(args.kind, args.csv, args.url, args.prefix, args.limit)
+    elif args.variant == "helpers":
+        n = run_helpers(args.kind, args.csv, args.url, args.prefix, args.limit)
+    elif args.variant == "ceiling":
+        n, secs = run_ceiling(args.kind, args.ndjson, args.url, args.prefix, args.limit, args.chunk,
+                              args.concurrency)
+        t0 = time.perf_counter() - secs
+    else:
+        n, extra = run_engine(args.kind, args.csv, args.url, args.prefix, args.variant == "staged", args.work)
+    secs = time.perf_counter() - t0
+    sys.stdout.write(json.dumps({"docs": n, "seconds": secs, "peak_rss_mb": _vm_hwm_mb(),
+                                 **({"report": extra} if extra else {})}) + "\n")
+
+
+def _vm_hwm_mb() -> float:
+    """This process's peak RSS. (wait4's ru_maxrss would include the parent's RSS at fork time.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ---- parent ---------------------------------------------------------------------------------------------
+def measure(variant: str, kind: str, *, url: str, prefix: str, csv_path: Path, work: Path, limit: int = 0,
+            ndjson: Path | None = None, chunk: int = 0, concurrency: int = 0) -> dict:
+    cmd = [sys.executable, __file__, "--child", variant, "--kind", kind, "--url", url, "--prefix", prefix,
+           "--csv", str(csv_path), "--work", str(work), "--limit", str(limit)]
+    if ndjson:
+        cmd += ["--ndjson", str(ndjson), "--chunk", str(chunk), "--concurrency", str(concurrency)]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"variant {variant} failed (exit {r.returncode})")
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    res["rows_per_s"] = res["docs"] / res["seconds"]
+    return res
+
+
+def prepare_ndjson(kind: str, csv_path: Path, out_dir: Path, chunks: list[int]) -> None:
+    """Serialise the engine's documents once (orjson), cut into bulk bodies of each chunk size."""
+    import orjson
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    docs = [(i.replace("bench-", "@PREFIX@", 1), d, orjson.dumps(doc)) for i, d, doc in
+            _docs(kind, str(csv_path), "bench-")]
+    seen: set[str] = set()
+    unique = [x for x in docs if not (x[1] in seen or seen.add(x[1]))]  # create: a duplicate would 409
+    for chunk in chunks:
+        for n, start in enumerate(range(0, len(unique), chunk)):
+            body = b"".join(b'{"create":{"_index":"%s","_id":"%s"}}\n%s\n' % (i.encode(), d.encode(), src)
+                            for i, d, src in unique[start:start + chunk])
+            (out_dir / f"{chunk}-{n:06d}.ndjson").write_bytes(body)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--profiles", type=int, default=200_000)
+    ap.add_argument("--naive-rows", type=int, default=20_000)
+    ap.add_argument("--big-factor", type=int, default=10, help="0 skips the big-file memory run")
+    ap.add_argument("--url", help="an OpenSearch to use; default: start one (2 GB heap) and stop it after")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    for a in ("--kind", "--prefix", "--csv", "--work", "--ndjson"):
+        ap.add_argument(a, help=argparse.SUPPRESS)
+    for a in ("--limit", "--chunk", "--concurrency"):
+        ap.add_argument(a, type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        args.variant = args.child
+        child(args)
+        return 0
+
+    from cdp_ingest import sample
+    from cdp_ingest.store import Store, make_client
+    from devservices import Harness
+
+    tmp = Path(tempfile.mkdtemp(prefix="cdp-bench-"))
+    tmp.chmod(0o755)  # OpenSearch runs as the service user and must reach its folder below
+    harness = None
+    url = args.url
+    if not url:
+        harness = Harness(tmp / "services")
+        url = harness.start_opensearch(heap="2g").info["url"]
+    admin = Store(make_client(url), prefix="bench-")
+    results: list[dict] = []
+    try:
+        inputs = {"events": (tmp / "events.csv", sample.write_events(tmp / "events.csv", args.events,
+                                                                     profiles=args.events // 10,
+                                                                     sessions=args.events // 5)),
+                  "profiles": (tmp / "profiles.csv", sample.write_profiles(tmp / "profiles.csv", args.profiles))}
+        for kind, (path, exp) in inputs.items():
+            if not (args.events if kind == "events" else args.profiles):
+                continue
+            print(f"\n{kind}: {exp.rows} rows ({exp.bad} bad, {exp.duplicates} duplicate ids), "
+                  f"{path.stat().st_size / 1e6:.0f} MB", flush=True)
+            nd = tmp / f"ndjson-{kind}"
+            sweep = [(2000, 2), (5000, 2), (5000, 4), (10000, 3)]
+            prepare_ndjson(kind, path, nd, sorted({c for c, _ in sweep}))
+
+            def one(variant: str, label: str, kind=kind, path=path, exp=exp, **kw) -> dict:
+                prefix = f"bench-{kind}-{variant}-{len(results)}-"
+                admin.prefix = prefix
+                admin.ensure_templates()
+                r = measure(variant, kind, url=url, prefix=prefix, csv_path=path, work=tmp / "work", **kw)
+                admin._request("DELETE", f"/{prefix}*")  # each variant starts from empty indices
+                r.update(kind=kind, variant=label, rows_in=exp.rows)
+                results.append(r)
+                print(f"  {label:34} {r['docs']:>9,d} docs {r['seconds']:8.1f} s {r['rows_per_s']:>9,.0f}/s "
+                      f"peak RSS {r['peak_rss_mb']:6.0f} MB", flush=True)
+                return r
+
+            best = None
+            for chunk, conc in sweep:  # the ceiling's best settings, on the full set
+                r = one("ceiling", f"c  ceiling sweep {chunk}x{conc}", ndjson=nd, chunk=chunk, concurrency=conc)
+                if best is None or r["rows_per_s"] > best[0]["rows_per_s"]:
+                    best = (r, chunk, conc)
+            best[0]["variant"] = f"c  raw bulk ceiling ({best[1]}x{best[2]})"
+            one("naive", "a  per-row index() loop", limit=args.naive_rows)
+            one("helpers", "b  helpers.bulk (defaults)")
+            one("engine", "d  cdp_ingest (streamed)")
+            one("staged", "d' cdp_ingest (staged, as the DAG)")
+        if args.big_factor and args.events:
+            big = tmp / "events-big.csv"
+            exp = sample.write_events(big, args.events * args.big_factor, profiles=args.events,
+                                      sessions=args.events)
+            print(f"\nbig file: {exp.rows} rows, {big.stat().st_size / 1e9:.1f} GB", flush=True)
+            prefix = "bench-big-"
+            admin.prefix = prefix
+            admin.ensure_templates()
+            r = measure("engine", "events", url=url, prefix=prefix, csv_path=big, work=tmp / "work")
+            admin._request("DELETE", f"/{prefix}*")
+            r.update(kind="events", variant=f"d  cdp_ingest (streamed), {args.big_factor}x file", rows_in=exp.rows)
+            results.append(r)
+            print(f"  {r['variant']:34} {r['docs']:>9,d} docs {r['seconds']:8.1f} s {r['rows_per_s']:>9,.0f}/s "
+                  f"peak RSS {r['peak_rss_mb']:6.0f} MB", flush=True)
+            big.unlink()
+    finally:
+        if harness:
+            harness.stop()
+    report(results, args)
+    return 0
+
+
+def report(results: list[dict], args) -> None:
+    lines = ["", "| data | variant | docs | rows/s | vs (c) | vs (a) | peak RSS MB |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for kind in ("events", "profiles"):
+        rows = [r for r in results if r["kind"] == kind and "sweep" not in r["variant"]]
+        if not rows:
+            continue
+        ceiling = next((r["rows_per_s"] for r in rows if r["variant"].startswith("c ")), None)
+        naive = next((r["rows_per_s"] for r in rows if r["variant"].startswith("a ")), None)
+        for r in sorted(rows, key=lambda r: r["variant"]):
+            vc = f"{r['rows_per_s'] / ceiling:.2f}" if ceiling else "-"
+            va = f"{r['rows_per_s'] / naive:.1f}x" if naive else "-"
+            lines.append(f"| {kind} | {r['variant']} | {r['docs']:,} | {r['rows_per_s']:,.0f} | {vc} | {va} | "
+                         f"{r['peak_rss_mb']:.0f} |")
+    table = "\n".join(lines)
+    print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bulk_import.json").write_text(json.dumps({
+        "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": {
+            "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "args": {k: v for k, v in vars(args).items() if k in ("events", "profiles", "naive_rows", "big_factor")},
+        "results": results, "table": table}, indent=2))
+    print(f"\nwritten to {RESULTS / 'bulk_import.json'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
