@@ -179,3 +179,23 @@ def test_accounting_check():
     with pytest.raises(AccountingError, match="rows_in=10 but loaded=7"):
         Accounting(10, 7, 2, 0).check()
     assert Accounting(1, 1, 0, 0) + Accounting(2, 0, 1, 1) == Accounting(3, 1, 1, 1)
+
+
+def test_cli_prints_schemas_and_checks_mappings(tmp_path, capsys):
+    import json as _json
+    from pathlib import Path
+
+    import cdp_ingest
+    from cdp_ingest.cli import main
+
+    assert main(["schema", "event"]) == 0
+    schema = _json.loads(capsys.readouterr().out)
+    assert schema["title"] == "Tracardi event" and "properties" in schema["properties"]
+    mapping = Path(cdp_ingest.__file__).parent / "mappings" / "demo-events.yaml"
+    csv_ok = tmp_path / "ok.csv"
+    csv_ok.write_text("insert_id,ts,event,email\n")
+    assert main(["check-mapping", str(mapping), str(csv_ok)]) == 0
+    csv_bad = tmp_path / "bad.csv"
+    csv_bad.write_text("id,when\n")
+    assert main(["check-mapping", str(mapping), str(csv_bad)]) == 1
+    assert "not in the header: email, event, insert_id, ts" in capsys.readouterr().err
