@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from cdp_ingest.coerce import COERCERS, DATE_PREFIX, parse_epoch_datetime
-from cdp_ingest.documents import KINDS, deterministic_id, iso, new_document, set_path
+from cdp_ingest.documents import KINDS, deterministic_id, iso, new_document
 from cdp_ingest.errors import MappingError, RowError
 
 TYPES = ("STRING", "INTEGER", "LONG", "FLOAT", "BOOLEAN", "DATETIME")
@@ -220,16 +220,24 @@ class Mapper:
         self.now = now
         self._now_iso = iso(now)
         self._mapped_columns = mapping.source_columns()
-        self._unmapped_targets: dict[str, str | None] = {}  # column -> target, filled on first sight
         self._event_names: dict[str, str] = {}
+        # Per-row work is the hot path: split every target path once, here.
+        self._keys: dict[str, tuple[str, ...]] = {}
+        self._unmapped: list[tuple[str, str]] = []  # (column, target) for the current header
+        self._header: frozenset[str] = frozenset()
 
-    def _unmapped_target(self, col: str) -> str | None:
-        try:
-            return self._unmapped_targets[col]
-        except KeyError:
-            target = None if col in self._mapped_columns else f"{self.m.unmapped}.{_safe_key(col)}"
-            self._unmapped_targets[col] = target
-            return target
+    def _split(self, target: str) -> tuple[str, ...]:
+        keys = self._keys.get(target)
+        if keys is None:
+            keys = self._keys[target] = tuple(target.split("."))
+        return keys
+
+    def _unmapped_columns(self, row: dict[str, Any]) -> list[tuple[str, str]]:
+        """Unmapped columns of this row's header (rows of one file share it; recomputed if not)."""
+        if row.keys() != self._header:  # a set comparison done in C
+            self._header = frozenset(row)
+            self._unmapped = [(c, f"{self.m.unmapped}.{_safe_key(c)}") for c in row if c not in self._mapped_columns]
+        return self._unmapped
 
     def _value(self, rule: FieldRule, text: str | None) -> Any:
         if text is None or text == "":
@@ -258,8 +266,9 @@ class Mapper:
             if v is not None:
                 values.append((rule.target, v))
         if m.unmapped != "ignore":
-            for col, text in row.items():
-                if text != "" and (target := self._unmapped_target(col)) is not None:
+            for col, target in self._unmapped_columns(row):
+                text = row[col]
+                if text != "" and text is not None:
                     values.append((target, text))
         for target, template in m.derived.items():
             try:
@@ -293,7 +302,14 @@ class Mapper:
             doc_id = deterministic_id(self.unit_key, ref)
         doc = new_document(m.kind, doc_id, self._now_iso)
         for target, v in values:
-            set_path(doc, target, v)
+            node = doc
+            *parents, last = self._split(target)
+            for key in parents:
+                nxt = node.get(key)
+                if not isinstance(nxt, dict):
+                    nxt = node[key] = {}
+                node = nxt
+            node[last] = v
         profile = {"id": profile_id_for(identity)} if identity is not None else None
         if m.kind == "event":
             etype = row.get(m.event_type_column, "").strip() if m.event_type_column else m.event_type_value
