@@ -166,17 +166,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=int, default=1, help="multiply the sample sizes")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds to wait for the DAG runs")
+    ap.add_argument("--run-dir", type=Path, default=RUN / "demo", help="where Airflow, services and data live")
     ap.add_argument("--keep", action="store_true", help="leave services and Airflow running afterwards")
     ap.add_argument("--ui", action="store_true", help="start everything with sample data, trigger nothing, "
                                                       "and keep the UI up until Ctrl-C")
     args = ap.parse_args()
     t0 = time.monotonic()
-    shutil.rmtree(RUN / "demo", ignore_errors=True)
-    home = RUN / "demo" / "airflow"
-    landing = RUN / "demo" / "landing"
+    run_dir = args.run_dir.resolve()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    home = run_dir / "airflow"
+    landing = run_dir / "landing"
     home.mkdir(parents=True)
     landing.mkdir(parents=True)
-    harness = Harness(RUN / "demo" / "services")
+    run_dir.chmod(0o755)  # OpenSearch runs as the service user and must reach its folder below
+    harness = Harness(run_dir / "services")
     proc = None
     try:
         needed = sorted({s for services, _ in PREPARERS for s in services})
