@@ -37,9 +37,16 @@ from pathlib import Path
 log = logging.getLogger("devservices")
 
 OPENSEARCH_VERSION = os.environ.get("CDP_OPENSEARCH_VERSION", "2.19.3")
-OPENSEARCH_ARTIFACT = "org.opensearch.distribution.integ-test-zip:opensearch:{v}:zip"
+ELASTICSEARCH_VERSION = os.environ.get("CDP_ELASTICSEARCH_VERSION", "7.17.28")
+SEARCH_ENGINES = {
+    "opensearch": {"version": OPENSEARCH_VERSION, "env": "OPENSEARCH",
+                   "artifact": "org.opensearch.distribution.integ-test-zip:opensearch:{v}:zip"},
+    "elasticsearch": {"version": ELASTICSEARCH_VERSION, "env": "ES",
+                      "artifact": "org.elasticsearch.distribution.integ-test-zip:elasticsearch:{v}:zip"},
+}
 SERVICE_USER = "cdpsvc"  # created by scripts/bootstrap.sh; OpenSearch/PostgreSQL refuse root
 ALL_SERVICES = ("opensearch", "sftp", "s3", "gcs", "postgres", "smtp", "webhook")
+OPTIONAL_SERVICES = ("elasticsearch",)  # started only when asked for by name
 VENV_BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
 
@@ -83,6 +90,11 @@ def _service_user() -> pwd.struct_passwd | None:
 def _chown_tree(path: Path, user: pwd.struct_passwd | None) -> None:
     if user is None:
         return
+    for parent in path.resolve().parents:  # the service user must be able to walk down to its folder
+        if not os.stat(parent).st_mode & stat.S_IXOTH:
+            raise ServiceError(f"{parent} is not traversable by others (mode {oct(os.stat(parent).st_mode)[-3:]}); "
+                               f"{user.pw_name} could not reach {path}: use a run dir under a world-traversable "
+                               "folder such as /tmp")
     for p in [path, *path.rglob("*")]:
         os.lchown(p, user.pw_uid, user.pw_gid)
 
@@ -174,20 +186,24 @@ class Harness:
         self._save()
 
     # ---- OpenSearch ------------------------------------------------------------------------
-    def opensearch_home(self) -> Path:
-        home = cache_dir() / f"opensearch-{OPENSEARCH_VERSION}"
-        if (home / "bin" / "opensearch").exists():
+    def search_home(self, product: str) -> Path:
+        """The unpacked integ-test distribution, fetched from Maven Central once and cached."""
+        spec = SEARCH_ENGINES[product]
+        version = spec["version"]
+        home = cache_dir() / f"{product}-{version}"
+        if (home / "bin" / product).exists():
             return home
-        artifact = OPENSEARCH_ARTIFACT.format(v=OPENSEARCH_VERSION)
-        m2 = Path.home() / ".m2" / "repository" / "org/opensearch/distribution/integ-test-zip/opensearch"
-        zip_path = m2 / OPENSEARCH_VERSION / f"opensearch-{OPENSEARCH_VERSION}.zip"
+        artifact = spec["artifact"].format(v=version)
+        group, name = artifact.split(":")[:2]
+        zip_path = (Path.home() / ".m2" / "repository" / group.replace(".", "/") / name / version
+                    / f"{name}-{version}.zip")
         if not zip_path.exists():
             log.info("fetching %s from Maven Central", artifact)
             r = subprocess.run(["mvn", "-q", "-B", "dependency:get", f"-Dartifact={artifact}",
                                 "-Dtransitive=false"], capture_output=True, text=True, cwd=tempfile.gettempdir())
             if r.returncode != 0 or not zip_path.exists():
                 raise ServiceError(f"cannot resolve {artifact}: {r.stdout[-2000:]}{r.stderr[-2000:]}")
-        staging = Path(tempfile.mkdtemp(prefix="os-unpack-", dir=_ensure_dir(cache_dir())))
+        staging = Path(tempfile.mkdtemp(prefix=f"{product}-unpack-", dir=_ensure_dir(cache_dir())))
         with zipfile.ZipFile(zip_path) as z:
             for member in z.infolist():
                 target = z.extract(member, staging)
@@ -195,14 +211,21 @@ class Harness:
                 if mode:
                     os.chmod(target, mode)
         os.chmod(staging, 0o755)
-        (staging / f"opensearch-{OPENSEARCH_VERSION}").rename(home)
+        (staging / f"{product}-{version}").rename(home)
         staging.rmdir()
         return home
 
     def start_opensearch(self, heap: str = "1g", timeout: float = 180) -> Service:
-        home = self.opensearch_home()
+        return self._start_search("opensearch", heap, timeout)
+
+    def start_elasticsearch(self, heap: str = "1g", timeout: float = 180) -> Service:
+        return self._start_search("elasticsearch", heap, timeout)
+
+    def _start_search(self, product: str, heap: str, timeout: float) -> Service:
+        spec = SEARCH_ENGINES[product]
+        home = self.search_home(product)
         user = _service_user()
-        base = self.run_dir / "opensearch"
+        base = self.run_dir / product
         conf = base / "config"
         shutil.copytree(home / "config", conf, dirs_exist_ok=True)
         # jvm.options points GC logs and heap dumps at paths relative to the install, which the
@@ -216,23 +239,24 @@ class Harness:
         port, tport = free_port(), free_port()
         java_home = os.environ.get("JAVA_HOME") or str(Path(os.path.realpath(shutil.which("java") or
                                                                                "/usr/bin/java")).parents[1])
+        env_prefix = spec["env"]
         env = {
-            "OPENSEARCH_PATH_CONF": str(conf),
-            "OPENSEARCH_JAVA_HOME": java_home,
+            f"{env_prefix}_PATH_CONF": str(conf),
+            f"{env_prefix}_JAVA_HOME": java_home,
             "JAVA_HOME": java_home,
-            "OPENSEARCH_JAVA_OPTS": f"-Xms{heap} -Xmx{heap}",
+            f"{env_prefix}_JAVA_OPTS": f"-Xms{heap} -Xmx{heap}",
         }
-        argv = [str(home / "bin" / "opensearch"),
+        argv = [str(home / "bin" / product),
                 "-E", "discovery.type=single-node", "-E", "network.host=127.0.0.1",
                 "-E", f"http.port={port}", "-E", f"transport.port={tport}",
                 "-E", f"path.data={base / 'data'}", "-E", f"path.logs={base / 'logs'}",
                 "-E", "cluster.routing.allocation.disk.threshold_enabled=false",
                 "-E", "action.auto_create_index=true"]
-        proc, log_file = self._spawn("opensearch", argv, user=user, env=env, cwd=base)
+        proc, log_file = self._spawn(product, argv, user=user, env=env, cwd=base)
         url = f"http://127.0.0.1:{port}"
-        took = self._wait("opensearch", proc, log_file,
+        took = self._wait(product, proc, log_file,
                           lambda: _http_ok(f"{url}/_cluster/health?wait_for_status=yellow&timeout=1s"), timeout)
-        return self._register("opensearch", proc, port, log_file, took, url=url, version=OPENSEARCH_VERSION)
+        return self._register(product, proc, port, log_file, took, url=url, version=spec["version"])
 
     # ---- SFTP (private sshd) --------------------------------------------------------------
     def start_sftp(self, timeout: float = 20) -> Service:
@@ -351,6 +375,9 @@ LogLevel VERBOSE
         if "opensearch" in s:
             conns["cdp_opensearch"] = {"conn_type": "opensearch", "host": "127.0.0.1", "port": s["opensearch"].port,
                                        "schema": "http", "extra": {"use_ssl": False}}
+        if "elasticsearch" in s:
+            conns["cdp_elasticsearch"] = {"conn_type": "elasticsearch", "host": "127.0.0.1",
+                                          "port": s["elasticsearch"].port, "extra": {"use_ssl": False}}
         if "sftp" in s:
             i = s["sftp"].info
             conns["cdp_sftp"] = {"conn_type": "sftp", "host": "127.0.0.1", "port": s["sftp"].port,
@@ -463,9 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_intermixed_args(argv)
     h = Harness(Path(args.run_dir).resolve())
     if args.command == "start":
-        unknown = set(args.services) - set(ALL_SERVICES)
+        unknown = set(args.services) - set(ALL_SERVICES) - set(OPTIONAL_SERVICES)
         if unknown:
-            ap.error(f"unknown services {sorted(unknown)}; choose from {ALL_SERVICES}")
+            ap.error(f"unknown services {sorted(unknown)}; choose from {ALL_SERVICES + OPTIONAL_SERVICES}")
         try:
             h.start(args.services)
         except ServiceError as e:

@@ -46,6 +46,12 @@ def opensearch(harness) -> Service:
 
 
 @pytest.fixture(scope="session")
+def elasticsearch(harness) -> Service:
+    """Elasticsearch 7.17 (integ-test zip): proves the store works where the client differs."""
+    return _start(harness, "elasticsearch")
+
+
+@pytest.fixture(scope="session")
 def sftp_server(harness) -> Service:
     return _start(harness, "sftp")
 

@@ -1,0 +1,52 @@
+"""The same store, through an Airflow `elasticsearch` connection, against a real Elasticsearch 7.17."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from cdp_ingest import sample
+from cdp_ingest.ledger import Ledger
+from cdp_ingest.mapping import Mapper, Mapping, profile_id_for
+from cdp_ingest.pipeline import import_unit
+from cdp_ingest.readers import read_batches
+from cdp_ingest_airflow.connections import store_from_connection
+
+pytestmark = pytest.mark.services
+MAPPINGS = Path(__file__).resolve().parents[1] / "include" / "cdp_ingest" / "mappings"
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+
+
+def test_elasticsearch_connection_imports_profiles_and_events(elasticsearch, tmp_path):
+    store = store_from_connection("cdp_elasticsearch", prefix="t-es-")
+    assert store.flavor == "elasticsearch"
+    store.ensure_templates()
+    info = store._request("GET", "/")
+    assert info["version"]["number"] == elasticsearch.info["version"]
+
+    def run(kind: str, path: Path, **kw):
+        m = Mapping.load(MAPPINGS / f"demo-{kind}.yaml")
+        return import_unit(str(path), lambda: read_batches(path), lambda iid: Mapper(m, unit_key=iid, now=NOW).map_row,
+                           store=store, ledger=Ledger(store), work_dir=tmp_path / "work", kind=m.kind,
+                           source="test", **kw)
+
+    profiles = tmp_path / "profiles.csv"
+    pexp = sample.write_profiles(profiles, 300)
+    events = tmp_path / "events.csv"
+    eexp = sample.write_events(events, 2000, profiles=300, sessions=50)
+    rp = run("profiles", profiles)
+    re_ = run("events", events, stage=False)
+    assert (rp.loaded, rp.rejected) == (pexp.good, pexp.bad)
+    assert (re_.loaded, re_.rejected, re_.duplicates) == (eexp.good, eexp.bad, eexp.duplicates)
+    assert store.count("t-es-profile") == pexp.good
+    assert store.count("t-es-event-*") == eexp.good
+    doc = store.get("t-es-profile", profile_id_for(sample.email(1)))["_source"]
+    assert doc["data"]["pii"]["firstname"] == "Grace"
+    # free-form bags are stored but not indexed on Elasticsearch (no flat_object there)
+    mapping = store._request("GET", "/t-es-event-2025-11/_mapping")
+    assert mapping["t-es-event-2025-11"]["mappings"]["properties"]["properties"] == {"type": "object",
+                                                                                     "enabled": False}
+    assert run("events", events).status == "skipped"
+    store._request("DELETE", "/t-es-*")
