@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from airflow_env import airflow_env
 from devservices import Harness, Service
 

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from cdp_ingest import sample
 from cdp_ingest.errorfile import FAILURE_COLUMN, read_error_file
 from cdp_ingest.store import Store, make_client

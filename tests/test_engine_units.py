@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+
 from cdp_ingest.coerce import coerce
 from cdp_ingest.documents import apply_operation, deterministic_id, event_index, json_schema, new_document
 from cdp_ingest.errorfile import FAILURE_COLUMN, ErrorFileWriter, neutralise, read_error_file

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
+
 from cdp_ingest.errors import FileLevelError
 from cdp_ingest.readers import (
     EMPTY_FILE_MESSAGE,

@@ -14,6 +14,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+
 from devservices import Harness, ServiceError, _alive
 
 pytestmark = pytest.mark.services

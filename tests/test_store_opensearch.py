@@ -12,6 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from cdp_ingest import sample
 from cdp_ingest.errorfile import FAILURE_COLUMN, read_error_file
 from cdp_ingest.errors import StoreError

@@ -60,7 +60,7 @@ def set_path(doc: dict, path: str, value: Any) -> None:
 
 def delete_path(doc: dict, path: str) -> bool:
     keys = path.split(".")
-    node = doc
+    node: Any = doc
     for key in keys[:-1]:
         node = node.get(key)
         if not isinstance(node, dict):
@@ -93,7 +93,7 @@ def apply_operation(doc: dict, op: str, path: str, value: Any) -> None:
 
 
 # ---- skeletons --------------------------------------------------------------------------------------
-_PROFILE = {
+_PROFILE: dict[str, Any] = {
     "id": None, "ids": [],
     "metadata": {"time": {"insert": None, "create": None, "update": None, "segmentation": None,
                           "visit": {"last": None, "current": None, "count": 0, "tz": None}},
@@ -103,14 +103,14 @@ _PROFILE = {
     "data": {"pii": {}, "contact": {}, "identifier": {}, "devices": {}, "media": {}, "preferences": {},
              "job": {}, "loyalty": {}},
 }
-_SESSION = {
+_SESSION: dict[str, Any] = {
     "id": None,
     "metadata": {"time": {"insert": None, "update": None, "timestamp": None, "duration": 0, "weekday": None},
                  "channel": None, "aux": {}, "status": "completed"},
     "profile": {"id": None}, "device": {}, "os": {}, "app": {}, "utm": {}, "context": {}, "properties": {},
     "traits": {}, "aux": {},
 }
-_EVENT = {
+_EVENT: dict[str, Any] = {
     "id": None, "name": None, "type": None,
     "metadata": {"aux": {}, "time": {"insert": None, "create": None, "update": None, "process_time": 0,
                                      "total_time": 0},

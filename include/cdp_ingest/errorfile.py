@@ -13,6 +13,7 @@ import io
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 FAILURE_COLUMN = "Failure Description"
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -32,7 +33,7 @@ class ErrorFileWriter:
         self.append = append
         self.count = 0
         self._fh: io.TextIOWrapper | None = None
-        self._writer = None
+        self._writer: Any = None  # csv writer, created with the file
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -218,7 +218,7 @@ class Mapper:
         self.m = mapping
         self.unit_key = unit_key
         self.now = now
-        self._now_iso = iso(now)
+        self._now_iso = iso(now) or ""
         self._mapped_columns = mapping.source_columns()
         self._event_names: dict[str, str] = {}
         # Per-row work is the hot path: split every target path once, here.

@@ -118,6 +118,7 @@ def mapped_to_stage_row(m: Mapped, prefix: str, import_id: str, ref: int) -> tup
         body = orjson.dumps({"ops": m.operations}, default=str)
         return f"{prefix}profile", m.doc_id, body
     doc = m.document
+    assert doc is not None, "a session/event Mapped carries its document"
     doc["metadata"]["aux"]["cdp"] = {"import_id": import_id, "row": ref}
     return index_for(prefix, m.kind, m.when), m.doc_id, orjson.dumps(doc, default=str)
 
@@ -206,17 +207,22 @@ def stream_unit(batches: Iterable, row_fn: RowFn, store: Store, *, kind: str, im
     stats = LoadStats()
     pending: dict[int, dict[str, Any]] = {}  # ref -> original row, only while its outcome is not back
 
-    def items() -> Iterator[BulkItem | ProfileRow]:
+    def mapped() -> Iterator[tuple[int, Mapped]]:
         for ref, m, row in rm.run(batches):
             pending[ref] = row
-            if m.kind == "profile":
-                yield ProfileRow(m.doc_id, ref, m.operations)
-            else:
-                index, doc_id, body = mapped_to_stage_row(m, store.prefix, import_id, ref)
-                yield BulkItem(index, doc_id, body, ref)
+            yield ref, m
 
-    outcomes = (store.merge_profiles(items(), import_id, now, stats=stats) if kind == "profile"
-                else store.bulk_load(items(), import_id=import_id, stats=stats))
+    def profile_rows() -> Iterator[ProfileRow]:
+        for ref, m in mapped():
+            yield ProfileRow(m.doc_id, ref, m.operations)
+
+    def documents() -> Iterator[BulkItem]:
+        for ref, m in mapped():
+            index, doc_id, body = mapped_to_stage_row(m, store.prefix, import_id, ref)
+            yield BulkItem(index, doc_id, body, ref)
+
+    outcomes = (store.merge_profiles(profile_rows(), import_id, now, stats=stats) if kind == "profile"
+                else store.bulk_load(documents(), import_id=import_id, stats=stats))
     try:
         for o in outcomes:
             row = pending.pop(o.ref, None)
@@ -326,13 +332,13 @@ def import_unit(source_path: str, open_batches: Callable[[], Iterable], row_fn_f
     work = Path(work_dir) / entry.import_id
     try:
         if stage:
+            staged = work / "staged.parquet"
             t = transform_unit(open_batches(), row_fn_factory(entry.import_id), prefix=store.prefix,
-                               import_id=entry.import_id, staged_path=work / "staged.parquet",
-                               error_path=work / "transform-errors.csv")
-            ld = load_unit(t.staged, store, import_id=entry.import_id, error_path=work / "load-errors.csv",
+                               import_id=entry.import_id, staged_path=staged, error_path=work / "transform-errors.csv")
+            ld = load_unit(staged, store, import_id=entry.import_id, error_path=work / "load-errors.csv",
                            columns=t.columns)
             error_file = merge_error_files(work / "errors.csv", t.error_file, ld.error_file)
-            Path(t.staged).unlink(missing_ok=True)
+            staged.unlink(missing_ok=True)
         else:
             t, ld = stream_unit(open_batches(), row_fn_factory(entry.import_id), store, kind=kind,
                                 import_id=entry.import_id, error_path=work / "errors.csv")

@@ -17,6 +17,7 @@ def store_from_connection(conn_id: str, *, prefix: str | None = None) -> Store:
     ``bulk_chunk_docs``, ``bulk_chunk_bytes``, ``bulk_concurrency``.
     """
     from airflow.sdk import BaseHook
+
     from cdp_ingest.store import Store, make_client
 
     conn = BaseHook.get_connection(conn_id)

@@ -16,6 +16,7 @@ from airflow.sdk import BaseOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
     from cdp_ingest.store import Store
 
 DEFAULT_STAGING = "/tmp/cdp-staging"
