@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from cdp_ingest.errors import FileLevelError, ManifestError, RowError
 from cdp_ingest.manifest import (
     MAX_EVENT_PROPERTIES,
