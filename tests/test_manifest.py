@@ -460,7 +460,8 @@ def test_identity_fields_and_limits(tmp_path):
     assert "identity" not in results[1].properties and results[1].properties == {"Name": "Bob"}
     assert results[2] == "no identity: at least one of identity, objectId, fbId, gpId must have a value"
     assert results[3].identity == {"identity": "x" * MAX_IDENTITY_LEN}
-    assert results[4] == "column 'ID': identity longer than 1024 characters"
+    assert results[4] == "column 'ID': identity must be shorter than 1024 characters"
+    assert len(results[3].identity["identity"]) == 1023
     assert results[5] == "no identity: at least one of identity, objectId, fbId, gpId must have a value"
 
 

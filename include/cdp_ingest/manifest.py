@@ -63,7 +63,7 @@ MANIFEST_SUFFIX = ".manifest"
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_FILE_NAME_BYTES = 255  # NAME_MAX on Linux filesystems
 MAX_COLUMNS = 1024  # per manifest and per CSV header (SPEC §7 "column limits")
-MAX_IDENTITY_LEN = 1024
+MAX_IDENTITY_LEN = 1023  # SPEC §2: identities are *under* 1024 characters
 MAX_EVENT_PROPERTIES = 100
 MAX_EVENT_NAME_LEN = 512
 MAX_EMAIL_LEN = 254  # RFC 5321 path limit
@@ -511,7 +511,7 @@ def _special(result: RowResult, target: str, cell: str, source: str) -> None:
         result.event_name = cell
     else:
         if len(cell) > MAX_IDENTITY_LEN:
-            raise RowError(f"column '{source}': {target} longer than {MAX_IDENTITY_LEN} characters")
+            raise RowError(f"column '{source}': {target} must be shorter than {MAX_IDENTITY_LEN + 1} characters")
         result.identity[target] = cell
 
 
