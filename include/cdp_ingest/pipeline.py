@@ -41,7 +41,7 @@ STAGE_SCHEMA = pa.schema([
     ("ref", pa.int64()), ("kind", pa.string()), ("index", pa.string()), ("id", pa.string()),
     ("body", pa.binary()), ("orig", pa.binary()),
 ])
-STAGE_ROWS = 20_000
+STAGE_ROWS = 5_000  # rows per staged row group; bounds transform memory (~200 MB at 20k)
 
 RowFn = Callable[[dict[str, str], int], Mapped]
 
