@@ -1,0 +1,213 @@
+"""The partition DAG under a real Airflow (``airflow standalone``: scheduler, dag-processor, triggerer,
+api-server, LocalExecutor) on its own SQLite metadata DB, against moto S3 and the real OpenSearch:
+
+- ``airflow backfill create`` over a date range, then the same range again after one day's file was
+  replaced (``--reprocess-behavior completed``): exactly one document per insert_id.
+- The deadline alert: the run the scheduler creates on unpausing (yesterday, no ``_SUCCESS``) misses the
+  configured local deadline, the triggerer runs ``partition_deadline_missed`` and the webhook receives one
+  ``partition-deadline-missed``; the backfill runs (whose deadlines passed long ago) notify nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import yaml
+from test_partition_e2e import _create_bucket, ev, insert_id, parquet
+
+from airflow_env import airflow_env
+from cdp_ingest.store import Store, make_client
+from devservices import free_port
+
+pytestmark = [pytest.mark.services, pytest.mark.airflow, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+DAYS = [date(2025, 3, 1), date(2025, 3, 2), date(2025, 3, 3)]
+
+
+def _pick_zone(now: datetime) -> str:
+    """A zone where it is between 02:00 and 21:59 now, so a schedule an hour ago and a deadline half an
+    hour ago fall on the same local day."""
+    for zone in ("UTC", "Etc/GMT-6", "Etc/GMT+6", "Etc/GMT-12"):
+        if 2 <= now.astimezone(ZoneInfo(zone)).hour <= 21:
+            return zone
+    raise AssertionError("unreachable: one of the zones is always in range")
+
+
+class LiveAirflow:
+    def __init__(self, home: Path, env: dict[str, str]):
+        self.home, self.env = home, env
+        self.db = home / "airflow.db"
+        self.proc: subprocess.Popen | None = None
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run([str(VENV_BIN / "airflow"), *args], env=self.env, capture_output=True, text=True,
+                           timeout=300)
+        if check and r.returncode != 0:
+            raise AssertionError(f"airflow {' '.join(args)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+        return r
+
+    def start(self) -> None:
+        out = open(self.home / "standalone.log", "ab")  # handed to the child
+        self.proc = subprocess.Popen([str(VENV_BIN / "airflow"), "standalone"], env=self.env, stdout=out,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        out.close()
+
+    def stop(self) -> None:
+        """SIGINT to standalone (it stops its components), then TERM to its own process group."""
+        if self.proc is None:
+            return
+        try:
+            os.kill(self.proc.pid, signal.SIGINT)
+            self.proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    def query(self, sql: str, *args) -> list[tuple]:
+        try:
+            with sqlite3.connect(self.db, timeout=30) as c:
+                return c.execute(sql, args).fetchall()
+        except sqlite3.OperationalError:
+            return []
+
+    def wait(self, what: str, check, timeout: float):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"airflow standalone exited ({self.proc.returncode}); see "
+                                     f"{self.home / 'standalone.log'}")
+            result = check()
+            if result:
+                return result
+            time.sleep(2)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; logs in {self.home}")
+
+    def backfill_runs(self, dag_id: str, backfill_id: int) -> list[tuple]:
+        return self.query("SELECT r.run_id, r.state, r.data_interval_start FROM dag_run r "
+                          "JOIN backfill_dag_run b ON b.dag_run_id = r.id WHERE r.dag_id = ? AND b.backfill_id = ?",
+                          dag_id, backfill_id)
+
+    def run_backfill(self, dag_id: str, first: str, last: str, *extra: str) -> list[tuple]:
+        self.cli("backfill", "create", "--dag-id", dag_id, "--from-date", first, "--to-date", last,
+                 "--max-active-runs", "3", *extra)
+        bid = self.query("SELECT max(id) FROM backfill WHERE dag_id = ?", dag_id)[0][0]
+        self.wait(f"backfill {bid} of {dag_id} to complete", lambda: self.query(
+            "SELECT 1 FROM backfill WHERE id = ? AND completed_at IS NOT NULL", bid), timeout=600)
+        return self.backfill_runs(dag_id, bid)
+
+
+def test_backfill_rerun_and_deadline_alert_with_the_real_scheduler(tmp_path, opensearch, s3_server, webhook):
+    now = datetime.now(UTC)
+    zone = _pick_zone(now)
+    local = now.astimezone(ZoneInfo(zone))
+    scheduled, due = local - timedelta(minutes=60), local - timedelta(minutes=30)
+    name, prefix, bucket = f"live_{os.getpid()}", f"t-live-{os.getpid()}-", f"cdp-live-{os.getpid()}"
+    dag_id = f"partition_import_{name}"
+    url = f"s3://{bucket}/events"
+    _create_bucket("s3", bucket)
+
+    from airflow.sdk import ObjectStoragePath
+
+    def put(day: date, fname: str, rows: list[dict]) -> None:
+        ObjectStoragePath(f"{url}/dt={day}/{fname}", conn_id="cdp_s3").write_bytes(parquet(rows))
+        ObjectStoragePath(f"{url}/dt={day}/_SUCCESS", conn_id="cdp_s3").write_bytes(b"")
+
+    # three days; each day repeats some events of the day before
+    expected: dict[str, str] = {}
+    for i, day in enumerate(DAYS):
+        rows = [ev(n, day) for n in range(i * 20 - 5 if i else 0, i * 20 + 20)]
+        put(day, "part-00000.parquet", rows)
+        for r in rows:
+            expected.setdefault(r["insert_id"], r["event_key"])
+
+    home = tmp_path / "airflow"
+    home.mkdir()
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(yaml.safe_dump({"sources": {name: {
+        "url": url, "conn_id": "cdp_s3", "source_id": "live", "timezone": zone,
+        "schedule": f"{scheduled.minute} {scheduled.hour} * * *", "load_deadline": f"{due:%H:%M}",
+        "start_date": "2025-01-01", "max_active_runs": 3,
+        "sensor": {"mode": "reschedule", "poke_interval": 2, "timeout": 20}}}}))
+    port = free_port()
+    conn = json.loads(os.environ["AIRFLOW_CONN_CDP_OPENSEARCH"])
+    conn["extra"]["index_prefix"] = prefix
+    env = {**os.environ, **airflow_env(home, tmp_path / "landing"),
+           "AIRFLOW_CONN_CDP_OPENSEARCH": json.dumps(conn), "CDP_PARTITION_SOURCES": str(sources),
+           "AIRFLOW__API__PORT": str(port), "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+           "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5"}
+    env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "plugins"), os.environ.get("PYTHONPATH")]))
+    af = LiveAirflow(home, env)
+    store = Store(make_client(opensearch.info["url"]), prefix=prefix)
+    inbox = Path(webhook.info["inbox"])
+    try:
+        af.cli("db", "migrate")
+        af.start()
+        af.wait("the DAG to be parsed", lambda: af.query("SELECT 1 FROM serialized_dag WHERE dag_id = ?", dag_id),
+                timeout=240)
+
+        # the scheduler's own run: yesterday (local) has no _SUCCESS, and its deadline has passed already
+        af.cli("dags", "unpause", dag_id)
+        yesterday = (local - timedelta(days=1)).date()
+
+        def deadline_notes() -> list[dict]:
+            notes = [json.loads(p.read_text()) for p in sorted(inbox.glob("*.json"))]
+            return [n["body"] for n in notes
+                    if n["path"] == "/cdp-ingest/partition-deadline-missed" and n["body"].get("dag_id") == dag_id]
+
+        notes = af.wait("the deadline alert", deadline_notes, timeout=240)
+        assert len(notes) == 1
+        assert notes[0]["run_type"] == "scheduled" and notes[0]["source"] == name
+        assert notes[0]["day"] == str(yesterday)
+        assert notes[0]["deadline_local"] == datetime.combine(
+            yesterday + timedelta(days=1), due.time().replace(second=0, microsecond=0),
+            tzinfo=ZoneInfo(zone)).isoformat()
+
+        # backfill over the three days (bounds in the source's zone, the last day included to its end)
+        offset = local.isoformat()[-6:]
+        first, last = f"{DAYS[0]}T00:00:00{offset}", f"{DAYS[-1]}T23:59:59{offset}"
+        runs = af.run_backfill(dag_id, first, last)
+        assert len(runs) == 3 and {r[1] for r in runs} == {"success"}, runs
+        store.refresh([f"{prefix}event-*"])
+        assert store.count(f"{prefix}event-*") == len(expected) == 60
+
+        # day 2's file replaced after its first load, then the same range backfilled again
+        replaced = [ev(n, DAYS[1], event_key="changed") for n in range(20, 30)] + \
+            [ev(n, DAYS[1]) for n in range(500, 505)]
+        put(DAYS[1], "part-00000.parquet", replaced)
+        runs = af.run_backfill(dag_id, first, last, "--reprocess-behavior", "completed")
+        assert len(runs) == 3 and {r[1] for r in runs} == {"success"}, runs
+        for r in replaced:
+            expected.setdefault(r["insert_id"], r["event_key"])
+        store.refresh([f"{prefix}event-*"])
+        resp = store._request("POST", f"/{prefix}event-*/_search", body={"size": 1000, "_source": ["type"]})
+        got = {h["_id"]: h["_source"]["type"] for h in resp["hits"]["hits"]}
+        assert got == expected  # one document per insert_id; the replaced copies did not overwrite
+        assert insert_id(500) in got and got[insert_id(25)] != "changed"
+
+        ledger = store._request("POST", f"/{prefix}import-ledger/_search", body={"size": 100})["hits"]["hits"]
+        entries = [h["_source"] for h in ledger]
+        assert len(entries) == 4 and {e["status"] for e in entries} == {"committed"}  # 3 days + day 2's new file
+        assert sum(e["loaded"] for e in entries) == len(expected)
+        assert all(e["rows_in"] == e["loaded"] + e["rejected"] + e["duplicates"] for e in entries)
+
+        # no deadline notification for any backfill run, still only the scheduled one
+        assert len(deadline_notes()) == 1
+    finally:
+        af.stop()
