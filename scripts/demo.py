@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,9 +50,42 @@ def prepare_csv(landing: Path, harness: Harness, scale: int) -> dict[str, dict]:
     return {"csv_import_demo": {"expected": {k: vars(v) for k, v in exp.items()}}}
 
 
-# Other DAG families register their preparers here: (services they need, preparer).
+def prepare_partitions(landing: Path, harness: Harness, scale: int) -> dict[str, dict]:
+    """One complete day (Parquet files + _SUCCESS) in moto S3 and in the GCS emulator."""
+    import importlib.util
+
+    import boto3
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    spec = importlib.util.spec_from_file_location("partition_bench", ROOT / "benchmarks" / "partition_import.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    local = landing / "partitions-demo"
+    local.mkdir(parents=True, exist_ok=True)
+    counts = bench.generate(local, 20000 * scale, 2)
+    files = sorted(local.glob("*.parquet"))
+    s3 = boto3.client("s3", endpoint_url=harness.services["s3"].info["endpoint_url"], aws_access_key_id="testing",
+                      aws_secret_access_key="testing", region_name="us-east-1")
+    s3.create_bucket(Bucket="cdp-demo-events")
+    os.environ["STORAGE_EMULATOR_HOST"] = harness.services["gcs"].info["endpoint_url"]
+    gcs = storage.Client(project="cdp-test", credentials=AnonymousCredentials()).create_bucket("cdp-demo-events")
+    # Unpausing makes the scheduler run the latest daily interval, which imports yesterday or (before
+    # the schedule time) the day before: both days are complete, only the run's own day is read.
+    today = datetime.now(UTC).date()
+    for day in (today - timedelta(days=1), today - timedelta(days=2)):
+        for f in files:
+            s3.upload_file(str(f), "cdp-demo-events", f"hackle/events/dt={day}/{f.name}")
+            gcs.blob(f"hackle/web-events/dt={day}/{f.name}").upload_from_filename(str(f))
+        s3.put_object(Bucket="cdp-demo-events", Key=f"hackle/events/dt={day}/_SUCCESS", Body=b"")
+        gcs.blob(f"hackle/web-events/dt={day}/_SUCCESS").upload_from_string(b"")
+    return {"partition_import_hackle_s3": {"expected": counts}, "partition_import_hackle_gcs": {"expected": counts}}
+
+
+# Each DAG family registers its preparer here: (services it needs, preparer).
 PREPARERS: list[tuple[tuple[str, ...], Callable[[Path, Harness, int], dict[str, dict]]]] = [
     (("opensearch", "webhook"), prepare_csv),
+    (("opensearch", "webhook", "s3", "gcs"), prepare_partitions),
 ]
 
 
