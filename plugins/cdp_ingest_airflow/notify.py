@@ -25,6 +25,13 @@ def post_webhook(event: str, payload: dict[str, Any], *, conn_id: str = WEBHOOK_
     except AirflowNotFoundException:
         log.info("no %s connection: notification %s only logged", conn_id, event)
         return False
+    send_to_connection(conn, event, payload, timeout=timeout)
+    return True
+
+
+def send_to_connection(conn: Any, event: str, payload: dict[str, Any], *, timeout: float = 10) -> None:
+    """POST ``{"event": ..., **payload}`` to ``<conn.host>/cdp-ingest/<event>`` with the bearer token
+    in ``conn.password`` (shared by the sync path above and the triggerer's async callbacks)."""
     base = conn.host if "://" in (conn.host or "") else f"http://{conn.host}:{conn.port or 80}"
     req = urllib.request.Request(f"{base.rstrip('/')}/cdp-ingest/{event}", method="POST",
                                  data=json.dumps({"event": event, **payload}, default=str).encode(),
@@ -34,7 +41,6 @@ def post_webhook(event: str, payload: dict[str, Any], *, conn_id: str = WEBHOOK_
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         if resp.status >= 300:
             raise RuntimeError(f"webhook answered HTTP {resp.status}")
-    return True
 
 
 def on_task_failure(context: dict[str, Any]) -> None:

@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import re
-import urllib.request
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,7 +50,7 @@ from airflow.sdk import (
 )
 
 from cdp_ingest_airflow.defaults import DEFAULT_ARGS
-from cdp_ingest_airflow.notify import WEBHOOK_CONN_ID, post_webhook
+from cdp_ingest_airflow.notify import WEBHOOK_CONN_ID, post_webhook, send_to_connection
 from cdp_ingest_airflow.operators import BulkIndexOperator, staging_root, validate_stage
 
 if TYPE_CHECKING:
@@ -326,21 +324,8 @@ async def partition_deadline_missed(context: dict[str, Any] | None = None, *, so
     except AirflowNotFoundException:
         log.info("no %s connection: deadline alert only logged", webhook_conn_id)
         return {**payload, "notified": False}
-    await asyncio.to_thread(_post_json, conn, "partition-deadline-missed", payload)
+    await asyncio.to_thread(send_to_connection, conn, "partition-deadline-missed", payload)
     return {**payload, "notified": True}
-
-
-def _post_json(conn: Any, event: str, payload: dict[str, Any], timeout: float = 10) -> None:
-    """The same request as ``notify.post_webhook``, for a connection fetched asynchronously."""
-    base = conn.host if "://" in (conn.host or "") else f"http://{conn.host}:{conn.port or 80}"
-    req = urllib.request.Request(f"{base.rstrip('/')}/cdp-ingest/{event}", method="POST",
-                                 data=json.dumps({"event": event, **payload}, default=str).encode(),
-                                 headers={"Content-Type": "application/json"})
-    if conn.password:
-        req.add_header("Authorization", f"Bearer {conn.password}")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        if resp.status >= 300:
-            raise RuntimeError(f"webhook answered HTTP {resp.status}")
 
 
 def _as_list(value: Any) -> list[dict[str, Any]]:
