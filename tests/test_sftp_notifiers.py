@@ -37,6 +37,20 @@ def test_every_account_dag_has_still_processing_alerts_every_two_hours():
         assert isinstance(dag.on_failure_callback, functools.partial)  # plain function, not a BaseNotifier
 
 
+def test_account_config_rules():
+    from cdp_ingest_airflow.sftp_dags import account_config
+
+    cfg = account_config("acme", {"folder": "/clients/acme/"}, {"settle_seconds": 5})
+    assert (cfg["folder"], cfg["settle_seconds"], cfg["still_processing_hours"]) == ("clients/acme", 5, 2)
+    assert account_config("globex", None)["folder"] == "globex"
+    for name, raw, problem in [("acme", {"folder": "../etc"}, "inside the SFTP root"),
+                               ("acme", {"foldr": "x"}, "unknown keys"),
+                               ("ac me", {}, "letters, digits"),
+                               ("acme", {"still_processing_hours": 30}, "still_processing_hours")]:
+        with pytest.raises(ValueError, match=problem):
+            account_config(name, raw)
+
+
 def test_content_is_escaped_and_says_what_to_do():
     entry = {"id": "a1", "account": "acme", "manifest": "<b>x</b>.manifest", "file_name": "<script>.csv",
              "type": "event", "rows_in": 10, "loaded": 7, "rejected": 3, "duplicates": 0,

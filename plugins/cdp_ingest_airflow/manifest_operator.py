@@ -46,7 +46,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_WINDOW = 8 << 20  # bytes requested at once: bounds the memory of a download
+# Bytes requested at once (64 SFTP reads of 32 KB in flight, OpenSSH's own limit). Measured on a 1 GB
+# download: 2 MB windows keep the process flat (+48 MB) and are the fastest; 8 MB windows grew the heap
+# to +256 MB (large blocks allocated by paramiko's prefetch thread fragment it).
+DOWNLOAD_WINDOW = 2 << 20
 MAX_PEEK_MANIFESTS = 50
 RETRYABLE = "internal"
 
@@ -331,9 +334,6 @@ class ManifestParseOperator(BaseOperator):
             manifest = parse_manifest(raw, name)
             entry = activity.update(act_id, file_name=manifest.file_name, type=manifest.type,
                                     client_email=manifest.client_email)
-            notify("picked_up", entry, activity=activity, smtp_conn_id=self.smtp_conn_id,
-                   webhook_conn_id=self.webhook_conn_id)
-
             used = activity.used_manifest(self.account, name, exclude_id=act_id)
             if used:
                 raise FileLevelError("manifest_reused", f"manifest name {name} was already used by an import "
@@ -346,6 +346,10 @@ class ManifestParseOperator(BaseOperator):
                                      f"{name}) is not in the folder")
             size = int(attrs.st_size or 0)
             check_size(size, self.max_file_bytes, manifest.file_name)
+            # paired: from here on the file is being imported (a manifest refused above gets only the
+            # failure notification)
+            notify("picked_up", entry, activity=activity, smtp_conn_id=self.smtp_conn_id,
+                   webhook_conn_id=self.webhook_conn_id)
             activity.clear_waiting(self.account, manifest.file_name)
             work.mkdir(parents=True, exist_ok=True)
             (work / "manifest.json").write_bytes(raw)

@@ -3,7 +3,7 @@
 Four events, each sent once per uploaded manifest (the activity log remembers what was sent, so a
 retried task does not repeat itself):
 
-* ``picked_up`` — the manifest was read and the import starts;
+* ``picked_up`` — the manifest is valid, its data file was found, and the import starts;
 * ``still_processing`` — sent every 2 hours while the import runs, by the DAG's deadline alerts
   (``still_processing`` below is their ``AsyncCallback``; Airflow 3 has no SLAs);
 * ``succeeded`` — with the counts; when rows were rejected the error CSV is attached;

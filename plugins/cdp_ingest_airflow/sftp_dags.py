@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,13 @@ DEFAULTS: dict[str, Any] = {
     "description": "",
 }
 KEYS = {*DEFAULTS, "folder"}
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 
 
 def account_config(name: str, raw: dict[str, Any] | None, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     """One account's settings over the file's ``defaults`` over ``DEFAULTS``; unknown keys are refused."""
+    if not ACCOUNT_NAME.fullmatch(name):
+        raise ValueError(f"sftp account {name!r}: use letters, digits, '_', '-' or '.' (it becomes part of a dag id)")
     raw = dict(raw or {})
     unknown = set(raw) - KEYS
     if unknown:
