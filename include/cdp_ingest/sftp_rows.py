@@ -39,16 +39,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
-
-import orjson
 
 from cdp_ingest.documents import deterministic_id, iso, new_document
 from cdp_ingest.errors import FileLevelError, RowError
@@ -59,12 +55,9 @@ from cdp_ingest.manifest import (
     interpret_row,
 )
 from cdp_ingest.mapping import Mapped, profile_id_for
-from cdp_ingest.pipeline import RowFn, TransformResult
 
 DEFAULT_MAX_FILE_BYTES = 5 * 1024**3  # SPEC §2: 5 GB
 READ_BATCH_ROWS = 10_000
-STAGE_FLUSH_BYTES = 8 << 20
-STAGE_FLUSH_ROWS = 20_000
 DEFAULT_SETTLE_SECONDS = 30.0
 DEFAULT_DATA_FILE_GRACE_SECONDS = 15 * 60.0
 
@@ -201,78 +194,6 @@ class SftpRowMapper:
         doc["profile"] = {"id": pid}
         doc["metadata"]["profile_less"] = False
         return Mapped("event", doc_id, document=doc, when=when)
-
-
-# ------------------------------------------------------------------------------------------- staging
-
-
-def transform_bounded(batches: Iterable, row_fn: RowFn, *, prefix: str, import_id: str, staged_path: str | Path,
-                      error_path: str | Path, flush_bytes: int = STAGE_FLUSH_BYTES,
-                      flush_rows: int = STAGE_FLUSH_ROWS) -> TransformResult:
-    """``pipeline.transform_unit`` with a staging buffer bounded by bytes as well as rows.
-
-    Same staged file (``pipeline.STAGE_SCHEMA``, read by ``load_unit``), same error CSV, same result.
-    Two differences keep memory flat for wide rows (SFTP rows are often ~1 KB): the buffer is written
-    out every ``flush_bytes`` of payload, and every serialised body/row is copied to an exact-size
-    ``bytes`` — orjson's result keeps a ~4 KB allocation whatever its length, which made a 20,000-row
-    buffer of 1 KB rows cost ~300 MB instead of ~50 MB.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from cdp_ingest.errorfile import ErrorFileWriter
-    from cdp_ingest.pipeline import STAGE_SCHEMA, iter_rows, mapped_to_stage_row
-
-    staged_path, error_path = Path(staged_path), Path(error_path)
-    staged_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = staged_path.with_suffix(".partial")
-    writer = pq.ParquetWriter(tmp, STAGE_SCHEMA, compression="zstd")
-    errors: ErrorFileWriter | None = None
-    rows_in = accepted = 0
-    kinds: set[str] = set()
-    header: list[str] = []
-    names = STAGE_SCHEMA.names
-    buf: dict[str, list] = {k: [] for k in names}
-    held = 0
-
-    def flush() -> None:
-        nonlocal buf, held
-        if buf["ref"]:
-            writer.write_table(pa.table(buf, schema=STAGE_SCHEMA))
-        buf, held = {k: [] for k in names}, 0
-
-    try:
-        for ref, row, header, bad in iter_rows(batches):
-            rows_in += 1
-            try:
-                if bad is not None:
-                    raise RowError(bad)
-                m = row_fn(row, ref)
-            except RowError as e:
-                if errors is None:
-                    errors = ErrorFileWriter(error_path, header)
-                errors.write(row, str(e))
-                continue
-            index, doc_id, body = mapped_to_stage_row(m, prefix, import_id, ref)
-            body = memoryview(body).tobytes()
-            orig = memoryview(orjson.dumps(row, default=str)).tobytes()
-            kinds.add(m.kind)
-            accepted += 1
-            for k, v in (("ref", ref), ("kind", m.kind), ("index", index), ("id", doc_id), ("body", body),
-                         ("orig", orig)):
-                buf[k].append(v)
-            held += len(body) + len(orig)
-            if held >= flush_bytes or len(buf["ref"]) >= flush_rows:
-                flush()
-        flush()
-    finally:
-        writer.close()
-        error_file = errors.close() if errors else None
-    os.replace(tmp, staged_path)
-    if error_file is None and error_path.exists():
-        error_path.unlink()  # left by an earlier attempt that rejected rows this one did not
-    return TransformResult(rows_in, accepted, rows_in - accepted, str(staged_path),
-                           str(error_file) if error_file else None, list(header), sorted(kinds))
 
 
 # ---------------------------------------------------------------------------------------------- folder

@@ -413,8 +413,9 @@ def stage_rows(ticket: dict[str, Any], *, store_conn_id: str, now: datetime) -> 
     from cdp_ingest.errors import FileLevelError
     from cdp_ingest.ledger import Ledger
     from cdp_ingest.manifest import parse_manifest
+    from cdp_ingest.pipeline import transform_unit
     from cdp_ingest.readers import read_batches
-    from cdp_ingest.sftp_rows import READ_BATCH_ROWS, SftpRowMapper, transform_bounded
+    from cdp_ingest.sftp_rows import READ_BATCH_ROWS, SftpRowMapper
 
     base = {"import_id": ticket.get("import_id"), "unit_id": ticket.get("unit_id"),
             "path": f"{ticket['account']}/{ticket.get('file_name')}", "kind": ticket.get("type")}
@@ -426,10 +427,9 @@ def stage_rows(ticket: dict[str, Any], *, store_conn_id: str, now: datetime) -> 
     mapper = SftpRowMapper(manifest, unit_key=ticket["unit_id"], now=now, source_id=f"sftp:{ticket['account']}")
     work = Path(ticket["work_dir"])
     try:
-        result = transform_bounded(read_batches(ticket["local_path"], "csv", batch_rows=READ_BATCH_ROWS),
-                                   mapper.map_row, prefix=store.prefix,
-                                   import_id=ticket["import_id"], staged_path=work / "staged.parquet",
-                                   error_path=work / "transform-errors.csv")
+        result = transform_unit(read_batches(ticket["local_path"], "csv", batch_rows=READ_BATCH_ROWS),
+                                mapper.map_row, prefix=store.prefix, import_id=ticket["import_id"],
+                                staged_path=work / "staged.parquet", error_path=work / "transform-errors.csv")
     except FileLevelError as e:
         ledger = Ledger(store)
         entry = ledger.get(ticket["unit_id"])
