@@ -99,6 +99,32 @@ def test_profiles_merge_operations_across_rows_and_files(store, tmp_path):
     assert doc["metadata"]["aux"]["cdp"] == {"import_id": "imp-2", "row": 1}
 
 
+def test_profile_rows_keep_their_order_across_chunks_in_flight(store):
+    """Chunks of 2 rows per lane, 3 lanes, while the next chunk is already queued: every profile's
+    rows still apply in file order (a $add/$remove/$set sequence whose result depends on it)."""
+    store.concurrency = 3
+    pids = [profile_id_for(f"order{i}@example.com") for i in range(5)]
+    rows, ref = [], itertools.count(1)
+    for step in range(12):
+        for i, pid in enumerate(pids):
+            ops = [("$set", "traits.last", step), ("$add", "traits.seen", f"s{step}")]
+            if step % 3 == 2:
+                ops.append(("$remove", "traits.seen", f"s{step - 1}"))
+            if (step + i) % 4 == 0:
+                ops.append(("$delete", "traits.flag", None))
+            else:
+                ops.append(("$set", "traits.flag", step))
+            rows.append(ProfileRow(pid, next(ref), ops))
+    out = list(store.merge_profiles(rows, "imp-order", NOW, chunk_rows=2))
+    assert sorted(o.ref for o in out) == list(range(1, len(rows) + 1))
+    assert {o.status for o in out} == {"loaded"}
+    expected_seen = [f"s{s}" for s in range(12) if s % 3 != 1]
+    for i, pid in enumerate(pids):
+        traits = store.get(store.index("profile"), pid)["_source"]["traits"]
+        assert traits["last"] == 11 and traits["seen"] == expected_seen
+        assert ("flag" not in traits) if (11 + i) % 4 == 0 else traits["flag"] == 11
+
+
 def test_profile_merge_retries_on_concurrent_update(store):
     pid = profile_id_for("race@example.com")
     list(store.merge_profiles([ProfileRow(pid, 1, [("$set", "traits.a", 1)])], "imp-0", NOW))

@@ -38,9 +38,21 @@ def iso(dt: datetime | None) -> str | None:
 
 
 # ---- dotted paths ---------------------------------------------------------------------------------
+_KEYS: dict[str, tuple[str, ...]] = {}  # path -> its keys; profile merges apply ~10 operations a row
+
+
+def split_path(path: str) -> tuple[str, ...]:
+    keys = _KEYS.get(path)
+    if keys is None:
+        keys = tuple(path.split("."))
+        if len(_KEYS) < 10_000:  # bounded: paths come from mappings/manifests, a handful per file
+            _KEYS[path] = keys
+    return keys
+
+
 def get_path(doc: dict, path: str, default: Any = None) -> Any:
     node: Any = doc
-    for key in path.split("."):
+    for key in split_path(path):
         if not isinstance(node, dict) or key not in node:
             return default
         node = node[key]
@@ -48,24 +60,24 @@ def get_path(doc: dict, path: str, default: Any = None) -> Any:
 
 
 def set_path(doc: dict, path: str, value: Any) -> None:
-    keys = path.split(".")
+    *parents, last = split_path(path)
     node = doc
-    for key in keys[:-1]:
+    for key in parents:
         nxt = node.get(key)
-        if not isinstance(nxt, dict):
+        if nxt.__class__ is not dict:
             nxt = node[key] = {}
         node = nxt
-    node[keys[-1]] = value
+    node[last] = value
 
 
 def delete_path(doc: dict, path: str) -> bool:
-    keys = path.split(".")
+    *parents, last = split_path(path)
     node: Any = doc
-    for key in keys[:-1]:
+    for key in parents:
         node = node.get(key)
         if not isinstance(node, dict):
             return False
-    return node.pop(keys[-1], _MISSING) is not _MISSING
+    return node.pop(last, _MISSING) is not _MISSING
 
 
 _MISSING = object()

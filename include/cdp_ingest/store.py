@@ -144,7 +144,7 @@ class Store:
     """Bulk access to one OpenSearch/Elasticsearch cluster under an index ``prefix``."""
 
     def __init__(self, client, *, prefix: str = "cdp-", flavor: str = "opensearch", chunk_docs: int = 5000,
-                 chunk_bytes: int = 8 << 20, concurrency: int = 2, max_retries: int = 6,
+                 chunk_bytes: int = 8 << 20, concurrency: int = 4, max_retries: int = 6,
                  backoff: float = 0.5, max_backoff: float = 30.0, sleep: Callable[[float], None] = time.sleep):
         if flavor not in ("opensearch", "elasticsearch"):
             raise ValueError(f"flavor must be opensearch or elasticsearch, not {flavor!r}")
@@ -327,16 +327,30 @@ class Store:
         """Apply profile operations row by row, in order, without server-side scripts.
 
         Rows are cut into chunks and each chunk into ``concurrency`` lanes by profile id, so every
-        profile stays in one lane and its rows keep their order while the lanes run in parallel.
+        profile stays in one lane. Each lane is one thread that takes its parts of the chunks in
+        order, so a profile's rows keep their order while the lanes run in parallel, and the next
+        chunk is mapped (by the caller's iterator) while the lanes write the previous one.
         Within a lane, rows that touch the same profile are folded in memory, then each profile is
         written once with optimistic concurrency; a conflict re-reads and re-applies that profile.
+        (A lane's next read is a real-time ``_mget``, so it sees the lane's previous write.)
         """
         stats = stats if stats is not None else LoadStats()
         index = self.index("profile")
         stats.indices.add(index)
         lanes = self.concurrency
         now_iso = now.replace(tzinfo=None).isoformat(timespec="microseconds")
-        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="merge") as pool:
+        pools = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"merge-{i}") for i in range(lanes)]
+        in_flight: deque[list[Future]] = deque()  # at most two chunks: one written, one queued
+
+        def collect(futures: list[Future]) -> Iterator[Outcome]:
+            for fut in futures:
+                outcomes, requests = fut.result()
+                stats.requests += requests
+                for o in outcomes:
+                    stats.add(o)
+                    yield o
+
+        try:
             chunk: list[ProfileRow] = []
             for row in itertools.chain(rows, [None]):
                 if row is not None:
@@ -348,14 +362,16 @@ class Store:
                 parts: list[list[ProfileRow]] = [[] for _ in range(lanes)]
                 for r in chunk:
                     parts[zlib.crc32(r.profile_id.encode()) % lanes].append(r)
-                futures = [pool.submit(self._merge_chunk, index, p, import_id, now_iso) for p in parts if p]
-                for fut in futures:
-                    outcomes, requests = fut.result()
-                    stats.requests += requests
-                    for o in outcomes:
-                        stats.add(o)
-                        yield o
+                in_flight.append([pools[i].submit(self._merge_chunk, index, p, import_id, now_iso)
+                                  for i, p in enumerate(parts) if p])
                 chunk = []
+                while len(in_flight) > 1:
+                    yield from collect(in_flight.popleft())
+            while in_flight:
+                yield from collect(in_flight.popleft())
+        finally:
+            for pool in pools:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _merge_chunk(self, index: str, rows: list[ProfileRow], import_id: str,
                      now_iso: str) -> tuple[list[Outcome], int]:
