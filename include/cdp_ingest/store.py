@@ -144,7 +144,7 @@ class Store:
     """Bulk access to one OpenSearch/Elasticsearch cluster under an index ``prefix``."""
 
     def __init__(self, client, *, prefix: str = "cdp-", flavor: str = "opensearch", chunk_docs: int = 5000,
-                 chunk_bytes: int = 8 << 20, concurrency: int = 4, max_retries: int = 6,
+                 chunk_bytes: int = 8 << 20, concurrency: int = 2, max_retries: int = 6,
                  backoff: float = 0.5, max_backoff: float = 30.0, sleep: Callable[[float], None] = time.sleep):
         if flavor not in ("opensearch", "elasticsearch"):
             raise ValueError(f"flavor must be opensearch or elasticsearch, not {flavor!r}")

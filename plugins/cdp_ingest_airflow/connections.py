@@ -35,4 +35,4 @@ def store_from_connection(conn_id: str, *, prefix: str | None = None) -> Store:
                  flavor="elasticsearch" if conn.conn_type == "elasticsearch" else "opensearch",
                  chunk_docs=int(extra.get("bulk_chunk_docs", 5000)),
                  chunk_bytes=int(extra.get("bulk_chunk_bytes", 8 << 20)),
-                 concurrency=int(extra.get("bulk_concurrency", 4)))
+                 concurrency=int(extra.get("bulk_concurrency", 2)))
