@@ -38,21 +38,9 @@ def iso(dt: datetime | None) -> str | None:
 
 
 # ---- dotted paths ---------------------------------------------------------------------------------
-_KEYS: dict[str, tuple[str, ...]] = {}  # path -> its keys; profile merges apply ~10 operations a row
-
-
-def split_path(path: str) -> tuple[str, ...]:
-    keys = _KEYS.get(path)
-    if keys is None:
-        keys = tuple(path.split("."))
-        if len(_KEYS) < 10_000:  # bounded: paths come from mappings/manifests, a handful per file
-            _KEYS[path] = keys
-    return keys
-
-
 def get_path(doc: dict, path: str, default: Any = None) -> Any:
     node: Any = doc
-    for key in split_path(path):
+    for key in path.split("."):
         if not isinstance(node, dict) or key not in node:
             return default
         node = node[key]
@@ -60,24 +48,24 @@ def get_path(doc: dict, path: str, default: Any = None) -> Any:
 
 
 def set_path(doc: dict, path: str, value: Any) -> None:
-    *parents, last = split_path(path)
+    keys = path.split(".")
     node = doc
-    for key in parents:
+    for key in keys[:-1]:
         nxt = node.get(key)
-        if nxt.__class__ is not dict:
+        if not isinstance(nxt, dict):
             nxt = node[key] = {}
         node = nxt
-    node[last] = value
+    node[keys[-1]] = value
 
 
 def delete_path(doc: dict, path: str) -> bool:
-    *parents, last = split_path(path)
+    keys = path.split(".")
     node: Any = doc
-    for key in parents:
+    for key in keys[:-1]:
         node = node.get(key)
         if not isinstance(node, dict):
             return False
-    return node.pop(last, _MISSING) is not _MISSING
+    return node.pop(keys[-1], _MISSING) is not _MISSING
 
 
 _MISSING = object()

@@ -269,11 +269,10 @@ def read_stage(staged_path: str | Path, batch_rows: int = STAGE_ROWS,
 
 
 def staged_kinds(staged_path: str | Path) -> set[str]:
-    """The kinds present in a staged file, read one row group of the ``kind`` column at a time."""
-    pf = pq.ParquetFile(staged_path, pre_buffer=False)
+    """The kinds present in a staged file (only its ``kind`` column is read, a row group at a time)."""
     kinds: set[str] = set()
-    for i in range(pf.num_row_groups):
-        kinds.update(pf.read_row_group(i, columns=["kind"], use_threads=False).column("kind").unique().to_pylist())
+    for batch in read_stage(staged_path, columns=["kind"]):
+        kinds.update(batch["kind"])
     return kinds
 
 
