@@ -21,6 +21,7 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Years outside this window are almost always unit mistakes (ms instead of s).
 MIN_EPOCH, MAX_EPOCH = 0, 32503680000  # 1970-01-01 .. 3000-01-01
+MIN_TIME, MAX_TIME = datetime(1970, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
 
 
 def parse_epoch_datetime(text: str, column: str) -> datetime:

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from cdp_ingest.coerce import COERCERS, DATE_PREFIX, parse_epoch_datetime
+from cdp_ingest.coerce import COERCERS, DATE_PREFIX, MAX_TIME, MIN_TIME, parse_epoch_datetime
 from cdp_ingest.documents import KINDS, deterministic_id, iso, new_document
 from cdp_ingest.errors import MappingError, RowError
 
@@ -208,7 +208,12 @@ def parse_time(text: str, fmt: str, column: str) -> datetime:
         dt = datetime.fromisoformat(t.replace("Z", "+00:00")) if fmt == "iso" else datetime.strptime(t, fmt)
     except ValueError:
         raise RowError(f"column '{column}': not a datetime in format {fmt}") from None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    try:  # 9999-12-31T23:59:59-01:00 or 0001-01-01T00:00:00+01:00 have no UTC datetime
+        return dt.astimezone(UTC)
+    except OverflowError:
+        raise RowError(f"column '{column}': datetime out of range (years 1..9999 in UTC)") from None
 
 
 class Mapper:
@@ -292,6 +297,8 @@ class Mapper:
             if not text:
                 raise RowError(f"column '{m.time_column}' (time) is empty")
             when = parse_time(text, m.time_format, m.time_column)
+            if not MIN_TIME <= when <= MAX_TIME:  # the epoch path's window: event indices are per month
+                raise RowError(f"column '{m.time_column}' (time) out of range (1970..3000)")
         if m.id_column:
             doc_id = (row.get(m.id_column) or "").strip()
             if not doc_id:
