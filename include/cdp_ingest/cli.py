@@ -2,6 +2,7 @@
 
     cdp-ingest schema profile|session|event       JSON schema of the target object
     cdp-ingest check-mapping FILE [CSV]            load a mapping (and check a CSV header against it)
+    cdp-ingest replay ARCHIVE --to segment|tracardi --endpoint URL ...   historical replay (SPEC §5)
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     cm = sub.add_parser("check-mapping", help="validate a mapping file (and a CSV header against it)")
     cm.add_argument("mapping")
     cm.add_argument("csv", nargs="?")
+    from cdp_ingest import replay_cli
+
+    replay_cli.add_parser(sub)
     args = ap.parse_args(argv)
+    if args.command == "replay":
+        return replay_cli.run(args)
     if args.command == "schema":
         sys.stdout.write(json.dumps(json_schema(args.kind), indent=2) + "\n")
         return 0

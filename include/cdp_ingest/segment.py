@@ -1,0 +1,169 @@
+"""Segment-spec messages for historical replay (SPEC §5): the rules one message must pass, and its
+rewrite for a replay.
+
+``prepare_message`` turns one archived message into the bytes that are sent:
+
+- its original ``timestamp`` is kept (a message without one is still sent, and counted: the receiver
+  then stamps it with the time it received it, which is what ``missing_timestamp`` reports);
+- archived ``sentAt``, ``messageId`` and ``projectId`` are removed, in any casing (``sent_at``,
+  ``MessageID``, ...), at the top level, where Segment reads them;
+- a new ``messageId`` is derived from the replay name, the source unit and the original id (or the
+  line number when there was none), so a rerun of the same replay sends the same ids and the receiver
+  drops what it already has;
+- the configured ``integrations`` object replaces the archived one (e.g. ``{"All": false, "Mixpanel": true}``
+  to feed one destination only);
+- ``sentAt`` is left as a fixed-width placeholder, the message's last key: the sender writes the real
+  send time into the pre-built batch with one ``bytes.replace`` (see ``replay.stamp_sent_at``).
+
+Identity rules (Segment's spec): every message needs ``userId`` or ``anonymousId``; ``track`` needs
+``event``; ``group`` needs ``groupId``; ``alias`` needs ``userId`` and ``previousId``. A message above
+``max_bytes`` (32 KB by default) is refused with its size, never truncated.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from cdp_ingest.coerce import MAX_TIME, MIN_TIME
+from cdp_ingest.documents import deterministic_id
+from cdp_ingest.errors import RowError
+
+MESSAGE_TYPES = ("track", "identify", "page", "screen", "group", "alias")
+MAX_MESSAGE_BYTES = 32 * 1024
+SENT_AT_PLACEHOLDER = "0000-00-00T00:00:00.000Z"  # same width as the real value
+SENT_AT_FIELD = b'"sentAt":"' + SENT_AT_PLACEHOLDER.encode() + b'"'
+_STRIPPED = {"sentat", "messageid", "projectid"}
+_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$")
+
+
+def _norm(key: str) -> str:
+    return key.replace("_", "").replace("-", "").lower()
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """An archived ``timestamp`` (ISO-8601 string; naive means UTC). Raises RowError when invalid."""
+    if not isinstance(value, str) or not _ISO.match(value.strip()):
+        raise RowError(f"timestamp {str(value)[:40]!r} is not an ISO-8601 date-time")
+    text = value.strip().replace(" ", "T")
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError as e:
+        raise RowError(f"timestamp {value[:40]!r} is not a valid date-time: {e}") from e
+    dt = dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    try:
+        in_range = MIN_TIME <= dt <= MAX_TIME
+    except OverflowError:
+        in_range = False
+    if not in_range:
+        raise RowError(f"timestamp {value[:40]!r} is out of range (1970..3000)")
+    return dt
+
+
+def check_identity(msg: dict[str, Any]) -> None:
+    kind = msg.get("type")
+    if kind not in MESSAGE_TYPES:
+        raise RowError(f"type {str(kind)[:40]!r} is not one of {', '.join(MESSAGE_TYPES)}")
+    user, anon = msg.get("userId"), msg.get("anonymousId")
+    if user in (None, "") and anon in (None, ""):
+        raise RowError(f"{kind}: userId or anonymousId is required")
+    if kind == "track" and not msg.get("event"):
+        raise RowError("track: event is required")
+    if kind == "group" and msg.get("groupId") in (None, ""):
+        raise RowError("group: groupId is required")
+    if kind == "alias" and (user in (None, "") or msg.get("previousId") in (None, "")):
+        raise RowError("alias: userId and previousId are required")
+
+
+def message_id(replay: str, unit: str, original_id: Any, line: int) -> str:
+    """Deterministic: the same replay of the same archived message always gets the same id."""
+    key = f"id:{original_id}" if original_id not in (None, "") else f"line:{line}"
+    return deterministic_id("replay", replay, unit, key)
+
+
+def prepare_message(record: dict[str, Any], *, replay: str, unit: str, line: int,
+                    integrations: dict[str, Any] | None = None,
+                    max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[str, bytes, bool]:
+    """``(messageId, body, has_timestamp)`` for one archived message; RowError when it cannot be sent."""
+    original_id = None
+    msg: dict[str, Any] = {}
+    for key, value in record.items():
+        if _norm(key) in _STRIPPED:
+            if _norm(key) == "messageid":
+                original_id = value
+            continue
+        msg[key] = value
+    check_identity(msg)
+    has_ts = msg.get("timestamp") not in (None, "")
+    if has_ts:
+        parse_timestamp(msg["timestamp"])
+    else:
+        msg.pop("timestamp", None)
+    if integrations is not None:
+        msg["integrations"] = integrations
+    mid = message_id(replay, unit, original_id, line)
+    msg["messageId"] = mid
+    msg["sentAt"] = SENT_AT_PLACEHOLDER
+    body = orjson.dumps(msg, default=str)
+    if len(body) > max_bytes:
+        raise RowError(f"message is {len(body)} bytes, above the {max_bytes}-byte limit per message")
+    return mid, body, has_ts
+
+
+# ---- Tracardi's /track ----------------------------------------------------------------------------
+_TRACARDI_TYPES = {"page": "page-view", "screen": "screen-view"}
+
+
+def tracardi_event(msg: dict[str, Any]) -> dict[str, Any]:
+    """One Segment message as a Tracardi tracker event; its original time in ``time.create/insert``."""
+    kind = msg["type"]
+    ts = msg.get("timestamp")
+    when = parse_timestamp(ts).astimezone(UTC).isoformat() if ts else None
+    if kind == "track":
+        etype, props = str(msg["event"]), msg.get("properties") or {}
+    elif kind == "identify":
+        etype, props = "identify", {"traits": msg.get("traits") or {}}
+    elif kind == "group":
+        etype, props = "group", {"groupId": msg.get("groupId"), "traits": msg.get("traits") or {}}
+    elif kind == "alias":
+        etype, props = "alias", {"previousId": msg.get("previousId")}
+    else:
+        etype, props = _TRACARDI_TYPES[kind], {"name": msg.get("name"), **(msg.get("properties") or {})}
+    return {"id": msg["messageId"], "type": etype.strip().lower().replace(" ", "-"), "properties": props,
+            "context": msg.get("context") or {}, "time": {"create": when, "insert": when}, "options": {}}
+
+
+def tracardi_keys(msg: dict[str, Any]) -> tuple[str, str]:
+    """(profile id, session id) of a message: userId (else anonymousId); the session the archive names
+    (``context.sessionId`` / ``properties.session_id``) or one per profile and day."""
+    profile = str(msg.get("userId") or msg.get("anonymousId"))
+    ctx = msg.get("context") or {}
+    props = msg.get("properties") or {}
+    session = ctx.get("sessionId") or ctx.get("session_id") or props.get("session_id")
+    if not session:
+        ts = msg.get("timestamp")
+        day = parse_timestamp(ts).date().isoformat() if ts else "no-time"
+        session = deterministic_id("replay-session", profile, day)
+    return profile, str(session)
+
+
+def tracardi_payloads(messages: list[dict[str, Any]], source_id: str) -> list[dict[str, Any]]:
+    """Tracker payloads for a batch: one per (profile, session), events in archive order, with the
+    session/profile ``metadata.time`` taken from the earliest event."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for msg in messages:
+        groups.setdefault(tracardi_keys(msg), []).append(tracardi_event(msg))
+    payloads = []
+    for (profile, session), events in groups.items():
+        times = [e["time"]["create"] for e in events if e["time"]["create"]]
+        first = min(times) if times else None
+        meta = {"time": {"insert": first, "create": first}}
+        payloads.append({"source": {"id": source_id}, "session": {"id": session, "metadata": meta},
+                         "profile": {"id": profile, "metadata": meta}, "events": events, "context": {},
+                         "properties": {}, "options": {"saveSession": True, "saveEvents": True}})
+    return payloads
