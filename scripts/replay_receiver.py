@@ -15,8 +15,8 @@ and it enforces the real contract rather than accepting anything:
     - ``source.id`` must be the configured event source (401 otherwise); ``profile.id``, ``session.id``
       and a non-empty ``events`` list, each event with ``id``, ``type`` and an ISO ``time.create`` (400).
 ``POST /_control`` (tests only): ``{"fail": [{"status": 429, "retry_after": 1, "count": 2}],
-    "reject_events": ["bad event"]}`` — the next requests answer with those statuses (``Retry-After``
-    header included), and messages with those event names are refused with 400.
+    "reject_events": ["bad event"]}`` — clears what was received; then the next requests answer with
+    those statuses (``Retry-After`` header included), and messages with those event names get a 400.
 ``GET /_stats``, ``GET /_messages`` (unique messages: messageId, type, event, timestamp, sentAt), ``GET /health``.
 
 ``--noop`` answers 200 to every authorised ``/v1/batch`` after reading the body: the raw ceiling for the
@@ -154,7 +154,10 @@ def make_handler(state: State, *, write_key: str, source_id: str, noop: bool):
                 state.requests += 1
             if self.path == "/_control":
                 cfg = json.loads(raw or b"{}")
-                with state.lock:
+                with state.lock:  # a new test: forget what was received
+                    state.messages.clear()
+                    state.deliveries = state.requests = state.track_payloads = 0
+                    state.statuses.clear()
                     state.fail = list(cfg.get("fail", []))
                     state.reject_events = set(cfg.get("reject_events", []))
                 return self._reply(200, {"ok": True})
