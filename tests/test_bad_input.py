@@ -91,3 +91,49 @@ def test_out_of_range_strftime_times_are_row_rejections(store, tmp_path):
         "column 'ts': datetime out of range (years 1..9999 in UTC)",
         "column 'ts': not a datetime in format %d/%m/%Y %H:%M %z",
     ]
+
+
+# ---- huge cells and documents -------------------------------------------------------------------------
+EVENTS = {"kind": "event", "id_column": "id", "identity": ["email"], "event_type": {"value": "visit"},
+          "fields": {"note": "properties.note"}}
+PROFILES = {"kind": "profile", "identity": ["email"], "fields": {"note": "traits.note"}}
+
+
+@pytest.mark.parametrize("stage", [True, False], ids=["staged", "streamed"])
+def test_multi_megabyte_cell_rejects_only_its_row(store, tmp_path, stage):
+    big = "x" * (8 << 20)
+    csv = f"id,email,note\na,a@x.io,small\nb,b@x.io,{big}\nc,c@x.io,also small\n"
+    rep, errors = run(store, tmp_path, csv, EVENTS, stage=stage)
+    assert (rep.rows_in, rep.loaded, rep.rejected) == (3, 2, 1)
+    assert errors[0]["id"] == "b" and len(errors[0]["note"]) == len(big)  # the value is kept for the fix
+    assert errors[0][FAILURE_COLUMN] == "column 'note': cell is 8,388,608 bytes, over the limit of 1,048,576"
+    index = f"{store.prefix}event-2026-11"  # no time column: the run's time
+    assert store.count(index) == 2 and store.get(index, "b") is None
+
+
+@pytest.mark.parametrize("stage", [True, False], ids=["staged", "streamed"])
+def test_document_over_the_store_limit_is_rejected_with_reason(store, tmp_path, stage):
+    # each cell passes (and stays under the 32,766-byte term limit of the flat_object bags), two do not
+    store.max_cell_bytes, store.max_document_bytes = 40_000, 50_000
+    mapping = {**EVENTS, "fields": {"note": "properties.note", "more": "properties.more"}}
+    half = "y" * 30_000
+    csv = f"id,email,note,more\na,a@x.io,{half},\nb,b@x.io,{half},{half}\nc,c@x.io,ok,ok\n"
+    rep, errors = run(store, tmp_path, csv, mapping, stage=stage)
+    assert (rep.rows_in, rep.loaded, rep.rejected) == (3, 2, 1)
+    assert errors[0]["id"] == "b"
+    assert errors[0][FAILURE_COLUMN].startswith("the document is 60,")
+    assert errors[0][FAILURE_COLUMN].endswith("bytes, over the store limit of 50,000")
+    assert store.count(f"{store.prefix}event-2026-11") == 2
+
+
+def test_profile_rows_over_the_limit_are_rejected_and_the_profile_kept(store, tmp_path):
+    store.max_cell_bytes, store.max_document_bytes = 40_000, 50_000
+    part = "z" * 30_000
+    mapping = {**PROFILES, "fields": {"note": "traits.note", "more": "traits.more"}}
+    csv = (f"email,note,more\na@x.io,first,\nb@x.io,{part},{part}\n"  # one row over the limit
+           f"c@x.io,{part},\nc@x.io,,{part}\n")  # two rows that together grow the profile past it
+    rep, errors = run(store, tmp_path, csv, mapping)
+    assert (rep.rows_in, rep.loaded, rep.rejected) == (4, 1, 3)
+    reasons = sorted(e[FAILURE_COLUMN].split(" is ")[0] for e in errors)
+    assert reasons == ["the merged profile", "the merged profile", "the row's profile data"]
+    assert store.count(store.index("profile")) == 1

@@ -74,5 +74,7 @@ class ErrorFileWriter:
 
 
 def read_error_file(path: str | os.PathLike) -> list[dict[str, str]]:
+    # Rows rejected for a huge cell keep it: lift the csv module's 128 KB field limit (process-wide).
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))

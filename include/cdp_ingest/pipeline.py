@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cdp_ingest.documents import index_for
@@ -33,7 +34,7 @@ from cdp_ingest.errorfile import ErrorFileWriter
 from cdp_ingest.errors import RowError
 from cdp_ingest.ledger import Accounting, Ledger, LedgerEntry, SourceUnit
 from cdp_ingest.mapping import Mapped
-from cdp_ingest.store import BulkItem, LoadStats, Outcome, ProfileRow, Store
+from cdp_ingest.store import MAX_CELL_BYTES, BulkItem, LoadStats, Outcome, ProfileRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ STAGE_SCHEMA = pa.schema([
 ])
 STAGE_ROWS = 5_000  # at most this many rows per staged row group (and per batch a load reads)
 STAGE_FLUSH_BYTES = 8 << 20  # ... and at most about this much serialised payload per row group
+# A cell larger than MAX_CELL_BYTES rejects its row before it is mapped (one 50 MB cell sent as one bulk
+# item ran a 1 GB-heap OpenSearch out of heap); the store also refuses documents over max_document_bytes.
 
 RowFn = Callable[[dict[str, str], int], Mapped]
 
@@ -99,16 +102,40 @@ def begin_unit(ledger: Ledger, source_path: str, opener: Callable[[str, str], An
 
 
 # ---- transform ------------------------------------------------------------------------------------
-def iter_rows(batches: Iterable) -> Iterator[tuple[int, dict[str, Any], list[str], str | None]]:
+def oversized_cells(batch: pa.RecordBatch, max_cell_bytes: int) -> dict[int, str]:
+    """Row index → failure description for rows with a text/binary cell over ``max_cell_bytes``
+    (computed on the Arrow columns, so clean batches cost one vectorised max per column)."""
+    found: dict[int, str] = {}
+    for name, col in zip(batch.schema.names, batch.columns, strict=True):
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+                or pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
+            continue
+        lengths = pc.binary_length(col)
+        longest = pc.max(lengths).as_py()
+        if longest is None or longest <= max_cell_bytes:
+            continue
+        for i, n in enumerate(lengths.to_pylist()):
+            if n is not None and n > max_cell_bytes and i not in found:
+                found[i] = f"column '{name}': cell is {n:,} bytes, over the limit of {max_cell_bytes:,}"
+    return found
+
+
+def iter_rows(batches: Iterable, max_cell_bytes: int | None = None
+              ) -> Iterator[tuple[int, dict[str, Any], list[str], str | None]]:
     """(row number, row dict, header, reader's failure description or None) for every data row.
 
     CSV values are strings; Parquet values keep their Arrow-to-Python types (maps as lists of
-    pairs, decimals, datetimes) for the row function to interpret.
+    pairs, decimals, datetimes) for the row function to interpret. Rows with a cell over
+    ``max_cell_bytes`` come with a failure description.
     """
     for sb in batches:
         names = sb.batch.schema.names
         cols = [c.to_pylist() for c in sb.batch.columns]
         bad = sb.bad_rows
+        if max_cell_bytes is not None:
+            big = oversized_cells(sb.batch, max_cell_bytes)
+            if big:
+                bad = {**big, **bad}
         for i, values in enumerate(zip(*cols, strict=True)):
             yield sb.first_row + i, dict(zip(names, values, strict=True)), names, bad.get(i)
 
@@ -128,8 +155,9 @@ class RowMapper:
     """Runs a row function over source rows: rejected rows go to the error CSV (created on the first
     one), accepted rows come out as ``(ref, Mapped, row)``. Counts rows_in / accepted / rejected."""
 
-    def __init__(self, row_fn: RowFn, error_path: str | Path):
+    def __init__(self, row_fn: RowFn, error_path: str | Path, max_cell_bytes: int | None = MAX_CELL_BYTES):
         self.row_fn = row_fn
+        self.max_cell_bytes = max_cell_bytes
         self.error_path = Path(error_path)
         self.rows_in = self.accepted = 0
         self.header: list[str] = []
@@ -146,8 +174,8 @@ class RowMapper:
         self._errors.write(row, reason)
 
     def run(self, batches: Iterable) -> Iterator[tuple[int, Mapped, dict[str, Any]]]:
-        row_fn = self.row_fn
-        for ref, row, self.header, bad in iter_rows(batches):
+        row_fn, limit = self.row_fn, self.max_cell_bytes
+        for ref, row, self.header, bad in iter_rows(batches, limit):
             self.rows_in += 1
             try:
                 if bad is not None:
@@ -169,7 +197,7 @@ class RowMapper:
 
 def transform_unit(batches: Iterable, row_fn: RowFn, *, prefix: str, import_id: str, staged_path: str | Path,
                    error_path: str | Path, flush_bytes: int = STAGE_FLUSH_BYTES,
-                   flush_rows: int = STAGE_ROWS) -> TransformResult:
+                   flush_rows: int = STAGE_ROWS, max_cell_bytes: int | None = MAX_CELL_BYTES) -> TransformResult:
     """Map every row, write accepted rows to the staged Parquet file and rejected rows to the error CSV.
 
     The staging buffer is written out as a row group every ``flush_rows`` rows or ``flush_bytes`` of
@@ -181,7 +209,7 @@ def transform_unit(batches: Iterable, row_fn: RowFn, *, prefix: str, import_id: 
     staged_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = staged_path.with_suffix(".partial")
     writer = pq.ParquetWriter(tmp, STAGE_SCHEMA, compression="zstd")
-    rm = RowMapper(row_fn, error_path)
+    rm = RowMapper(row_fn, error_path, max_cell_bytes)
     cols: dict[str, list] = {k: [] for k in STAGE_SCHEMA.names}
     refs, kinds, indices, ids, bodies, origs = (cols[k] for k in STAGE_SCHEMA.names)
     held = 0
@@ -213,11 +241,12 @@ def transform_unit(batches: Iterable, row_fn: RowFn, *, prefix: str, import_id: 
 
 
 def stream_unit(batches: Iterable, row_fn: RowFn, store: Store, *, kind: str, import_id: str,
-                error_path: str | Path, now: datetime | None = None) -> tuple[TransformResult, LoadResult]:
+                error_path: str | Path, now: datetime | None = None,
+                max_cell_bytes: int | None = MAX_CELL_BYTES) -> tuple[TransformResult, LoadResult]:
     """Map and load in one pass, without a staging file: the main thread maps rows while the bulk
     threads wait on the store, so the two overlap. Rejected and store-refused rows share one error CSV."""
     now = now or datetime.now(UTC)
-    rm = RowMapper(row_fn, error_path)
+    rm = RowMapper(row_fn, error_path, max_cell_bytes)
     stats = LoadStats()
     pending: dict[int, dict[str, Any]] = {}  # ref -> original row, only while its outcome is not back
 
@@ -353,7 +382,8 @@ def import_unit(source_path: str, open_batches: Callable[[], Iterable], row_fn_f
     """Import one source unit in this process: begin, transform, load, commit.
 
     ``stage=False`` maps and loads in one overlapped pass (``stream_unit``) instead of going
-    through the staged Parquet file the Airflow tasks hand to each other."""
+    through the staged Parquet file the Airflow tasks hand to each other. Cells over
+    ``store.max_cell_bytes`` reject their rows."""
     import time
 
     t0 = time.monotonic()
@@ -366,14 +396,16 @@ def import_unit(source_path: str, open_batches: Callable[[], Iterable], row_fn_f
         if stage:
             staged = work / "staged.parquet"
             t = transform_unit(open_batches(), row_fn_factory(entry.import_id), prefix=store.prefix,
-                               import_id=entry.import_id, staged_path=staged, error_path=work / "transform-errors.csv")
+                               import_id=entry.import_id, staged_path=staged, error_path=work / "transform-errors.csv",
+                               max_cell_bytes=store.max_cell_bytes)
             ld = load_unit(staged, store, import_id=entry.import_id, error_path=work / "load-errors.csv",
                            columns=t.columns)
             error_file = merge_error_files(work / "errors.csv", t.error_file, ld.error_file)
             staged.unlink(missing_ok=True)
         else:
             t, ld = stream_unit(open_batches(), row_fn_factory(entry.import_id), store, kind=kind,
-                                import_id=entry.import_id, error_path=work / "errors.csv")
+                                import_id=entry.import_id, error_path=work / "errors.csv",
+                                max_cell_bytes=store.max_cell_bytes)
             error_file = t.error_file
         acc = commit_unit(ledger, entry, t, ld, error_file=error_file)
     except Exception as e:

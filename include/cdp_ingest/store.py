@@ -39,6 +39,12 @@ from cdp_ingest.errors import StoreError
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Well under OpenSearch's default http.max_content_length (100 MB): one huge document, even alone in a
+# bulk request, can run a small-heap node out of memory. Larger documents are rejected with a reason.
+MAX_DOCUMENT_BYTES = 4 << 20
+# The transform rejects rows with a larger cell before mapping them (pipeline.RowMapper); it lives here
+# so that one connection configures both limits (extras ``max_cell_bytes`` / ``max_document_bytes``).
+MAX_CELL_BYTES = 1 << 20
 FILTER_PATH = "errors,items.*.status,items.*.error.type,items.*.error.reason"
 
 
@@ -145,11 +151,13 @@ class Store:
 
     def __init__(self, client, *, prefix: str = "cdp-", flavor: str = "opensearch", chunk_docs: int = 5000,
                  chunk_bytes: int = 8 << 20, concurrency: int = 2, max_retries: int = 6,
-                 backoff: float = 0.5, max_backoff: float = 30.0, sleep: Callable[[float], None] = time.sleep):
+                 backoff: float = 0.5, max_backoff: float = 30.0, sleep: Callable[[float], None] = time.sleep,
+                 max_document_bytes: int = MAX_DOCUMENT_BYTES, max_cell_bytes: int = MAX_CELL_BYTES):
         if flavor not in ("opensearch", "elasticsearch"):
             raise ValueError(f"flavor must be opensearch or elasticsearch, not {flavor!r}")
-        if chunk_docs < 1 or chunk_bytes < 1024 or concurrency < 1:
-            raise ValueError("chunk_docs >= 1, chunk_bytes >= 1024 and concurrency >= 1 are required")
+        if chunk_docs < 1 or chunk_bytes < 1024 or concurrency < 1 or max_document_bytes < 1024:
+            raise ValueError("chunk_docs >= 1, chunk_bytes >= 1024, concurrency >= 1 and max_document_bytes >= 1024 "
+                             "are required")
         self.client = client
         self.prefix = prefix
         self.flavor = flavor
@@ -159,6 +167,8 @@ class Store:
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.max_document_bytes = max_document_bytes
+        self.max_cell_bytes = max_cell_bytes
         self._sleep = sleep
         self._lock = threading.Lock()
         self._retries = 0  # cumulative retries (requests and items), read into LoadStats
@@ -228,8 +238,15 @@ class Store:
         stats = stats if stats is not None else LoadStats()
         retries_before = self._retries
         pending: deque[Future] = deque()
+        too_big: list[Outcome] = []
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="bulk") as pool:
-            for chunk in self._chunks(items):
+            for chunk in self._chunks(items, too_big):
+                for o in too_big:
+                    stats.add(o)
+                    yield o
+                too_big.clear()
+                if not chunk:
+                    continue
                 stats.indices.update(i.index for i in chunk)
                 pending.append(pool.submit(self._load_chunk, chunk, import_id))
                 while len(pending) > self.concurrency:
@@ -245,16 +262,29 @@ class Store:
             stats.add(o)
             yield o
 
-    def _chunks(self, items: Iterable[BulkItem]) -> Iterator[list[BulkItem]]:
+    def _oversized(self, size: int, what: str) -> str | None:
+        if size <= self.max_document_bytes:
+            return None
+        return f"{what} is {size:,} bytes, over the store limit of {self.max_document_bytes:,}"
+
+    def _chunks(self, items: Iterable[BulkItem], too_big: list[Outcome]) -> Iterator[list[BulkItem]]:
+        """Chunks of at most ``chunk_docs`` items / ``chunk_bytes``; items over the document limit are
+        not sent but appended to ``too_big`` as failed outcomes (an empty chunk hands them over)."""
         chunk: list[BulkItem] = []
         size = 0
         for item in items:
+            reason = self._oversized(len(item.source), "the document")
+            if reason:
+                too_big.append(Outcome(item.ref, "failed", reason, id=item.id))
+                if len(too_big) >= self.chunk_docs:
+                    yield []
+                continue
             chunk.append(item)
             size += len(item.source) + len(item.index) + len(item.id) + 48
             if len(chunk) >= self.chunk_docs or size >= self.chunk_bytes:
                 yield chunk
                 chunk, size = [], 0
-        if chunk:
+        if chunk or too_big:
             yield chunk
 
     @staticmethod
@@ -354,6 +384,12 @@ class Store:
             chunk: list[ProfileRow] = []
             for row in itertools.chain(rows, [None]):
                 if row is not None:
+                    reason = self._oversized(len(orjson.dumps(row.operations, default=str)), "the row's profile data")
+                    if reason:
+                        o = Outcome(row.ref, "failed", reason, id=row.profile_id)
+                        stats.add(o)
+                        yield o
+                        continue
                     chunk.append(row)
                     if len(chunk) < chunk_rows * lanes:
                         continue
@@ -396,8 +432,16 @@ class Store:
                         doc["ids"].append(extra_id)
                 doc["metadata"]["time"]["update"] = now_iso
                 stamp(doc, import_id, r.ref)
+            bodies = {pid: orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS) for pid, doc in merged.items()}
+            too_big = {pid: why for pid, b in bodies.items() if (why := self._oversized(len(b), "the merged profile"))}
+            if too_big:  # the profile keeps its stored state; the rows that would grow it past the limit fail
+                out.extend(Outcome(r.ref, "failed", too_big[r.profile_id], id=r.profile_id)
+                           for r in todo if r.profile_id in too_big)
+                todo = [r for r in todo if r.profile_id not in too_big]
+                if not todo:
+                    return out, requests
             lines: list[bytes] = []
-            order = list(merged)
+            order = [pid for pid in merged if pid not in too_big]
             for pid in order:
                 found = current.get(pid)
                 if found:
@@ -406,7 +450,7 @@ class Store:
                     lines.append(orjson.dumps({"index": meta}))
                 else:
                     lines.append(orjson.dumps({"create": {"_index": index, "_id": pid}}))
-                lines.append(orjson.dumps(merged[pid], option=orjson.OPT_NON_STR_KEYS))
+                lines.append(bodies[pid])
             result = self._send_bulk(b"\n".join(lines) + b"\n")
             requests += 2
             status = {}

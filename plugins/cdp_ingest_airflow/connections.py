@@ -14,11 +14,12 @@ def store_from_connection(conn_id: str, *, prefix: str | None = None) -> Store:
     """A ``Store`` for an ``opensearch`` or ``elasticsearch`` connection.
 
     Connection extras: ``use_ssl`` / ``verify_certs`` (booleans), ``index_prefix`` (default ``cdp-``),
-    ``bulk_chunk_docs``, ``bulk_chunk_bytes``, ``bulk_concurrency``.
+    ``bulk_chunk_docs``, ``bulk_chunk_bytes``, ``bulk_concurrency``, ``max_cell_bytes`` (default 1 MiB) and
+    ``max_document_bytes`` (default 4 MiB): rows over either limit are rejected with a reason.
     """
     from airflow.sdk import BaseHook
 
-    from cdp_ingest.store import Store, make_client
+    from cdp_ingest.store import MAX_CELL_BYTES, MAX_DOCUMENT_BYTES, Store, make_client
 
     conn = BaseHook.get_connection(conn_id)
     if conn.conn_type not in STORE_CONN_TYPES:
@@ -35,4 +36,6 @@ def store_from_connection(conn_id: str, *, prefix: str | None = None) -> Store:
                  flavor="elasticsearch" if conn.conn_type == "elasticsearch" else "opensearch",
                  chunk_docs=int(extra.get("bulk_chunk_docs", 5000)),
                  chunk_bytes=int(extra.get("bulk_chunk_bytes", 8 << 20)),
-                 concurrency=int(extra.get("bulk_concurrency", 2)))
+                 concurrency=int(extra.get("bulk_concurrency", 2)),
+                 max_cell_bytes=int(extra.get("max_cell_bytes", MAX_CELL_BYTES)),
+                 max_document_bytes=int(extra.get("max_document_bytes", MAX_DOCUMENT_BYTES)))

@@ -429,7 +429,8 @@ def stage_rows(ticket: dict[str, Any], *, store_conn_id: str, now: datetime) -> 
     try:
         result = transform_unit(read_batches(ticket["local_path"], "csv", batch_rows=READ_BATCH_ROWS),
                                 mapper.map_row, prefix=store.prefix, import_id=ticket["import_id"],
-                                staged_path=work / "staged.parquet", error_path=work / "transform-errors.csv")
+                                staged_path=work / "staged.parquet", error_path=work / "transform-errors.csv",
+                                max_cell_bytes=store.max_cell_bytes)
     except FileLevelError as e:
         ledger = Ledger(store)
         entry = ledger.get(ticket["unit_id"])

@@ -83,7 +83,8 @@ class StageFileOperator(_StoreMixin, BaseOperator):
             result = transform_unit(read_batches(self.source_path),
                                     Mapper(mapping, unit_key=entry.import_id, now=now).map_row,
                                     prefix=self.store.prefix, import_id=entry.import_id,
-                                    staged_path=work / "staged.parquet", error_path=work / "transform-errors.csv")
+                                    staged_path=work / "staged.parquet", error_path=work / "transform-errors.csv",
+                                    max_cell_bytes=self.store.max_cell_bytes)
         except Exception as e:
             ledger.fail(entry, f"{e.__class__.__name__}: {e}")
             raise

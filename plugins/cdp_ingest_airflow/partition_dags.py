@@ -237,7 +237,7 @@ def stage_partition_file(src: dict[str, Any], partition: dict[str, Any], file_ur
         try:
             result = transform_unit(read_partition_file(str(local)), mapper.map_row, prefix=store.prefix,
                                     import_id=entry.import_id, staged_path=work / "staged.parquet",
-                                    error_path=work / "transform-errors.csv")
+                                    error_path=work / "transform-errors.csv", max_cell_bytes=store.max_cell_bytes)
         except Exception as e:
             ledger.fail(entry, f"{e.__class__.__name__}: {e}")
             if isinstance(e, FileLevelError) and e.code != "internal":
