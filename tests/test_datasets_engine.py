@@ -1,0 +1,298 @@
+"""Dataset engine (SPEC §4): declarations, change detection and raw/mapped syncs against the real services:
+OpenSearch, a local HTTP server with ETag/Last-Modified, moto S3 and PostgreSQL."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import itertools
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from cdp_ingest.datasets.raw import alias_indices, alias_name, index_stats
+from cdp_ingest.datasets.spec import (
+    DatasetError,
+    all_datasets,
+    load_config,
+    parse_spec,
+    remove_registry_entry,
+    write_registry_entry,
+)
+from cdp_ingest.datasets.state import DatasetIndex
+from cdp_ingest.datasets.sync import delete_dataset, sync_dataset
+from cdp_ingest.errors import FileLevelError
+from cdp_ingest.store import Store, make_client
+
+_prefixes = itertools.count()
+_jobs = itertools.count()
+
+
+def job() -> str:
+    return f"test-job-{os.getpid()}-{next(_jobs)}"
+
+
+# ---- declarations (no services) ---------------------------------------------------------------------
+def test_sync_interval_below_900_is_refused_with_a_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match="at least 900 seconds") as e:
+        parse_spec("orders", {"source": "/data/orders.csv", "sync_interval": 600})
+    assert e.value.code == "invalid_sync_interval"
+    cfg = tmp_path / "datasets.yaml"
+    cfg.write_text("datasets:\n  orders: {source: /data/orders.csv, sync_interval: 899}\n")
+    with pytest.raises(DatasetError, match="at least 900"):
+        load_config(cfg)
+    assert parse_spec("orders", {"source": "/data/orders.csv", "sync_interval": "900"}).sync_interval == 900
+    assert parse_spec("orders", {"source": "/data/orders.csv"}).sync_interval is None
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"source": "relative/orders.csv"}, "absolute path"),
+    ({"source": "ftp://host/orders.csv"}, "unsupported source scheme"),
+    ({"source": "/data/orders.xlsx"}, "unsupported file type"),
+    ({"source": {"table": "orders"}}, "needs conn_id"),
+    ({"source": {"conn_id": "pg", "table": "orders; drop table x"}}, "table must be"),
+    ({"source": {"conn_id": "pg", "query": "delete from orders"}}, "must be a SELECT"),
+    ({"source": "/data/o.csv", "watermark_column": "updated_at"}, "only applies to table/query"),
+    ({"source": "/data/o.csv", "target": {"kind": "event", "mapping": "demo-profiles.yaml"}}, "maps profiles"),
+    ({"source": "/data/o.csv", "target": {"kind": "event", "mapping": "nope.yaml"}}, "not found"),
+    ({"source": "/data/o.csv", "schedule": "@daily"}, "unknown key"),
+])
+def test_invalid_declarations_say_what_is_wrong(cfg, message):
+    with pytest.raises(DatasetError, match=message):
+        parse_spec("orders", cfg)
+
+
+def test_names_and_source_kinds():
+    with pytest.raises(DatasetError, match="lowercase"):
+        parse_spec("Bad-Name", {"source": "/x.csv"})
+    assert parse_spec("a", {"source": "https://h/x.csv.gz"}).source.kind == "http"
+    assert parse_spec("a", {"source": "s3://b/k/x.parquet", "format": "parquet"}).source.kind == "s3"
+    pg = parse_spec("a", {"source": {"conn_id": "pg", "table": "public.orders"}, "watermark_column": "updated_at"})
+    assert pg.source.sql() == 'SELECT * FROM "public"."orders"'
+    ev = parse_spec("a", {"source": "/x.csv", "target": {"kind": "event", "mapping": "demo-events.yaml"}})
+    assert ev.target.kind == "event" and Path(ev.target.mapping).is_file()
+
+
+def test_registry_folder_and_config_are_merged(tmp_path):
+    reg = tmp_path / "registry"
+    spec = parse_spec("from_api", {"source": "https://h/x.csv", "sync_interval": 3600})
+    write_registry_entry(spec, reg)
+    (reg / "broken.json").write_text("{not json")
+    cfg = tmp_path / "datasets.yaml"
+    cfg.write_text("datasets:\n  from_file: {source: /data/x.csv}\n")
+    found = all_datasets(cfg, reg)
+    assert sorted(found) == ["from_api", "from_file"]
+    assert found["from_api"].origin == "api" and found["from_api"].sync_interval == 3600
+    assert remove_registry_entry("from_api", reg) and "from_api" not in all_datasets(cfg, reg)
+
+
+# ---- services ---------------------------------------------------------------------------------------
+@pytest.fixture
+def store(opensearch, tmp_path, monkeypatch):
+    monkeypatch.setenv("CDP_DATASETS_DIR", str(tmp_path / "datasets"))
+    s = Store(make_client(opensearch.info["url"]), prefix=f"t-ds{next(_prefixes)}-", chunk_docs=200)
+    yield s
+    s._request("DELETE", f"/{s.prefix}*")
+
+
+def rows_of(store: Store, name: str) -> dict[str, dict]:
+    resp = store._request("POST", f"/{alias_name(store.prefix, name)}/_search", body={"size": 1000})
+    return {h["_id"]: h["_source"] for h in resp["hits"]["hits"]}
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    files: dict[str, tuple[bytes, str]] = {}  # path -> (body, last-modified)
+    hits: list[tuple[str, int]] = []
+
+    def do_GET(self):
+        body, modified = self.files.get(self.path, (None, ""))
+        if body is None:
+            self.send_response(404)
+            self.end_headers()
+            self.hits.append((self.path, 404))
+            return
+        etag = '"' + hashlib.md5(body).hexdigest() + '"'
+        if self.headers.get("If-None-Match") == etag or (
+                not self.headers.get("If-None-Match") and self.headers.get("If-Modified-Since") == modified):
+            self.send_response(304)
+            self.end_headers()
+            self.hits.append((self.path, 304))
+            return
+        self.send_response(200)
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", modified)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.hits.append((self.path, 200))
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server():
+    _Handler.files, _Handler.hits = {}, []
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", _Handler
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_url_dataset_sync_replaces_rows_atomically_and_detects_no_change(store, http_server):
+    base, handler = http_server
+    handler.files["/orders.csv"] = (b"order_id,amount,placed_at\n1,10.5,2026-01-01T10:00:00\n2,20,2026-01-02T10:00:00\n"
+                                    b"3,30,2026-01-03T10:00:00\n", "Wed, 01 Jan 2026 10:00:00 GMT")
+    spec = parse_spec("orders", {"source": f"{base}/orders.csv", "id_column": "order_id", "sync_interval": 900})
+    first = sync_dataset(spec, store, job_id=job())
+    assert first["state"] == "complete" and first["changed"] is True
+    assert first["result"]["loaded"] == 3 and first["result"]["rows_in"] == 3
+    v1 = alias_indices(store, alias_name(store.prefix, "orders"))
+    assert len(v1) == 1 and v1[0].startswith(f"{store.prefix}dataset-orders-")
+    assert rows_of(store, "orders")["2"]["amount"] == "20"
+
+    # unchanged: a conditional GET answered 304, recorded as nothing changed
+    again = sync_dataset(spec, store, job_id=job())
+    assert again["state"] == "complete" and again["changed"] is False and "304" in again["reason"]
+    assert handler.hits[-1] == ("/orders.csv", 304)
+    assert alias_indices(store, alias_name(store.prefix, "orders")) == v1
+
+    # the source changes a row, deletes one and adds one: the dataset ends with exactly the source's rows
+    handler.files["/orders.csv"] = (b"order_id,amount,placed_at\n1,11,2026-01-01T10:00:00\n3,30,2026-01-03T10:00:00\n"
+                                    b"4,40,2026-01-04T10:00:00\n", "Thu, 02 Jan 2026 10:00:00 GMT")
+    third = sync_dataset(spec, store, job_id=job())
+    assert third["changed"] is True and third["result"]["loaded"] == 3
+    rows = rows_of(store, "orders")
+    assert sorted(rows) == ["1", "3", "4"] and rows["1"]["amount"] == "11"
+    v2 = alias_indices(store, alias_name(store.prefix, "orders"))
+    assert v2 != v1 and store._request("HEAD", f"/{v1[0]}", ok_statuses=(404,)) is False  # old index removed
+    mapping = store._request("GET", f"/{v2[0]}/_mapping")[v2[0]]["mappings"]["properties"]
+    assert mapping["placed_at"]["type"] == "date" and mapping["order_id"]["type"] == "keyword"
+    stats = index_stats(store, "orders")
+    assert stats["rows"] == 3 and stats["size_bytes"] > 0
+
+    # a failing source: the job fails with its code and message, the previous dataset stays readable
+    del handler.files["/orders.csv"]
+    with pytest.raises(FileLevelError):
+        sync_dataset(spec, store, job_id=(failing := job()))
+    failed = DatasetIndex(store).job(failing)
+    assert failed["state"] == "failure" and failed["error_code"] == "no_data_file"
+    assert "HTTP 404" in failed["error_message"]
+    assert sorted(rows_of(store, "orders")) == ["1", "3", "4"]
+    assert alias_indices(store, alias_name(store.prefix, "orders")) == v2
+    jobs = DatasetIndex(store).jobs(dataset="orders")
+    assert [j["state"] for j in jobs].count("complete") == 3
+    assert [j["job_id"] for j in DatasetIndex(store).jobs(dataset="orders", state="failure")] == [failing]
+
+
+def test_local_jsonl_gz_file_and_rows_the_store_refuses(store, tmp_path):
+    src = tmp_path / "people.jsonl.gz"
+    lines = [{"id": i, "name": f"n{i}", "score": i / 2, "tags": ["x", "y"], "attrs": {"k": i}} for i in range(1, 1001)]
+    lines.append({"id": 1001, "name": "late", "score": "not a number"})  # after the sample the mapping is inferred from
+    src.write_bytes(gzip.compress(("\n".join(json.dumps(r) for r in lines) + "\n{broken\n").encode()))
+    spec = parse_spec("people", {"source": str(src), "id_column": "id"})
+    done = sync_dataset(spec, store, job_id=job())
+    r = done["result"]
+    assert (r["rows_in"], r["loaded"], r["rejected"], r["duplicates"]) == (1002, 1000, 2, 0)
+    errors = Path(r["error_file"]).read_text()
+    assert "line 1002: invalid JSON" in errors and "1001,late,not a number" in errors and "score" in errors
+    assert index_stats(store, "people")["rows"] == 1000
+    doc = store.get(alias_name(store.prefix, "people"), "7")["_source"]
+    assert doc == {"id": 7, "name": "n7", "score": 3.5, "tags": ["x", "y"], "attrs": {"k": 7}}
+    assert sync_dataset(spec, store, job_id=job())["changed"] is False  # same size and mtime
+
+
+def test_s3_parquet_dataset_uses_the_etag(store, s3_server, tmp_path):
+    import boto3
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    s3 = boto3.client("s3", endpoint_url=s3_server.info["endpoint_url"], aws_access_key_id="testing",
+                      aws_secret_access_key="testing", region_name="us-east-1")
+    bucket = f"ds-{next(_prefixes)}"
+    s3.create_bucket(Bucket=bucket)
+    local = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"k": ["a", "b"], "n": [1, 2], "ok": [True, False]}), local)
+    s3.upload_file(str(local), bucket, "exports/p.parquet")
+    opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_server.info["endpoint_url"]}}
+    spec = parse_spec("s3p", {"source": f"s3://{bucket}/exports/p.parquet", "id_column": "k"})
+    assert sync_dataset(spec, store, job_id=job(), storage_options=opts)["result"]["loaded"] == 2
+    props = store._request("GET", f"/{alias_name(store.prefix, 's3p')}/_mapping")
+    mapping = next(iter(props.values()))["mappings"]["properties"]
+    assert (mapping["n"]["type"], mapping["ok"]["type"]) == ("long", "boolean")
+    second = sync_dataset(spec, store, job_id=job(), storage_options=opts)
+    assert second["changed"] is False and "ETag" in second["reason"]
+    pq.write_table(pa.table({"k": ["c"], "n": [3], "ok": [True]}), local)
+    s3.upload_file(str(local), bucket, "exports/p.parquet")
+    assert sync_dataset(spec, store, job_id=job(), storage_options=opts)["changed"] is True
+    assert sorted(rows_of(store, "s3p")) == ["c"]
+
+
+def _pg(postgres):
+    import psycopg2
+
+    return psycopg2.connect(host="127.0.0.1", port=postgres.port, user="postgres", dbname="postgres")
+
+
+def test_postgres_table_with_watermark_changes_deletes_and_adds(store, postgres):
+    table = f"orders_{os.getpid()}_{next(_prefixes)}"
+    with _pg(postgres) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE TABLE {table} (id int primary key, amount numeric(10,2), updated_at timestamptz)")
+        cur.execute(f"INSERT INTO {table} VALUES (1, 10, '2026-01-01'), (2, 20, '2026-01-02'), (3, 30, '2026-01-03')")  # noqa: S608 - generated table name
+    spec = parse_spec("pgorders", {"source": {"conn_id": "cdp_postgres", "table": f"public.{table}"},
+                                   "watermark_column": "updated_at", "id_column": "id", "sync_interval": 3600})
+    connect = lambda: _pg(postgres)  # noqa: E731
+    first = sync_dataset(spec, store, job_id=job(), connect=connect)
+    assert first["result"]["loaded"] == 3
+    assert rows_of(store, "pgorders")["2"] == {"id": 2, "amount": 20.0, "updated_at": "2026-01-02T00:00:00+00:00"}
+    assert sync_dataset(spec, store, job_id=job(), connect=connect)["reason"].startswith("watermark unchanged")
+    with _pg(postgres) as conn, conn.cursor() as cur:
+        cur.execute(f"UPDATE {table} SET amount = 11, updated_at = '2026-02-01' WHERE id = 1")  # noqa: S608 - generated table name
+        cur.execute(f"DELETE FROM {table} WHERE id = 2")  # noqa: S608 - generated table name
+        cur.execute(f"INSERT INTO {table} VALUES (4, 40, '2026-02-02')")  # noqa: S608 - generated table name
+    third = sync_dataset(spec, store, job_id=job(), connect=connect)
+    assert third["changed"] is True
+    rows = rows_of(store, "pgorders")
+    assert sorted(rows) == ["1", "3", "4"] and rows["1"]["amount"] == 11.0
+    # a failing query: failure with code and message, the previous rows still readable
+    with _pg(postgres) as conn, conn.cursor() as cur:
+        cur.execute(f"DROP TABLE {table}")
+    with pytest.raises(FileLevelError):
+        sync_dataset(spec, store, job_id=(failing := job()), connect=connect)
+    failed = DatasetIndex(store).job(failing)
+    assert failed["error_code"] == "source_query_failed" and "does not exist" in failed["error_message"]
+    assert sorted(rows_of(store, "pgorders")) == ["1", "3", "4"]
+    gone = delete_dataset(store, "pgorders")
+    assert gone["removed_indices"] and store._request("HEAD", f"/{alias_name(store.prefix, 'pgorders')}",
+                                                      ok_statuses=(404,)) is False
+    assert DatasetIndex(store).state("pgorders") == {}
+
+
+def test_postgres_query_mapped_to_events_is_incremental(store, postgres, tmp_path):
+    table = f"clicks_{os.getpid()}_{next(_prefixes)}"
+    with _pg(postgres) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE TABLE {table} (id text, email text, event text, ts bigint, session_id text)")
+        cur.execute(f"INSERT INTO {table} VALUES ('e1', 'a@x.io', 'click', 1767261600, 's1'), "  # noqa: S608 - generated table name
+                    f"('e2', 'b@x.io', 'view', 1767265200, 's2')")
+    mapping = tmp_path / "clicks.yaml"
+    mapping.write_text("kind: event\nsource_id: pg-clicks\nid_column: id\nidentity: [email]\n"
+                       "session_column: session_id\ntime: {column: ts, format: epoch}\nevent_type: {column: event}\n")
+    spec = parse_spec("clicks", {"source": {"conn_id": "cdp_postgres", "query": f"select * from {table}"},  # noqa: S608 - generated table name
+                                 "watermark_column": "ts", "target": {"kind": "event", "mapping": str(mapping)}})
+    connect = lambda: _pg(postgres)  # noqa: E731
+    first = sync_dataset(spec, store, job_id=job(), connect=connect)
+    assert first["result"]["loaded"] == 2
+    store.refresh([f"{store.prefix}event-*"])
+    assert store.count(f"{store.prefix}event-2026-01") == 2
+    with _pg(postgres) as conn, conn.cursor() as cur:
+        cur.execute(f"INSERT INTO {table} VALUES ('e3', 'a@x.io', 'buy', 1767268800, 's1')")  # noqa: S608 - generated table name
+    second = sync_dataset(spec, store, job_id=job(), connect=connect)
+    assert second["result"]["rows_in"] == 1 and second["result"]["loaded"] == 1  # only the row above the watermark
+    assert store.count(f"{store.prefix}event-2026-01") == 3
+    assert DatasetIndex(store).state("clicks")["markers"]["watermark"] == 1767268800
