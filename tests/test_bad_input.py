@@ -137,3 +137,66 @@ def test_profile_rows_over_the_limit_are_rejected_and_the_profile_kept(store, tm
     reasons = sorted(e[FAILURE_COLUMN].split(" is ")[0] for e in errors)
     assert reasons == ["the merged profile", "the merged profile", "the row's profile data"]
     assert store.count(store.index("profile")) == 1
+
+
+# ---- a source that disappears between listing and staging ---------------------------------------------
+def test_missing_local_file_is_no_data_file(store, tmp_path):
+    from cdp_ingest.errors import FileLevelError
+
+    src = tmp_path / "listed.csv"  # listed by a sensor/glob, deleted before the import opened it
+    m = Mapping.from_dict(EVENTS, name="case")
+    with pytest.raises(FileLevelError) as ei:
+        import_unit(str(src), lambda: read_batches(src), lambda iid: Mapper(m, unit_key=iid, now=NOW).map_row,
+                    store=store, ledger=Ledger(store), work_dir=tmp_path / "work", kind="event", source="bad-input")
+    assert ei.value.code == "no_data_file" and str(ei.value) == f"[no_data_file] data file not found: {src}"
+
+
+def test_object_deleted_before_download_is_no_data_file(tmp_path, s3_server):
+    import boto3
+    from airflow.sdk import ObjectStoragePath
+
+    from cdp_ingest.errors import FileLevelError
+    from cdp_ingest_airflow.partition_dags import download
+
+    s3 = boto3.client("s3", endpoint_url=s3_server.info["endpoint_url"], aws_access_key_id="testing",
+                      aws_secret_access_key="testing", region_name="us-east-1")
+    s3.create_bucket(Bucket="bad-input-gone")
+    s3.put_object(Bucket="bad-input-gone", Key="day/part-0.parquet", Body=b"PAR1")
+    url = "s3://bad-input-gone/day/part-0.parquet"
+    path = ObjectStoragePath(url, conn_id="cdp_s3")
+    assert [p.name for p in path.parent.iterdir()] == ["part-0.parquet"]  # listed ...
+    s3.delete_object(Bucket="bad-input-gone", Key="day/part-0.parquet")  # ... then deleted
+    with pytest.raises(FileLevelError) as ei:
+        download(ObjectStoragePath(url, conn_id="cdp_s3"), url, tmp_path / "part-0.parquet")
+    assert ei.value.code == "no_data_file" and url in ei.value.message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sftp_file_deleted_before_download_is_no_data_file(tmp_path, sftp_server):
+    import uuid
+
+    import paramiko
+
+    from cdp_ingest.errors import FileLevelError
+    from cdp_ingest_airflow.manifest_operator import download, list_folder
+
+    info = sftp_server.info
+    folder = Path(info["landing"]) / f"gone-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    (folder / "data.csv").write_text("email\na@x.io\n")
+    client = paramiko.SSHClient()
+    client.load_host_keys(info["known_hosts"])
+    client.connect("127.0.0.1", port=sftp_server.port, username=info["login"], look_for_keys=False,
+                   allow_agent=False, pkey=paramiko.Ed25519Key.from_private_key_file(info["private_key"]))
+    try:
+        sftp = client.open_sftp()
+        listed = list_folder(sftp, str(folder))
+        assert [f.name for f in listed] == ["data.csv"]
+        (folder / "data.csv").unlink()  # the client deletes it between listing and download
+        with pytest.raises(FileLevelError) as ei:
+            download(sftp, str(folder / "data.csv"), tmp_path / "data.csv", size=listed[0].size, limit=1 << 20)
+    finally:
+        client.close()
+    assert ei.value.code == "no_data_file"
+    assert ei.value.message == "data file data.csv disappeared before it was downloaded"
+    assert not (tmp_path / "data.csv").exists() and not (tmp_path / "data.csv.part").exists()

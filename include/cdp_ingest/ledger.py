@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from cdp_ingest.documents import fingerprint_id, iso
-from cdp_ingest.errors import AccountingError, StoreError
+from cdp_ingest.errors import AccountingError, FileLevelError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,11 @@ class SourceUnit:
 
     @classmethod
     def from_file(cls, path: str, opener=open) -> SourceUnit:
-        with opener(path, "rb") as fh:
+        try:
+            fh = opener(path, "rb")
+        except FileNotFoundError as e:  # listed, then gone before it was opened
+            raise FileLevelError("no_data_file", f"data file not found: {path}") from e
+        with fh:
             return cls.from_stream(str(path), fh)
 
 

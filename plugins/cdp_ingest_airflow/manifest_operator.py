@@ -93,13 +93,19 @@ def download(sftp: Any, remote: str, local: Path, *, size: int, limit: int) -> t
     paramiko's ``get``/prefetch keeps every block that arrived before it is written, so memory can
     grow with the file; ``readv`` over fixed windows keeps at most one window in memory.
     """
+    from cdp_ingest.errors import FileLevelError
     from cdp_ingest.sftp_rows import check_size
 
     local.parent.mkdir(parents=True, exist_ok=True)
     tmp = local.with_name(local.name + ".part")
     digest = hashlib.sha256()
     done = 0
-    with sftp.open(remote, "rb") as fr, open(tmp, "wb") as fw:
+    try:
+        fr = sftp.open(remote, "rb")
+    except FileNotFoundError as e:  # paramiko's ENOENT; the file was there when the folder was listed
+        raise FileLevelError("no_data_file", f"data file {Path(remote).name} disappeared before it was "
+                             "downloaded") from e
+    with fr, open(tmp, "wb") as fw:
         while done < size:
             want = min(DOWNLOAD_WINDOW, size - done)
             got = 0
@@ -227,7 +233,10 @@ class ManifestSensor(BaseSensorOperator):
         plan = plan_folder(files, names, now=time.time(), settle_seconds=self.settle_seconds,
                            data_file_grace_seconds=self.data_file_grace_seconds)
         try:
-            _activity(self.store_conn_id).sync_waiting(self.account, plan.waiting, dag_id=self.dag_id)
+            activity = _activity(self.store_conn_id)
+            activity.sync_waiting(self.account, plan.waiting, dag_id=self.dag_id)
+            activity.sftp_manifest_waiting(self.account, self.folder, plan, dag_id=self.dag_id,
+                                           run_id=context.get("run_id"))
         except Exception:  # the activity log is informative; never let it block an import
             self.log.warning("could not update the waiting-for-manifest entries", exc_info=True)
         if plan.manifest is None:

@@ -26,6 +26,7 @@ inside a task.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -49,9 +50,10 @@ from airflow.sdk import (
     task_group,
 )
 
+from cdp_ingest_airflow import activity_hooks
 from cdp_ingest_airflow.defaults import DEFAULT_ARGS
-from cdp_ingest_airflow.notify import WEBHOOK_CONN_ID, post_webhook, send_to_connection
-from cdp_ingest_airflow.operators import BulkIndexOperator, staging_root, validate_stage
+from cdp_ingest_airflow.notify import WEBHOOK_CONN_ID, on_task_failure, post_webhook, send_to_connection
+from cdp_ingest_airflow.operators import BulkIndexOperator, staging_root
 
 if TYPE_CHECKING:
     from cdp_ingest.ledger import SourceUnit
@@ -184,23 +186,30 @@ def list_partition_files(src: dict[str, Any], partition: dict[str, Any]) -> list
     if not files:
         log.warning("partition %s has a _SUCCESS marker but no Parquet files", partition["prefix"])
     log.info("partition %s: %s Parquet file(s)", partition["prefix"], len(files))
+    activity_hooks.partition_day(src["store_conn_id"], src["name"], partition, activity_hooks.PICKED_UP,
+                                 step="files listed", note=f"{len(files)} Parquet file(s)")
     return files
 
 
 def download(src_path: Any, url: str, dest: Path) -> SourceUnit:
     """Copy one object to ``dest`` in bounded chunks, hashing it on the way (one read of the object,
     then random access on local disk, which Parquet needs)."""
+    from cdp_ingest.errors import FileLevelError
     from cdp_ingest.ledger import SourceUnit
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + ".partial")
     digest = hashlib.sha256()
     size = 0
-    with src_path.open("rb") as fh, open(tmp, "wb") as out:
-        while chunk := fh.read(DOWNLOAD_CHUNK):
-            digest.update(chunk)
-            out.write(chunk)
-            size += len(chunk)
+    try:
+        with src_path.open("rb") as fh, open(tmp, "wb") as out:
+            while chunk := fh.read(DOWNLOAD_CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+    except FileNotFoundError as e:  # listed, then deleted (s3fs may only notice at the first read)
+        tmp.unlink(missing_ok=True)
+        raise FileLevelError("no_data_file", f"object not found: {url}") from e
     os.replace(tmp, dest)
     return SourceUnit(url, size, "sha256:" + digest.hexdigest())
 
@@ -220,18 +229,32 @@ def stage_partition_file(src: dict[str, Any], partition: dict[str, Any], file_ur
     store = store_from_connection(src["store_conn_id"])
     store.ensure_templates()
     ledger = Ledger(store)
+    activity = activity_hooks.ActivityLog(store)
     name = file_url.rsplit("/", 1)[-1]
     local = (staging_root() / "partitions" / src["name"] / partition["day"] /
              f"{hashlib.sha256(file_url.encode()).hexdigest()[:12]}-{name}")
+    unit_name = f"dt={partition['day']}/{name}"
+    ref = activity_hooks.unit_ref(source="partition", unit=unit_name, account=src["name"],
+                                  entry_id=activity_hooks.entry_id_for("partition", src["name"], unit_name),
+                                  path=file_url, day=partition["day"], type="event")
     try:
-        unit = download(object_path(file_url, src["conn_id"]), file_url, local)
+        try:
+            unit = download(object_path(file_url, src["conn_id"]), file_url, local)
+        except Exception as e:
+            activity_hooks.record_step(activity, ref, activity_hooks.FAILED, step="download",
+                                       message=f"could not download {file_url}: {e.__class__.__name__}: {e}")
+            raise
         entry = ledger.begin(unit, kind="event", source=f"partition:{src['name']}", account=src["name"],
                              force=bool(partition.get("force")))
+        ref = {**ref, "entry_id": entry.import_id, "import_id": entry.import_id, "unit_id": entry.unit_id}
         base = {"import_id": entry.import_id, "unit_id": entry.unit_id, "path": file_url, "kind": "event",
-                "day": partition["day"]}
+                "day": partition["day"], "activity": ref}
         if entry.committed:
             log.info("%s already imported by %s (same size and checksum): skipped", file_url, entry.import_id)
+            activity_hooks.record_step(activity, ref, activity_hooks.DONE, step="skipped",
+                                       note=f"same file already imported by {entry.import_id}")
             return {**base, "status": "skipped", "rows_in": 0}
+        activity_hooks.record_step(activity, ref, activity_hooks.PROCESSING, step="transform")
         work = staging_root() / entry.import_id
         mapper = PartitionMapper(source_id=src["source_id"], now=now or pendulum.now("UTC"))
         try:
@@ -240,6 +263,9 @@ def stage_partition_file(src: dict[str, Any], partition: dict[str, Any], file_ur
                                     error_path=work / "transform-errors.csv", max_cell_bytes=store.max_cell_bytes)
         except Exception as e:
             ledger.fail(entry, f"{e.__class__.__name__}: {e}")
+            activity_hooks.record_step(activity, ref, activity_hooks.FAILED, step="transform",
+                                       error_code=getattr(e, "code", "internal"),
+                                       message=f"{e.__class__.__name__}: {e}")
             if isinstance(e, FileLevelError) and e.code != "internal":
                 from airflow.sdk.exceptions import AirflowFailException
 
@@ -249,6 +275,8 @@ def stage_partition_file(src: dict[str, Any], partition: dict[str, Any], file_ur
         local.unlink(missing_ok=True)
     log.info("staged %s: rows_in=%s accepted=%s rejected=%s", file_url, result.rows_in, result.accepted,
              result.rejected)
+    activity_hooks.record_step(activity, ref, activity_hooks.PROCESSING, step="staged", rows_in=result.rows_in,
+                               rejected=result.rejected)
     return {**base, **result.to_dict(), "status": "staged"}
 
 
@@ -269,6 +297,8 @@ def record_day(src: dict[str, Any], partition: dict[str, Any], staged: list[dict
                    **{k: sum(int(s.get(k) or 0) for s in staged) for k in ("rows_in", "accepted", "rejected")}}
         log.info("dry run of %s %s: files=%s rows_in=%s accepted=%s rejected=%s", src["name"], partition["day"],
                  summary["files"], summary["rows_in"], summary["accepted"], summary["rejected"])
+        activity_hooks.partition_day(src["store_conn_id"], src["name"], partition, activity_hooks.DONE,
+                                     step="dry run", message="dry run: staged and validated, nothing loaded")
         return summary
     ledger = Ledger(store_from_connection(src["store_conn_id"]))
     for r in loaded:
@@ -280,10 +310,15 @@ def record_day(src: dict[str, Any], partition: dict[str, Any], staged: list[dict
     log.info("partition %s %s: files=%s (skipped %s) rows_in=%s loaded=%s rejected=%s duplicates=%s",
              src["name"], partition["day"], summary["files"], summary["skipped"], summary["rows_in"],
              summary["loaded"], summary["rejected"], summary["duplicates"])
+    sent = False
     try:
-        post_webhook("partition-loaded", summary, conn_id=src["webhook_conn_id"])
+        sent = post_webhook("partition-loaded", summary, conn_id=src["webhook_conn_id"])
     except Exception:  # the day is loaded and recorded; a lost notification must not undo that
         log.exception("could not send the partition-loaded notification")
+    activity_hooks.partition_day(src["store_conn_id"], src["name"], partition, activity_hooks.DONE,
+                                 step="committed", note=f"{summary['files']} file(s), {summary['skipped']} skipped",
+                                 **{c: summary[c] for c in ("rows_in", "loaded", "rejected", "duplicates")},
+                                 **({"notified": "partition-loaded"} if sent else {}))
     return summary
 
 
@@ -400,15 +435,21 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
         def resolve(data_interval_start: datetime | None = None, params: dict[str, Any] | None = None) -> dict:
             return resolve_partition(src, data_interval_start, params)
 
+        # a day that is never picked up (no _SUCCESS in time, unlistable) is recorded and notified
+        not_picked_up = [on_task_failure, functools.partial(
+            activity_hooks.partition_day_failed, source=name, store_conn_id=src["store_conn_id"],
+            webhook_conn_id=src["webhook_conn_id"], timeout=float(sensor["timeout"]))]
+
         @task.sensor(task_id="wait_for_success", mode=sensor["mode"], poke_interval=float(sensor["poke_interval"]),
-                     timeout=float(sensor["timeout"]))
+                     timeout=float(sensor["timeout"]), on_failure_callback=not_picked_up)
         def wait_for_success(partition: dict[str, Any]) -> PokeReturnValue:
             done = marker_present(src, partition)
             if not done:
                 log.info("waiting for %s", partition["marker"])
+                activity_hooks.partition_waiting(src["store_conn_id"], name, partition)
             return PokeReturnValue(is_done=done)
 
-        @task(task_id="list_files")
+        @task(task_id="list_files", on_failure_callback=not_picked_up)
         def list_files(partition: dict[str, Any]) -> list[str]:
             return list_partition_files(src, partition)
 
@@ -425,7 +466,8 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
             from airflow.sdk.exceptions import AirflowSkipException
 
             get_current_context()["file_name"] = result["path"].rsplit("/", 1)[-1]  # type: ignore[typeddict-unknown-key]
-            checked = validate_stage(result, max_reject_ratio=src["max_reject_ratio"])
+            checked = activity_hooks.validated(result, max_reject_ratio=src["max_reject_ratio"],
+                                               store_conn_id=src["store_conn_id"])
             if partition.get("dry_run"):
                 raise AirflowSkipException(f"dry run: {result['path']} staged and validated, not loaded")
             return checked
