@@ -16,7 +16,7 @@ import yaml
 from airflow.sdk import DAG, Param, PokeReturnValue, TaskGroup, task
 
 from cdp_ingest_airflow.defaults import DEFAULT_ARGS
-from cdp_ingest_airflow.operators import BulkIndexOperator, StageFileOperator, validate_stage
+from cdp_ingest_airflow.operators import BulkIndexOperator, StageFileOperator
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS = ROOT / "include" / "cdp_ingest" / "mappings"
@@ -120,7 +120,9 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
                 def validate(result: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
                     from airflow.exceptions import AirflowSkipException
 
-                    checked = validate_stage(result, max_reject_ratio=ratio)
+                    from cdp_ingest_airflow import activity_hooks
+
+                    checked = activity_hooks.validated(result, max_reject_ratio=ratio, store_conn_id=conn_id)
                     if params and params.get("dry_run"):
                         raise AirflowSkipException(f"dry run: {result['path']} staged and validated, not loaded")
                     return checked

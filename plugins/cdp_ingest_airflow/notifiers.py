@@ -129,6 +129,22 @@ def webhook_payload(event: str, entry: dict[str, Any], *, hours: int | None = No
     return payload
 
 
+def compose_wait_timed_out(entry: dict[str, Any]) -> tuple[str, str]:
+    """``(subject, html body)`` when the folder watch timed out with a file still waiting: names the file
+    (or manifest) and what is missing (its manifest, or the data file a manifest names)."""
+    e = html.escape
+    name = entry.get("manifest") or entry.get("file_name") or "a file"
+    missing = entry.get("missing") or "its manifest"
+    subject = f"[cdp-ingest] {name}: not imported yet, waiting for {missing}"
+    since = str(entry.get("uploaded_at") or "")[:16].replace("T", " ")
+    lines = [f"<b>{e(name)}</b> (account {e(str(entry.get('account')))}) has been in your SFTP folder since "
+             f"{e(since)} UTC and is not imported yet: <b>{e(missing)}</b> is missing.",
+             "Upload a .manifest naming the data file (fileName) to import it."
+             if entry.get("status") == "waiting_for_manifest"
+             else f"Upload {e(missing)} to the same folder; the manifest is imported once it is there."]
+    return subject, "<html><body>" + "".join(f"<p>{line}</p>" for line in lines) + "</body></html>"
+
+
 def attachable(path: str | None, max_bytes: int = MAX_ATTACHMENT_BYTES) -> str | None:
     """The error file to attach: as is, gzipped when too big, or None when even that is too big."""
     if not path or not Path(path).exists():

@@ -71,11 +71,19 @@ class StageFileOperator(_StoreMixin, BaseOperator):
         force = str(self.force).lower() == "true"
         entry = begin_unit(ledger, self.source_path, kind=mapping.kind, source=f"file:{self.mapping_path}",
                            account=self.account, force=force)
+        from cdp_ingest_airflow.activity_hooks import ActivityLog, record_step, unit_ref
+
+        activity = ActivityLog(self.store)
+        ref = unit_ref(source="csv", unit=Path(self.source_path).name, account=self.account,
+                       entry_id=entry.import_id, path=self.source_path, type=mapping.kind,
+                       import_id=entry.import_id, unit_id=entry.unit_id)
         base = {"import_id": entry.import_id, "unit_id": entry.unit_id, "path": self.source_path,
-                "kind": mapping.kind}
+                "kind": mapping.kind, "activity": ref}
         if entry.committed:
             self.log.info("%s was already imported (%s): skipped", self.source_path, entry.import_id)
+            record_step(activity, ref, "done", step="skipped", note=f"already imported by {entry.import_id}")
             return {**base, "status": "skipped", "rows_in": 0}
+        record_step(activity, ref, "processing", step="transform")
         try:
             mapping.check_header(read_csv_header(self.source_path))
             work = staging_root() / entry.import_id
@@ -87,9 +95,12 @@ class StageFileOperator(_StoreMixin, BaseOperator):
                                     max_cell_bytes=self.store.max_cell_bytes)
         except Exception as e:
             ledger.fail(entry, f"{e.__class__.__name__}: {e}")
+            record_step(activity, ref, "failed", step="transform", error_code=getattr(e, "code", "internal"),
+                        message=f"{e.__class__.__name__}: {e}")
             raise
         self.log.info("staged %s: rows_in=%s accepted=%s rejected=%s", self.source_path, result.rows_in,
                       result.accepted, result.rejected)
+        record_step(activity, ref, "processing", step="staged", rows_in=result.rows_in, rejected=result.rejected)
         return {**base, **result.to_dict(), "status": "staged"}
 
 
@@ -136,9 +147,16 @@ class BulkIndexOperator(_StoreMixin, BaseOperator):
         entry = ledger.get(staged["unit_id"])
         if entry is None or entry.import_id != staged["import_id"]:
             raise RuntimeError(f"ledger entry for {staged['path']} is missing or belongs to another import")
+        from cdp_ingest_airflow.activity_hooks import ActivityLog, record_step
+
+        activity = ActivityLog(self.store)
+        ref = staged.get("activity")  # CSV and partition units; SFTP records per manifest in finalize
         if entry.committed:
             self.log.info("%s already committed by an earlier try", staged["path"])
+            record_step(activity, ref, "done", step="committed", **entry.accounting.__dict__,
+                        error_file=entry.error_file)
             return {**staged, **entry.accounting.__dict__, "error_file": entry.error_file}
+        record_step(activity, ref, "processing", step="load")
         work = Path(staged["staged"]).parent
         try:
             ld: LoadResult = load_unit(staged["staged"], self.store, import_id=entry.import_id,
@@ -151,8 +169,12 @@ class BulkIndexOperator(_StoreMixin, BaseOperator):
             acc = commit_unit(ledger, entry, t, ld, error_file=error_file)
         except Exception as e:
             ledger.fail(entry, f"{e.__class__.__name__}: {e}")
+            record_step(activity, ref, "failed", step="load", error_code=getattr(e, "code", "internal"),
+                        message=f"{e.__class__.__name__}: {e}")
             raise
         Path(staged["staged"]).unlink(missing_ok=True)
+        record_step(activity, ref, "done", step="committed", rows_in=acc.rows_in, loaded=acc.loaded,
+                    rejected=acc.rejected, duplicates=acc.duplicates, error_file=error_file)
         self.log.info("loaded %s: loaded=%s rejected=%s duplicates=%s", staged["path"], acc.loaded, acc.rejected,
                       acc.duplicates)
         return {**staged, "status": "committed", "loaded": acc.loaded, "rejected": acc.rejected,

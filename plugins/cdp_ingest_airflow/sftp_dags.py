@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference, task
 
+from cdp_ingest_airflow.activity_hooks import sftp_wait_timed_out
 from cdp_ingest_airflow.defaults import DEFAULT_ARGS
 from cdp_ingest_airflow.manifest_operator import ManifestParseOperator, ManifestSensor
 from cdp_ingest_airflow.notifiers import on_run_failure, still_processing
@@ -125,6 +126,10 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
             store_conn_id=cfg["store_conn_id"], settle_seconds=float(cfg["settle_seconds"]),
             data_file_grace_seconds=float(cfg["data_file_grace_seconds"]), poke_interval=float(cfg["poke_interval"]),
             timeout=float(cfg["sensor_timeout"]), mode=cfg["sensor_mode"], soft_fail=True,
+            # a timeout skips the run; files still waiting (for a manifest, or a manifest's data file) are
+            # recorded and notified with what is missing
+            on_skipped_callback=functools.partial(sftp_wait_timed_out, account=name,
+                                                  contact_email=cfg.get("contact_email"), **conns),
         )
         parse = ManifestParseOperator(
             task_id="parse_manifest", sensed=wait.output, account=name, folder=cfg["folder"],
