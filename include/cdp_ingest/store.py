@@ -13,7 +13,7 @@ Design (measured in benchmarks/bulk_import.py):
 - Profiles are merged client-side (read, apply operations, write with ``if_seq_no`` /
   ``if_primary_term``, retry on conflict): no server-side scripts, which the integ-test
   distribution does not have.
-- Whole requests are retried on connection errors, 429 and 5xx with exponential backoff; items
+- Whole requests are retried on connection errors, 429 and 5xx (500, 502-504) with exponential backoff; items
   rejected with 429 are retried alone; any other item failure is reported with its reason.
 """
 
@@ -38,6 +38,9 @@ from cdp_ingest.errors import StoreError
 
 log = logging.getLogger(__name__)
 
+# Whole requests: 429, 500 and 502-504 (a plain 500 is often a node restarting or short of heap for a moment).
+REQUEST_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Single bulk items: a 500 on one item is usually that document's own failure, so it is reported, not retried.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # Well under OpenSearch's default http.max_content_length (100 MB): one huge document, even alone in a
 # bulk request, can run a small-heap node out of memory. Larger documents are rejected with a reason.
@@ -207,7 +210,7 @@ class Store:
                 status = e.status_code if isinstance(e.status_code, int) else None
                 if status in ok_statuses:
                     return e.info
-                if status not in RETRY_STATUSES:
+                if status not in REQUEST_RETRY_STATUSES:
                     raise StoreError(f"{method} {path} failed with HTTP {status}: {_short(e.info)}") from e
                 reason = f"HTTP {status}"
             attempt += 1

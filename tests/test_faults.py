@@ -1,0 +1,177 @@
+"""Faults between the engine and the store, against the real OpenSearch (issue 12).
+
+``FaultProxy`` is a real HTTP server in front of OpenSearch that forwards every request, except the
+ones it was told to break: answer with a status (500, 503, ...) without forwarding, or forward and then
+drop the connection before the answer (a lost response: the write happened, the client does not
+know). The store's own retries must ride these out with nothing lost and nothing duplicated.
+"""
+
+from __future__ import annotations
+
+import http.server
+import itertools
+import threading
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from cdp_ingest.errors import StoreError
+from cdp_ingest.ledger import Ledger
+from cdp_ingest.mapping import Mapper, Mapping
+from cdp_ingest.pipeline import import_unit
+from cdp_ingest.readers import read_batches
+from cdp_ingest.store import BulkItem, Store, make_client
+
+pytestmark = pytest.mark.services
+NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+_prefixes = itertools.count()
+
+
+class FaultProxy:
+    """Forwards to ``upstream``; ``fail(path_prefix, *actions)`` queues faults for matching requests.
+
+    An action is an HTTP status (answered without forwarding) or ``"lost"`` (forwarded, then the
+    connection is closed without an answer)."""
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream.rstrip("/")
+        self.faults: list[tuple[str, int | str]] = []
+        self.seen: list[tuple[str, int | str]] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                action = proxy._take(self.path)
+                if isinstance(action, int):
+                    self._answer(action, b'{"error":{"type":"injected","reason":"fault proxy"},"status":%d}' % action)
+                    return
+                status, data, ctype = proxy._forward(self.command, self.path, body, self.headers.get("Content-Type"))
+                if action == "lost":
+                    self.close_connection = True  # the write happened; its answer never arrives
+                    return
+                self._answer(status, data, ctype)
+
+            def _answer(self, status: int, data: bytes, ctype: str = "application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def fail(self, path_prefix: str, *actions: int | str) -> None:
+        with self.lock:
+            self.faults.extend((path_prefix, a) for a in actions)
+
+    def _take(self, path: str) -> int | str | None:
+        with self.lock:
+            for i, (prefix, action) in enumerate(self.faults):
+                if path.startswith(prefix):
+                    del self.faults[i]
+                    self.seen.append((prefix, action))
+                    return action
+        return None
+
+    def _forward(self, method: str, path: str, body: bytes, ctype: str | None) -> tuple[int, bytes, str]:
+        req = urllib.request.Request(self.upstream + path, data=body or None, method=method,
+                                     headers={"Content-Type": ctype or "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.read(), r.headers.get("Content-Type", "application/json")
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), e.headers.get("Content-Type", "application/json")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def proxy(opensearch):
+    p = FaultProxy(opensearch.info["url"])
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def store(opensearch):
+    s = Store(make_client(opensearch.info["url"]), prefix=f"t-fault{next(_prefixes)}-", chunk_docs=100,
+              backoff=0.01)
+    s.ensure_templates()
+    yield s
+    s._request("DELETE", f"/{s.prefix}*")
+
+
+def through(proxy: FaultProxy, store: Store, **kw) -> Store:
+    """The same store (same prefix), reached through the proxy."""
+    return Store(make_client(proxy.url), prefix=store.prefix, backoff=kw.pop("backoff", 0.01), **kw)
+
+
+def items(store: Store, n: int) -> list[BulkItem]:
+    return [BulkItem(f"{store.prefix}event-2025-11", f"e{i}", orjson.dumps({"id": f"e{i}"}), i + 1)
+            for i in range(n)]
+
+
+# ---- HTTP 500 ---------------------------------------------------------------------------------------
+def test_plain_500_is_retried_like_429_and_503(proxy, store):
+    sleeps: list[float] = []
+    s = through(proxy, store, backoff=0.5, sleep=sleeps.append, concurrency=1)
+    proxy.fail("/_bulk", 500, 503, 500)
+    out = list(s.bulk_load(items(store, 10)))
+    assert [o.status for o in out] == ["loaded"] * 10
+    assert [a for _, a in proxy.seen] == [500, 503, 500]
+    assert sleeps == [0.5, 1.0, 2.0]
+    store.refresh([f"{store.prefix}event-2025-11"])
+    assert store.count(f"{store.prefix}event-2025-11") == 10
+
+
+def test_500_that_never_stops_gives_up_after_the_retries(proxy, store):
+    s = through(proxy, store, max_retries=2)
+    proxy.fail("/_bulk", 500, 500, 500)
+    with pytest.raises(StoreError, match=r"still failing after 2 retries \(HTTP 500\)"):
+        list(s.bulk_load(items(store, 3)))
+
+
+def test_400_is_not_retried(proxy, store):
+    s = through(proxy, store)
+    proxy.fail("/_bulk", 400)
+    with pytest.raises(StoreError, match="failed with HTTP 400"):
+        list(s.bulk_load(items(store, 3)))
+    assert proxy.faults == []  # one request, no retry
+
+
+# ---- lost responses ------------------------------------------------------------------------------------
+def test_lost_bulk_responses_are_retried_without_duplicates(proxy, store, tmp_path):
+    """The bulk request reached OpenSearch and wrote, the answer was lost: the retry sees 409s whose
+    stored copies carry this import and row, and counts them as loaded."""
+    src = tmp_path / "events.csv"
+    src.write_text("id,email,note\n" + "".join(f"r{i},u{i % 7}@x.io,n{i}\n" for i in range(1000)))
+    m = Mapping.from_dict({"kind": "event", "id_column": "id", "identity": ["email"],
+                           "event_type": {"value": "visit"}, "fields": {"note": "properties.note"}})
+    s = through(proxy, store, chunk_docs=100)
+    proxy.fail("/_bulk", "lost", 429, "lost", 500, "lost")
+    rep = import_unit(str(src), lambda: read_batches(src), lambda iid: Mapper(m, unit_key=iid, now=NOW).map_row,
+                      store=s, ledger=Ledger(store), work_dir=tmp_path / "work", kind="event", source="faults")
+    assert [a for _, a in proxy.seen] == ["lost", 429, "lost", 500, "lost"]
+    assert (rep.rows_in, rep.loaded, rep.rejected, rep.duplicates) == (1000, 1000, 0, 0)
+    index = f"{store.prefix}event-2026-11"
+    store.refresh([index])
+    assert store.count(index) == 1000
+    assert Ledger(store).get(rep.unit_id).status == "committed"
