@@ -1,7 +1,8 @@
 """Static checks of docker-compose.yaml (and the Dockerfile it builds), with no Docker engine.
 
 The file is loaded with PyYAML (safe_load resolves the ``x-airflow-common`` anchors and ``<<:`` merge
-keys), ``${VAR:-default}`` references are interpolated the way Compose does, and the result is
+keys), ``${VAR:-default}`` / ``${VAR:?message}`` references are interpolated the way Compose does
+(with the two required secrets set, as an operator's .env would), and the result is
 checked for the deployment's invariants. Each check is a function returning a list of problems, so
 the ``test_check_catches_*`` tests can prove, on broken copies of the file, that it can fail.
 
@@ -55,6 +56,11 @@ REPO_MOUNTS = {
 }
 RUNTIME_MOUNTS = {"/opt/airflow/config", "/opt/airflow/logs", "/opt/airflow/landing"}
 OPENSEARCH_IMAGE = "opensearchproject/opensearch:2.19.3"
+# Secrets with no safe default: Compose must refuse to start without them (${VAR:?message}).
+REQUIRED_SECRETS = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET")
+# What an operator puts in .env (a syntactically valid Fernet key, used for nothing else).
+DEPLOY_ENV = {"AIRFLOW__CORE__FERNET_KEY": "Hu8Cc4CrlkpxuwJHZoc9iYXxEEFvZgo-ovfSp2aT0Ck=",
+              "AIRFLOW__API_AUTH__JWT_SECRET": "test-only-jwt-secret-0123456789abcdef"}
 
 Problems = list[str]
 
@@ -208,7 +214,7 @@ def uses_common_block(doc: dict[str, Any], svc: dict[str, Any]) -> bool:
 
 
 def resolved(env: Mapping[str, str] | None = None, raw: dict[str, Any] | None = None) -> dict[str, Any]:
-    return interpolate(load_raw() if raw is None else raw, env or {})
+    return interpolate(load_raw() if raw is None else raw, {**DEPLOY_ENV, **(env or {})})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -479,12 +485,22 @@ _CONN_KEY = re.compile(r"^AIRFLOW_CONN_|SQL_ALCHEMY_CONN$|RESULT_BACKEND$|BROKER
 
 
 def check_secrets(raw: dict[str, Any]) -> Problems:
-    """Secrets are ${VAR:-default} placeholders, never literals; every variable has a default."""
+    """Secrets are placeholders, never literals: the Fernet key and JWT secret are required
+    (${VAR:?message}, no known default), every other variable has a default."""
     problems = []
+    required_seen = set()
     for value in all_strings(raw):
-        for name, op, _arg in var_refs(value):
-            if op not in (":-", "-"):
+        for name, op, arg in var_refs(value):
+            if name in REQUIRED_SECRETS:
+                required_seen.add(name)
+                if op != ":?" or not (arg or "").strip():
+                    problems.append(f"${{{name}}} must be required with a message (${{{name}:?...}}), "
+                                    "not defaulted: a known or empty key is no secret")
+            elif op not in (":-", "-"):
                 problems.append(f"${{{name}}} has no default: `docker compose up` would need a .env")
+    for name in REQUIRED_SECRETS:
+        if name not in required_seen:
+            problems.append(f"{name} is not set from the environment")
     # Substitute each variable with a recognisable token: a credential that is not exactly one
     # token came from a literal in the file.
     names = {n for value in all_strings(raw) for n, _, _ in var_refs(value)}
@@ -514,7 +530,7 @@ def check_db_credentials_consistent(raw: dict[str, Any]) -> Problems:
     """With or without overrides, Airflow logs in to postgres with the credentials postgres was given."""
     problems = []
     for env in ({}, {"POSTGRES_USER": "u1", "POSTGRES_PASSWORD": "pw1", "POSTGRES_DB": "d1"}):
-        doc = interpolate(raw, env)
+        doc = interpolate(raw, {**DEPLOY_ENV, **env})
         pg = env_of(services(doc).get("postgres", {}))
         want = (pg.get("POSTGRES_USER"), pg.get("POSTGRES_PASSWORD"), pg.get("POSTGRES_DB"))
         if env and want != ("u1", "pw1", "d1"):
@@ -574,8 +590,8 @@ def raw() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def doc(raw: dict[str, Any]) -> dict[str, Any]:
-    """The file as `docker compose up` would see it with no .env: every variable at its default."""
-    return interpolate(raw, {})
+    """The file as `docker compose up` would see it with a .env holding only the required secrets."""
+    return interpolate(raw, DEPLOY_ENV)
 
 
 DOC_CHECKS: dict[str, Callable[[dict[str, Any]], Problems]] = {
@@ -634,15 +650,32 @@ def test_docker_compose_config() -> None:
     if exe is None:
         pytest.skip("docker-compose is not installed (Debian: apt-get install docker-compose)")
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL")}
-    proc = subprocess.run(
-        [exe, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "config", "-q"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    argv = [exe, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "config", "-q"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env={**env, **DEPLOY_ENV}, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr or proc.stdout
+    # without the secrets Compose refuses, and says what to do
+    for missing in REQUIRED_SECRETS:
+        partial = {k: v for k, v in DEPLOY_ENV.items() if k != missing}
+        proc = subprocess.run(argv, capture_output=True, text=True, env={**env, **partial}, timeout=120, check=False)
+        assert proc.returncode != 0
+        assert f"${{{missing}:?is required: generate one" in proc.stderr
+
+
+def test_required_secrets_have_no_default() -> None:
+    """`docker compose up` with no .env stops on the Fernet key / JWT secret instead of using a known one."""
+    for missing in REQUIRED_SECRETS:
+        env = {k: v for k, v in DEPLOY_ENV.items() if k != missing}
+        with pytest.raises(KeyError, match=f"required variable {missing} is missing: is required: generate one"):
+            interpolate(load_raw(), env)
+    common = env_of(resolved()["x-airflow-common"])
+    assert {k: common[k] for k in REQUIRED_SECRETS} == DEPLOY_ENV
+
+
+def test_readme_documents_generating_the_secrets() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name in REQUIRED_SECRETS:
+        assert name in readme
+    assert "Fernet.generate_key()" in readme and "secrets.token_urlsafe" in readme
 
 
 # --------------------------------------------------------------------------------------------------
@@ -785,6 +818,22 @@ RAW_MUTATIONS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "secrets",
     ),
     (
+        "known JWT secret as default",
+        _set("x-airflow-common|environment|AIRFLOW__API_AUTH__JWT_SECRET",
+             "${AIRFLOW__API_AUTH__JWT_SECRET:-cdp-ingest-dev-jwt-secret}"),
+        "secrets",
+    ),
+    (
+        "empty Fernet key as default",
+        _set("x-airflow-common|environment|AIRFLOW__CORE__FERNET_KEY", "${AIRFLOW__CORE__FERNET_KEY:-}"),
+        "secrets",
+    ),
+    (
+        "Fernet key literal",
+        _set("x-airflow-common|environment|AIRFLOW__CORE__FERNET_KEY", "Hu8Cc4CrlkpxuwJHZoc9iYXxEEFvZgo-ovfSp2aT0Ck="),
+        "secrets",
+    ),
+    (
         "mismatched default password",
         _set("services|postgres|environment|POSTGRES_PASSWORD", "${POSTGRES_PASSWORD:-other}"),
         "db_credentials",
@@ -798,7 +847,7 @@ RAW_MUTATIONS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
 def test_check_catches_broken_file(mutate: Callable[[dict[str, Any]], None], check: str) -> None:
     broken = load_raw()
     mutate(broken)
-    assert DOC_CHECKS[check](interpolate(broken, {})), f"check {check!r} did not notice the breakage"
+    assert DOC_CHECKS[check](interpolate(broken, DEPLOY_ENV)), f"check {check!r} did not notice the breakage"
 
 
 @pytest.mark.parametrize(
