@@ -51,6 +51,7 @@ from airflow.sdk import (
 )
 
 from cdp_ingest_airflow import activity_hooks
+from cdp_ingest_airflow.dag_base import ImportDAG
 from cdp_ingest_airflow.defaults import DEFAULT_ARGS
 from cdp_ingest_airflow.notify import WEBHOOK_CONN_ID, on_task_failure, post_webhook, send_to_connection
 from cdp_ingest_airflow.operators import BulkIndexOperator, staging_root
@@ -412,7 +413,7 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
         )
     start = src["start_date"]
     sensor = src["sensor"]
-    with DAG(
+    with ImportDAG(
         dag_id=f"partition_import_{name}",
         schedule=CronDataIntervalTimetable(_CRON_PRESETS.get(src["schedule"], src["schedule"]),
                                            timezone=src["timezone"]),

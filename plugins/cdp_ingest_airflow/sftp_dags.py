@@ -25,6 +25,7 @@ import yaml
 from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference, task
 
 from cdp_ingest_airflow.activity_hooks import sftp_wait_timed_out
+from cdp_ingest_airflow.dag_base import ImportDAG
 from cdp_ingest_airflow.defaults import DEFAULT_ARGS
 from cdp_ingest_airflow.manifest_operator import ManifestParseOperator, ManifestSensor
 from cdp_ingest_airflow.notifiers import on_run_failure, still_processing
@@ -108,7 +109,7 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
                       name=f"still processing after {h} h")
         for h in range(every, int(cfg["max_run_hours"]), every)
     ]
-    with DAG(
+    with ImportDAG(
         dag_id=f"sftp_import_{name}",
         schedule=cfg["schedule"],
         start_date=datetime(2025, 1, 1),
