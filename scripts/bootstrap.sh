@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need on a fresh Debian machine of this kind:
-# Debian packages (sshd, PostgreSQL, JDK 17, Maven), uv, and the project venv (.venv) with the
+# Debian packages (sshd, PostgreSQL, JDK 17, Maven, Chromium + chromedriver), uv, and the project venv (.venv) with the
 # pinned requirements plus the engine package in editable mode. Safe to rerun: each step is
 # skipped when already satisfied, so a warm machine pays only uv's quick "already installed" check.
 set -euo pipefail
@@ -18,6 +18,8 @@ compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || apt_missing+=(post
 command -v java >/dev/null || apt_missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || apt_missing+=(maven)
 command -v docker-compose >/dev/null || apt_missing+=(docker-compose)  # static `config -q` check only
+command -v chromium >/dev/null || apt_missing+=(chromium)  # tests/test_ui_browser.py: the console in a real browser
+command -v chromedriver >/dev/null || apt_missing+=(chromium-driver)
 if [ ${#apt_missing[@]} -gt 0 ]; then
     echo "bootstrap: installing Debian packages: ${apt_missing[*]}"
     $SUDO apt-get update -qq

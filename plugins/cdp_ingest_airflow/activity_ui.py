@@ -102,8 +102,9 @@ def chart_svg(series: list[dict[str, Any]], *, width: int = 280, height: int = 8
     slot = width / n
     mid = height * 0.62
     top_h, bottom_h = mid - 12, height - mid - 12
-    max_l = max((s["loaded"] for s in series), default=0) or 1
-    max_r = max((s["rejected"] for s in series), default=0) or 1
+    top_l = max((s["loaded"] for s in series), default=0)
+    top_r = max((s["rejected"] for s in series), default=0)
+    max_l, max_r = top_l or 1, top_r or 1
     bars = [f'<line x1="0" y1="{mid:.1f}" x2="{width}" y2="{mid:.1f}" stroke="#8c959f" stroke-width="0.5"/>']
     for i, s in enumerate(series):
         x = i * slot + slot * 0.15
@@ -119,9 +120,9 @@ def chart_svg(series: list[dict[str, Any]], *, width: int = 280, height: int = 8
         bars.append(f'<text x="0" y="{height - 1}" font-size="9" fill="#59636e">{_e(series[0]["day"][5:])}</text>')
         bars.append(f'<text x="{width}" y="{height - 1}" font-size="9" fill="#59636e" text-anchor="end">'
                     f'{_e(series[-1]["day"][5:])}</text>')
-    bars.append(f'<text x="0" y="9" font-size="9" fill="#116329">max {max_l if max_l > 1 else 0:,} loaded</text>')
+    bars.append(f'<text x="0" y="9" font-size="9" fill="#116329">max {top_l:,} loaded</text>')
     bars.append(f'<text x="{width}" y="9" font-size="9" fill="#a40e26" text-anchor="end">'
-                f'max {max_r if max_r > 1 else 0:,} rejected</text>')
+                f'max {top_r:,} rejected</text>')
     return (f'<svg role="img" aria-label="rows loaded and rejected per day" viewBox="0 0 {width} {height}" '
             f'width="100%" height="{height}" preserveAspectRatio="none" xmlns="http://www.w3.org/2000/svg">'
             + "".join(bars) + "</svg>")
