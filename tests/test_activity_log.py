@@ -139,6 +139,7 @@ def viewer() -> dict[str, str]:
 
 
 @pytest.mark.airflow
+@pytest.mark.slow
 def test_partition_day_without_success_times_out_and_a_loaded_day_is_on_the_console(
         store, partition_source, webhook, client):
     name, base = partition_source
