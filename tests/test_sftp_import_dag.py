@@ -269,6 +269,12 @@ def test_rerun_of_the_same_files_changes_nothing(account):
     assert [e["error_code"] for e in reused] == ["manifest_reused"]
     assert reused[0]["message"].startswith("manifest name ev.manifest was already used by an import finished")
     assert "ev.csv" in acc.remote_files()  # kept for a manifest with a new name
+    assert reused[0]["archived_files"] == ["ev.manifest"]
+    failure = acc.emails(acc.client_email)[-1]
+    assert " ".join(failure["Subject"].split()).endswith("import failed (manifest reused)")
+    text = failure.get_payload()[0].get_payload(decode=True).decode()
+    assert "Only the manifest was moved to" in text and "<b>ev.csv</b> was not moved and stays in the folder" in text
+    assert "uploaded files were moved" not in text
     # 2) the same data under a new manifest name: recognised as already imported, nothing loaded
     acc.write("ev-again.manifest", manifest_bytes("ev.csv", "event", acc.client_email))
     acc.upload("ev-again.manifest")

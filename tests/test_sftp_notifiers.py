@@ -67,6 +67,23 @@ def test_content_is_escaped_and_says_what_to_do():
         compose("exploded", entry)
 
 
+def test_failure_email_names_only_the_files_that_moved():
+    base = {"id": "a1", "account": "acme", "manifest": "ev.manifest", "file_name": "ev.csv", "type": "event",
+            "archived_to": "acme/failed/2026-02-10/ev.1234abcd"}
+    _, body = compose("failed", {**base, "error_code": "manifest_reused", "message": "name taken",
+                                 "archived_files": ["ev.manifest"]})
+    assert "uploaded files were moved" not in body and "The files were moved" not in body
+    assert ("Only the manifest was moved to <code>acme/failed/2026-02-10/ev.1234abcd/</code> in your SFTP folder; "
+            "the data file <b>ev.csv</b> was not moved and stays in the folder.") in body
+    _, body = compose("failed", {**base, "error_code": "no_data_file", "message": "no data file",
+                                 "archived_files": ["ev.manifest"]})
+    assert "Only the manifest was moved to <code>acme/failed/2026-02-10/ev.1234abcd/</code>" in body
+    assert "ev.csv</b> was not moved" not in body
+    _, body = compose("failed", {**base, "error_code": "too_large", "message": "too big",
+                                 "archived_files": ["ev.csv", "ev.manifest"]})
+    assert "The manifest and the data file <b>ev.csv</b> were moved to" in body
+
+
 def test_big_error_files_are_attached_gzipped(tmp_path):
     small = tmp_path / "s.errors.csv"
     small.write_text("a,Failure Description\n1,x\n")

@@ -524,6 +524,7 @@ def finalize_import(*, account: str, folder: str, sensed: dict[str, Any] | None,
     tag = act_id[:8]
     archived_to = sftp_path(folder, archive_folder(outcome, name, when, tag))
     remote_error = entry.get("error_file")
+    archived: list[str] = []  # what really moved: the e-mail must not claim the data file moved when it stayed
     with _sftp_hook(sftp_conn_id).get_managed_conn() as sftp:
         if local_error:
             remote_error = sftp_path(folder, "errors", error_file_name(name))
@@ -535,7 +536,9 @@ def finalize_import(*, account: str, folder: str, sensed: dict[str, Any] | None,
             size = (ticket or {}).get("size")
             if attrs is not None and (size is None or int(attrs.st_size or 0) == size):
                 move(sftp, data_path, archived_to)
+                archived.append(data_name)
         move(sftp, sftp_path(folder, name), archived_to)
+        archived.append(name)
 
     finished = datetime.now(UTC)
     seconds = entry.get("seconds")
@@ -544,6 +547,7 @@ def finalize_import(*, account: str, folder: str, sensed: dict[str, Any] | None,
         seconds = round((finished - picked).total_seconds(), 3)
     note = counts.pop("message", None)
     entry = activity.update(act_id, **counts, status=outcome, error_file=remote_error, archived_to=archived_to,
+                            archived_files=archived,
                             error_code=entry.get("error_code") if outcome == "failed" else None,
                             message=entry.get("message") if outcome == "failed" else note,
                             finished_at=entry.get("finished_at") or iso(finished), seconds=seconds)

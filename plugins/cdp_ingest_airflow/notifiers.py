@@ -84,7 +84,7 @@ def compose(event: str, entry: dict[str, Any], *, hours: int | None = None,
             if rejected:
                 lines.append(_error_file_line(entry, attachment))
         if entry.get("archived_to"):
-            lines.append(f"The files were moved to <code>{e(entry['archived_to'])}/</code> in your SFTP folder.")
+            lines.append(_archived_line(entry))
     else:
         code = entry.get("error_code") or "internal"
         message = entry.get("message") or "internal error"
@@ -96,11 +96,30 @@ def compose(event: str, entry: dict[str, Any], *, hours: int | None = None,
         if entry.get("error_file"):
             lines.append(_error_file_line(entry, attachment))
         if entry.get("archived_to"):
-            lines.append(f"The uploaded files were moved to <code>{e(entry['archived_to'])}/</code> in your SFTP "
-                         "folder.")
+            lines.append(_archived_line(entry))
     body = "<html><body>" + "".join(f"<p>{line}</p>" for line in lines) + (
         f"<p style='color:#666'>Import {e(str(entry.get('id') or ''))} · cdp-ingest</p></body></html>")
     return subject, body
+
+
+def _archived_line(entry: dict[str, Any]) -> str:
+    """Where the files went, naming only those that really moved (``archived_files``): after a reused
+    manifest name or a missing data file only the manifest moves, and the data file stays for the next
+    manifest."""
+    e = html.escape
+    where = f"<code>{e(entry['archived_to'])}/</code> in your SFTP folder"
+    moved = entry.get("archived_files")
+    manifest, data = entry.get("manifest"), entry.get("file_name")
+    if moved is None:  # entries finalised before archived_files was recorded
+        return f"The files were moved to {where}."
+    if data and data in moved:
+        return f"The manifest and the data file <b>{e(data)}</b> were moved to {where}."
+    if manifest in moved:
+        if data and entry.get("error_code") != "no_data_file":
+            return (f"Only the manifest was moved to {where}; the data file <b>{e(data)}</b> was not moved "
+                    "and stays in the folder.")
+        return f"Only the manifest was moved to {where}."
+    return f"No file was moved (archive folder {where})."
 
 
 def _counts_table(entry: dict[str, Any]) -> str:
@@ -121,7 +140,8 @@ def _error_file_line(entry: dict[str, Any], attachment: str | None) -> str:
 
 def webhook_payload(event: str, entry: dict[str, Any], *, hours: int | None = None) -> dict[str, Any]:
     keys = ("account", "manifest", "file_name", "type", "status", "rows_in", "loaded", "rejected", "duplicates",
-            "error_file", "error_code", "message", "dag_id", "run_id", "import_id", "archived_to", "already_imported")
+            "error_file", "error_code", "message", "dag_id", "run_id", "import_id", "archived_to", "archived_files",
+            "already_imported")
     payload = {k: entry.get(k) for k in keys}
     payload["activity_id"] = entry.get("id")
     if hours is not None:
