@@ -5,7 +5,8 @@ OpenSearch and, for the partition family, real DAG runs (dag.test) on a local ``
 * the console's JSON API through Airflow's own api-server app: filters, an entry's page with its timeline,
   task links and notifications, the error-file download of a local (partition) error file, 401 without login;
 * a partition day whose ``_SUCCESS`` never came: the sensor times out, the day is recorded ``timed_out``
-  with the missing marker, and the webhook text names the day and the marker.
+  with the missing marker, and the webhook text names the day and the marker;
+* CSV files through the CSV DAG: one entry per file with the ledger's counts, its steps and error file.
 """
 
 from __future__ import annotations
@@ -198,3 +199,40 @@ def test_partition_day_without_success_times_out_and_a_loaded_day_is_on_the_cons
     assert page.status_code == 200 and f"dt={good_day}" in page.text and "partition-loaded" in page.text
     assert listing.status_code == 200 and "<svg" in listing.text and 'data-source="partition"' in listing.text
     assert "timed out" in listing.text and "missing: _SUCCESS" in listing.text
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_csv_files_are_on_the_activity_log_with_counts_steps_and_error_file(store, tmp_path, monkeypatch,
+                                                                           airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from cdp_ingest import sample
+    from cdp_ingest.ledger import Ledger
+
+    landing = tmp_path / "landing"
+    monkeypatch.setenv("CDP_LANDING_DIR", str(landing))
+    monkeypatch.setenv("CDP_STAGING_DIR", str(tmp_path / "staging"))
+    base = landing / "demo"
+    for sub in ("profiles", "sessions", "events"):
+        (base / sub).mkdir(parents=True)
+    sample.write_profiles(base / "profiles" / "crm.csv", 30)
+    sample.write_sessions(base / "sessions" / "web.csv", 20, profiles=30)
+    sample.write_events(base / "events" / "tracker.csv", 200, profiles=30, sessions=20)
+    bag = DagBag(dag_folder=str(ROOT / "dags" / "csv_import.py"))
+    assert bag.dags["csv_import_demo"].test().state == "success"
+
+    rows = {r["unit"]: r for r in view_entries(store, source="csv")}
+    assert set(rows) == {"crm.csv", "web.csv", "tracker.csv"}
+    ledger = {e.import_id: e for e in Ledger(store).list()}
+    for r in rows.values():
+        e = ledger[r["import_id"]]
+        assert (r["status"], r["account"], r["dag_id"]) == ("done", "demo", "csv_import_demo")
+        assert (r["rows_in"], r["loaded"], r["rejected"], r["duplicates"]) == (e.rows_in, e.loaded, e.rejected,
+                                                                               e.duplicates)
+        assert [s["step"] for s in r["events"]] == ["transform", "staged", "load", "committed"]
+        assert r.get("error_file") == e.error_file
+    events = rows["tracker.csv"]
+    assert events["rejected"] > 0 and Path(events["error_file"]).is_file() and events["error_file_on"] == "local"
+    # the ledger entries are not listed a second time
+    assert len(view_entries(store)) == 3
