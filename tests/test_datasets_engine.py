@@ -4,15 +4,13 @@ OpenSearch, a local HTTP server with ETag/Last-Modified, moto S3 and PostgreSQL.
 from __future__ import annotations
 
 import gzip
-import hashlib
-import http.server
 import itertools
 import json
 import os
-import threading
 from pathlib import Path
 
 import pytest
+from dataset_kit import http_files
 
 from cdp_ingest.datasets.raw import alias_indices, alias_name, index_stats
 from cdp_ingest.datasets.spec import (
@@ -50,7 +48,7 @@ def test_sync_interval_below_900_is_refused_with_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("cfg, message", [
-    ({"source": "relative/orders.csv"}, "absolute path"),
+    ({"source": "../orders.csv"}, "must not contain '..'"),
     ({"source": "ftp://host/orders.csv"}, "unsupported source scheme"),
     ({"source": "/data/orders.xlsx"}, "unsupported file type"),
     ({"source": {"table": "orders"}}, "needs conn_id"),
@@ -99,50 +97,15 @@ def store(opensearch, tmp_path, monkeypatch):
     s._request("DELETE", f"/{s.prefix}*")
 
 
+@pytest.fixture
+def http_server():
+    with http_files() as served:
+        yield served
+
+
 def rows_of(store: Store, name: str) -> dict[str, dict]:
     resp = store._request("POST", f"/{alias_name(store.prefix, name)}/_search", body={"size": 1000})
     return {h["_id"]: h["_source"] for h in resp["hits"]["hits"]}
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    files: dict[str, tuple[bytes, str]] = {}  # path -> (body, last-modified)
-    hits: list[tuple[str, int]] = []
-
-    def do_GET(self):
-        body, modified = self.files.get(self.path, (None, ""))
-        if body is None:
-            self.send_response(404)
-            self.end_headers()
-            self.hits.append((self.path, 404))
-            return
-        etag = '"' + hashlib.md5(body).hexdigest() + '"'
-        if self.headers.get("If-None-Match") == etag or (
-                not self.headers.get("If-None-Match") and self.headers.get("If-Modified-Since") == modified):
-            self.send_response(304)
-            self.end_headers()
-            self.hits.append((self.path, 304))
-            return
-        self.send_response(200)
-        self.send_header("ETag", etag)
-        self.send_header("Last-Modified", modified)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        self.hits.append((self.path, 200))
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def http_server():
-    _Handler.files, _Handler.hits = {}, []
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}", _Handler
-    srv.shutdown()
-    srv.server_close()
 
 
 def test_url_dataset_sync_replaces_rows_atomically_and_detects_no_change(store, http_server):

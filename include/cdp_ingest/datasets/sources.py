@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from cdp_ingest.datasets.spec import DatasetError, DatasetSpec
+from cdp_ingest.datasets.spec import DatasetError, DatasetSpec, format_of
 from cdp_ingest.errors import FileLevelError
 from cdp_ingest.readers import detect_format
 
@@ -106,7 +106,7 @@ def _finish(spec: DatasetSpec, local: Path, size: int, digest: str, previous: di
         return Fetched(False, None, None, size, markers, "content unchanged (same SHA-256)")
     if local.name.lower().endswith(".zip"):
         local = _unzip(local)
-    fmt = spec.format or detect_format(local.name)
+    fmt = spec.format or format_of(str(spec.source.url)) or detect_format(local.name)
     return Fetched(True, str(local), fmt, size, markers, "forced" if force else "content changed")
 
 

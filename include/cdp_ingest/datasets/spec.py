@@ -3,8 +3,9 @@
 A dataset is a named source kept in sync with the store::
 
     name:            lowercase letters, digits and _ (DAG id ``dataset_sync_<name>``)
-    source:          a local path, an http(s):// URL, an s3:// or gs:// URL (CSV, JSON lines or Parquet,
-                     optionally .gz or .zip) — or a database table / SQL query read through a connection:
+    source:          a local path (relative = under $CDP_LANDING_DIR), an http(s):// URL, an s3:// or gs:// URL
+                     (CSV, JSON lines or Parquet, optionally .gz or .zip) — or a database table / SQL query
+                     read through a connection:
                      ``{conn_id: cdp_postgres, table: public.orders}`` / ``{conn_id: ..., query: "select ..."}``
     format:          csv | jsonl | parquet (default: from the file name; database sources need none)
     target:          ``raw`` (an index ``<prefix>dataset-<name>`` with an inferred mapping, replaced atomically on
@@ -156,8 +157,10 @@ def _source(raw: Any, name: str) -> Source:
                                f"(local path, http(s)://, s3://, gs://)")
         if scheme == "file":
             path = url.split("://", 1)[1] if "://" in url else url
-            if not os.path.isabs(path):
-                raise DatasetError(f"dataset {name}: a local source must be an absolute path, not {url!r}")
+            if ".." in Path(path).parts:
+                raise DatasetError(f"dataset {name}: a local source path must not contain '..'")
+            if not os.path.isabs(path):  # relative paths live in the landing folder, like CSV imports
+                path = str(Path(os.environ.get("CDP_LANDING_DIR", "/tmp/landing")) / path)
             url = path
         return Source("http" if scheme == "https" else scheme, url=url, conn_id=conn_id)
     if not conn_id:
@@ -212,14 +215,9 @@ def parse_spec(name: str, cfg: dict[str, Any], *, mappings_dir: Path = MAPPINGS_
     fmt = cfg.get("format")
     if fmt is not None and fmt not in FORMATS:
         raise DatasetError(f"dataset {name}: format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if not source.is_sql and fmt is None:
-        from cdp_ingest.errors import FileLevelError
-        from cdp_ingest.readers import detect_format
-
-        try:
-            detect_format(_strip_zip(str(source.url)))
-        except FileLevelError as e:
-            raise DatasetError(f"dataset {name}: {e.message}; set format") from e
+    if not source.is_sql and fmt is None and format_of(str(source.url)) is None:
+        raise DatasetError(f"dataset {name}: unsupported file type {source.url} (expected .csv, .jsonl, .json, "
+                           f".ndjson or .parquet, optionally .gz or .zip); set format")
     wm, idc = cfg.get("watermark_column"), cfg.get("id_column")
     for label, col in (("watermark_column", wm), ("id_column", idc)):
         if col is not None and not COLUMN_RE.match(str(col)):
@@ -235,8 +233,18 @@ def parse_spec(name: str, cfg: dict[str, Any], *, mappings_dir: Path = MAPPINGS_
                        created_at=cfg.get("created_at"))
 
 
-def _strip_zip(url: str) -> str:
-    return url[:-4] if url.lower().endswith(".zip") else url
+_SUFFIXES = {"csv": "csv", "parquet": "parquet", "parq": "parquet", "pq": "parquet", "json": "jsonl",
+             "jsonl": "jsonl", "ndjson": "jsonl"}
+
+
+def format_of(url: str) -> str | None:
+    """The format a file name says (``.gz`` / ``.zip`` ignored), or None. (Not ``readers.detect_format``:
+    this runs at DAG parse time, where pyarrow must not be imported.)"""
+    base = url.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1].lower()
+    for wrapper in (".gz", ".zip"):
+        base = base.removesuffix(wrapper)
+    _, dot, ext = base.rpartition(".")
+    return _SUFFIXES.get(ext) if dot else None
 
 
 # ---- where declarations live ------------------------------------------------------------------------
