@@ -98,6 +98,13 @@ class DatasetIndex:
         resp = self.store._request("POST", f"/{self.jobs_index}/_search", body=body, ok_statuses=(404,))
         return [h["_source"] for h in (resp or {}).get("hits", {}).get("hits", [])]
 
+    def jobs_by_ids(self, job_ids: list[str]) -> list[dict[str, Any]]:
+        if not job_ids:
+            return []
+        resp = self.store._request("POST", f"/{self.jobs_index}/_mget", ok_statuses=(404,),
+                                   body={"ids": [_doc_id(j) for j in job_ids]})
+        return [d["_source"] for d in (resp or {}).get("docs", []) if d.get("found")]
+
     def delete_jobs(self, dataset: str) -> int:
         """Delete a dataset's job documents (search + bulk delete: ``_delete_by_query`` is a module the
         minimal OpenSearch distribution lacks)."""

@@ -1,0 +1,130 @@
+"""The datasets REST API plugin (SPEC §4) inside Airflow's own api-server app (in process), behind Airflow auth:
+create → DAG + queued first job, list/get, force sync, jobs with states, delete. (test_dataset_e2e.py runs the
+same API on a real ``airflow standalone`` where the scheduler completes the jobs.)"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from dataset_kit import http_files
+
+from cdp_ingest.datasets.raw import alias_name
+from cdp_ingest.store import Store, make_client
+
+pytestmark = [pytest.mark.services, pytest.mark.airflow]
+ROOT = Path(__file__).resolve().parents[1]
+PREFIX = "t-dsapi-"
+API = "/cdp-datasets/api"
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, opensearch, airflow_db):
+    monkeypatch.setenv("CDP_DATASETS_DIR", str(tmp_path / "datasets"))
+    conn = json.loads(os.environ["AIRFLOW_CONN_CDP_OPENSEARCH"])
+    conn["extra"]["index_prefix"] = PREFIX
+    monkeypatch.setenv("AIRFLOW_CONN_CDP_OPENSEARCH", json.dumps(conn))
+    store = Store(make_client(opensearch.info["url"]), prefix=PREFIX)
+    yield store
+    store._request("DELETE", f"/{PREFIX}*")
+
+
+@pytest.fixture
+def client():
+    from airflow.api_fastapi.app import create_app
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app("core")) as c:
+        yield c
+
+
+def token(role: str | None) -> str:
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    return get_auth_manager().generate_jwt(SimpleAuthManagerUser(username=f"u-{role}", role=role))
+
+
+def test_every_route_requires_airflow_auth(env, client):
+    routes = [("GET", f"{API}/datasets"), ("POST", f"{API}/datasets"), ("GET", f"{API}/datasets/x"),
+              ("DELETE", f"{API}/datasets/x"), ("POST", f"{API}/datasets/x/sync"), ("GET", f"{API}/jobs"),
+              ("GET", f"{API}/jobs/some-job")]
+    viewer = {"Authorization": f"Bearer {token('viewer')}"}
+    for method, route in routes:
+        assert client.request(method, route).status_code == 401, route
+        no_role = client.request(method, route, headers={"Authorization": f"Bearer {token(None)}"})
+        assert no_role.status_code == 403, route
+    # a viewer reads, but may not create, sync or delete
+    assert client.get(f"{API}/datasets", headers=viewer).status_code == 200
+    assert client.post(f"{API}/datasets", json={"name": "x"}, headers=viewer).status_code == 403
+    assert client.post(f"{API}/datasets/x/sync", headers=viewer).status_code == 403
+    assert client.delete(f"{API}/datasets/x", headers=viewer).status_code == 403
+
+
+def test_create_list_get_sync_jobs_and_delete(env, client, tmp_path):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.dag import DagModel
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    store = env
+    admin = {"Authorization": f"Bearer {token('admin')}"}
+    with http_files() as (base, handler):
+        handler.files["/users.csv"] = (b"uid,plan\nu1,free\nu2,pro\n", "Wed, 01 Jan 2026 10:00:00 GMT")
+        too_often = client.post(f"{API}/datasets", headers=admin,
+                                json={"name": "users", "source": f"{base}/users.csv", "sync_interval": 60})
+        assert too_often.status_code == 400
+        assert too_often.json()["detail"] == {"code": "invalid_sync_interval", "message":
+                                              "sync_interval must be at least 900 seconds (15 minutes); got 60"}
+
+        created = client.post(f"{API}/datasets", headers=admin, json={
+            "name": "users", "source": f"{base}/users.csv", "id_column": "uid", "sync_interval": 900})
+        assert created.status_code == 201, created.text
+        body = created.json()
+        first_job = body["job_id"]
+        assert body["name"] == "users" and body["state"] == "queued" and body["origin"] == "api"
+        assert body["latest_job"]["job_id"] == first_job and body["latest_job"]["force"] is True
+        assert (tmp_path / "datasets" / "registry" / "users.json").exists()  # the registry entry the DAG file reads
+        assert client.post(f"{API}/datasets", headers=admin, json={
+            "name": "users", "source": f"{base}/users.csv"}).status_code == 409
+        with create_session() as session:
+            dm = session.get(DagModel, "dataset_sync_users")
+            assert dm is not None and not dm.is_paused  # known to Airflow without a restart, unpaused
+            run = session.query(DagRun).filter_by(dag_id="dataset_sync_users", run_id=first_job).one()
+            assert run.state == "queued" and run.conf == {"force": True}
+
+        # a run of the same DAG (what the scheduler would execute) completes a job the API then shows
+        dag = DagBag(dag_folder=str(ROOT / "dags" / "dataset_sync.py")).dags["dataset_sync_users"]
+        dag.deadline = None  # Airflow 3.3.2's dag.test() cannot end a run with a deadline (tests/sftp_kit.py)
+        done = dag.test()
+        assert done.state == "success"
+        job = client.get(f"{API}/jobs/{done.run_id}", headers=admin).json()
+        assert job["state"] == "complete" and job["result"]["loaded"] == 2 and job["dataset"] == "users"
+        got = client.get(f"{API}/datasets/users", headers=admin).json()
+        assert (got["rows"], got["index"].startswith(alias_name(PREFIX, "users")), got["sync_interval"]) == (2, True,
+                                                                                                              900)
+        assert got["last_sync"] and got["source"] == {"url": f"{base}/users.csv"}
+        listed = client.get(f"{API}/datasets", headers=admin).json()["datasets"]
+        assert "users" in [d["name"] for d in listed]
+
+        synced = client.post(f"{API}/datasets/users/sync", headers=admin)
+        assert synced.status_code == 202 and synced.json()["state"] == "queued"
+        jobs = client.get(f"{API}/jobs", params={"dataset": "users"}, headers=admin).json()["jobs"]
+        assert {j["job_id"] for j in jobs} == {first_job, done.run_id, synced.json()["job_id"]}
+        complete = client.get(f"{API}/jobs", params={"dataset": "users", "state": "complete"}, headers=admin).json()
+        assert [j["job_id"] for j in complete["jobs"]] == [done.run_id]
+        assert client.get(f"{API}/jobs", params={"state": "bogus"}, headers=admin).status_code == 400
+        assert client.get(f"{API}/jobs/no-such-job", headers=admin).status_code == 404
+
+        gone = client.delete(f"{API}/datasets/users", headers=admin)
+        assert gone.status_code == 200 and gone.json()["registry_entry_removed"] and gone.json()["removed_indices"]
+        assert client.get(f"{API}/datasets/users", headers=admin).status_code == 404
+        assert not (tmp_path / "datasets" / "registry" / "users.json").exists()
+        assert store._request("HEAD", f"/{alias_name(PREFIX, 'users')}", ok_statuses=(404,)) is False
+        with create_session() as session:
+            assert session.get(DagModel, "dataset_sync_users") is None  # its schedule is gone
+    # config-declared datasets are not deleted through the API
+    refused = client.delete(f"{API}/datasets/demo_products", headers=admin)
+    assert refused.status_code == 409 and refused.json()["detail"]["code"] == "declared_in_config"
