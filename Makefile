@@ -22,7 +22,7 @@ test: bootstrap ## the whole test suite against the real local services
 test-fast: bootstrap ## tests without the slow (big-file) ones
 	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
 
-ui: bootstrap ## start services + `airflow standalone` on the demo config (Ctrl-C stops all)
+ui: bootstrap ## start services + `airflow standalone` on the demo config, with an SFTP account + mail sink (Ctrl-C stops all)
 	$(PY) scripts/demo.py --ui
 
 lint: bootstrap ## ruff on everything, mypy on the engine

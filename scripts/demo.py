@@ -82,6 +82,34 @@ def prepare_partitions(landing: Path, harness: Harness, scale: int) -> dict[str,
     return {"partition_import_hackle_s3": {"expected": counts}, "partition_import_hackle_gcs": {"expected": counts}}
 
 
+def prepare_sftp_ui(landing: Path, harness: Harness, scale: int) -> dict[str, dict]:
+    """``make ui`` only: an SFTP account ``demo_client`` (private sshd, key auth) whose client e-mails go to
+    the SMTP sink, a sample CSV + manifest to upload with the ``sftp`` client, and how to do it."""
+    sftp, smtp = harness.services["sftp"].info, harness.services["smtp"].info
+    account = "demo_client"
+    (Path(sftp["landing"]) / account).mkdir(parents=True, exist_ok=True)
+    outbox = landing / "sftp-outbox"
+    outbox.mkdir(parents=True, exist_ok=True)
+    (outbox / "orders.csv").write_text("identity,evtName,total\nc1,Order Placed,10\nc2,Order Placed,12\n"
+                                       ",Order Placed,11\n")  # the last row has no identity: rejected
+    (outbox / "orders-001.manifest").write_text(json.dumps({
+        "fileName": "orders.csv", "type": "event", "clientEmail": "client@demo.example",
+        "columns": {"total": {"ctName": "total", "dataType": "FLOAT"}}}, indent=2))
+    accounts = landing.parent / "sftp_accounts.yaml"
+    accounts.write_text(json.dumps({"accounts": {account: {
+        "folder": account, "contact_email": "ops@demo.example", "schedule": "*/2 * * * *", "settle_seconds": 5,
+        "poke_interval": 5, "sensor_timeout": 100, "data_file_grace_seconds": 120}}}))
+    os.environ["CDP_SFTP_ACCOUNTS"] = str(accounts)  # read by dags/sftp_import.py in every Airflow process
+    port = harness.services["sftp"].port
+    note = (f"SFTP account {account} (DAG sftp_import_{account}: unpause it, it looks every 2 min). Upload:\n"
+            f"  cd {outbox}\n  sftp -i {sftp['private_key']} -P {port} -o UserKnownHostsFile={sftp['known_hosts']} "
+            f"{sftp['login']}@127.0.0.1\n  sftp> cd {account}\n  sftp> put orders.csv\n"
+            f"  sftp> put orders-001.manifest\n  sftp> bye\n"
+            f"(each new upload needs a new manifest name). Client e-mails: Maildir {smtp['maildir']}/new; "
+            f"webhook posts: {harness.services['webhook'].info['inbox']}\n")
+    return {f"sftp_import_{account}": {"ui_note": note}}
+
+
 # Each DAG family registers its preparer here: (services it needs, preparer).
 PREPARERS: list[tuple[tuple[str, ...], Callable[[Path, Harness, int], dict[str, dict]]]] = [
     (("opensearch", "webhook"), prepare_csv),
@@ -215,10 +243,11 @@ def main() -> int:
     harness = Harness(run_dir / "services")
     proc = None
     try:
-        needed = sorted({s for services, _ in PREPARERS for s in services})
+        preparers = PREPARERS + ([(("sftp", "smtp", "webhook"), prepare_sftp_ui)] if args.ui else [])
+        needed = sorted({s for services, _ in preparers for s in services})
         harness.start(needed)
         runs_cfg: dict[str, dict] = {}
-        for _, prepare in PREPARERS:
+        for _, prepare in preparers:
             runs_cfg.update(prepare(landing, harness, args.scale))
         port = free_port()
         env = {**os.environ, **airflow_env(home, landing), **harness.airflow_connections(),
@@ -233,7 +262,10 @@ def main() -> int:
             sys.stdout.write(f"\nAirflow UI: http://127.0.0.1:{port}  user admin, password in "
                              f"{home}/simple_auth_manager_passwords.json.generated\n"
                              f"DAGs (paused; unpause or trigger them in the UI): {', '.join(runs_cfg)}\n"
-                             f"Landing folder: {landing}\nCtrl-C stops Airflow and the services.\n")
+                             f"Landing folder: {landing}\n"
+                             f"Import activity (every file of every source): http://127.0.0.1:{port}/cdp-activity/\n"
+                             + "".join(c["ui_note"] for c in runs_cfg.values() if c.get("ui_note"))
+                             + "Ctrl-C stops Airflow and the services.\n")
             try:
                 proc.wait()
             except KeyboardInterrupt:

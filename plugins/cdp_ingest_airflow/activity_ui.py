@@ -81,7 +81,9 @@ def _t(value: Any) -> str:
 
 
 def _status(status: str | None) -> str:
-    s = status or ""
+    if not status:
+        return ""
+    s = status
     return f'<span class="st s-{_e(s)}">{_e(STATUS_LABELS.get(s, s))}</span>'
 
 
@@ -238,7 +240,9 @@ def timeline(entry: dict[str, Any], tasks: list[dict[str, Any]], run_link: str |
     if entry.get("uploaded_at") and not any(e.get("step") == "uploaded" for e in entry.get("events") or []):
         items.append({"at": entry["uploaded_at"], "step": "uploaded", "status": None, "note": None})
     for e in entry.get("events") or []:
-        items.append({"at": e.get("at"), "step": e.get("step"), "status": e.get("status"), "note": e.get("note"),
+        step = e.get("step")
+        items.append({"at": e.get("at"), "step": STATUS_LABELS.get(step, step), "status": e.get("status"),
+                      "note": e.get("note"),
                       "task_id": e.get("task_id")})
     for t in tasks:
         name = t["task_id"] + (f"[{t['label'] or t['map_index']}]" if t["map_index"] >= 0 else "")
