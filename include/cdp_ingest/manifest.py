@@ -239,6 +239,8 @@ def _load_json(text: str, name: str) -> Any:
         ) from None
     except RecursionError:
         raise ManifestError(f"manifest {name} is not valid JSON: nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits (int_max_str_digits)
+        raise ManifestError(f"manifest {name} is not valid JSON: {str(e)[:120]}") from None
 
 
 def _parse_columns(spec: Any, kind: str, name: str) -> dict[str, Column]:

@@ -28,10 +28,11 @@ import functools
 import re
 import string
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 
 from cdp_ingest.coerce import COERCERS, DATE_PREFIX, MAX_TIME, MIN_TIME, parse_epoch_datetime
@@ -265,6 +266,8 @@ class Mapper:
 
     def map_row(self, row: dict[str, str], ref: int) -> Mapped:
         m = self.m
+        if not all(type(v) is str for v in row.values()):  # Parquet: typed values, nulls
+            row = {k: as_text(v) for k, v in row.items()}
         values: list[tuple[str, Any]] = []
         for rule in m.fields:
             v = self._value(rule, row.get(rule.column))
@@ -339,6 +342,23 @@ class Mapper:
             doc["metadata"]["time"]["weekday"] = when.weekday()
             doc["metadata"]["time"]["insert"] = when.replace(tzinfo=None).isoformat(timespec="microseconds")
         return Mapped(m.kind, doc_id, document=doc, when=when)
+
+
+def as_text(value: Any) -> str:
+    """A Parquet value as the text a CSV cell would hold, so one mapping serves both formats."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, dict | list | tuple):
+        return orjson.dumps(value, default=str).decode()
+    return str(value)
 
 
 class _Blank(dict):

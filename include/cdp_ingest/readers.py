@@ -61,6 +61,12 @@ MAX_JSON_LINE_BYTES = 16 << 20
 # Bytes of an over-long JSON line kept for the error file.
 OVERLONG_LINE_KEEP = 1024
 READ_CHUNK = 1 << 20
+# Gzip bombs: a few KB that inflate to gigabytes. More than this many decompressed bytes, or (past the
+# first GZIP_RATIO_AFTER bytes) more than GZIP_MAX_RATIO times the compressed bytes read, fail the file
+# as ``too_large``. Real CSV/Parquet exports compress 3..30:1; deflate's maximum is ~1032:1.
+MAX_DECOMPRESSED_BYTES = 16 << 30
+GZIP_MAX_RATIO = 250
+GZIP_RATIO_AFTER = 16 << 20
 
 _MARK = "\ufdd0"
 _MARK_UTF8 = _MARK.encode()
@@ -196,8 +202,10 @@ class _StreamAdapter(io.RawIOBase):
 
 
 @contextmanager
-def open_source(source: Any, *, storage_options: dict | None = None) -> Iterator[BinaryIO]:
-    """Open ``source`` for binary reading, gunzipping it when needed.
+def open_source(source: Any, *, storage_options: dict | None = None,
+                max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES) -> Iterator[BinaryIO]:
+    """Open ``source`` for binary reading, gunzipping it when needed (within ``max_decompressed_bytes``
+    and ``GZIP_MAX_RATIO``).
 
     Files opened here are closed on exit; a file object passed in is left open.
     """
@@ -218,7 +226,7 @@ def open_source(source: Any, *, storage_options: dict | None = None) -> Iterator
                     raw = stack.enter_context(open(path, "rb"))
             else:
                 raise TypeError(f"unsupported source type: {type(source).__name__}")
-            stream = _with_gunzip(raw, name, stack)
+            stream = _with_gunzip(raw, name, stack, max_decompressed_bytes)
         except FileNotFoundError as e:
             raise FileLevelError("no_data_file", f"data file not found: {name}") from e
         except (OSError, EOFError) as e:
@@ -234,7 +242,49 @@ def _seekable_stream(stream: Any) -> bool:
         return False
 
 
-def _with_gunzip(raw: Any, name: str, stack: ExitStack) -> BinaryIO:
+class _Counting:
+    """A read-only view of a stream that counts the bytes read through it."""
+
+    def __init__(self, raw: Any):
+        self._raw = raw
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self.count += len(data)
+        return data
+
+
+class _BoundedGunzip(io.RawIOBase):
+    """Gunzips ``raw``, failing the file as ``too_large`` when it inflates past the limits."""
+
+    def __init__(self, raw: Any, name: str, max_bytes: int):
+        self._counted = _Counting(raw)
+        self._gz = gzip.GzipFile(fileobj=self._counted, mode="rb")  # type: ignore[call-overload]
+        self._name = name or "source"
+        self._max = max_bytes
+        self.out = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._gz.readinto(buffer)
+        self.out += n
+        if self.out > self._max:
+            raise FileLevelError("too_large", f"{self._name} inflates to more than {self._max:,} bytes")
+        if self.out > GZIP_RATIO_AFTER and self.out > GZIP_MAX_RATIO * max(1, self._counted.count):
+            raise FileLevelError("too_large", f"{self._name} inflates more than {GZIP_MAX_RATIO}:1 "
+                                              f"({self._counted.count:,} compressed bytes gave {self.out:,} so far): "
+                                              "refused as a likely compression bomb")
+        return n
+
+    def close(self) -> None:
+        self._gz.close()
+        super().close()
+
+
+def _with_gunzip(raw: Any, name: str, stack: ExitStack, max_bytes: int = MAX_DECOMPRESSED_BYTES) -> BinaryIO:
     if name.lower().endswith(".gz"):
         gzipped = True
     elif _seekable_stream(raw):
@@ -247,7 +297,8 @@ def _with_gunzip(raw: Any, name: str, stack: ExitStack) -> BinaryIO:
         raw = io.BufferedReader(_StreamAdapter(raw, head), buffer_size=READ_CHUNK)
     if gzipped:
         # GzipFile never closes a fileobj it was given.
-        return cast(BinaryIO, stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb")))
+        bounded = io.BufferedReader(_BoundedGunzip(raw, name, max_bytes), buffer_size=READ_CHUNK)
+        return cast(BinaryIO, stack.enter_context(bounded))
     return cast(BinaryIO, raw)
 
 
@@ -487,6 +538,15 @@ def _record_run(delimiter: str) -> re.Pattern[bytes]:
     return re.compile(rf"(?:{field}(?:{d}{field})*+(?:\r\n|\n|\r))*+".encode())
 
 
+class _Unterminated(bytes):
+    """The last record of a file, whose quoted value never closes: it runs to the end of the file and
+    takes in every line after the quote, so it is a bad row even when its field count happens to fit."""
+
+
+UNTERMINATED_QUOTE = ("unterminated quote: a quoted value runs to the end of the file (the lines after it were "
+                      "read into it)")
+
+
 def _csv_chunks(stream: _Utf8Stream, block_size: int, delimiter: str) -> Iterator[bytes]:
     """Cut the data part of a CSV stream into pieces of whole records, about ``block_size`` bytes each.
 
@@ -501,6 +561,15 @@ def _csv_chunks(stream: _Utf8Stream, block_size: int, delimiter: str) -> Iterato
         data = stream.read(block_size)
         if not data:
             if buf:
+                if b'"' in buf:  # the rest must be whole records (the last newline may be missing)
+                    tail = buf if buf.endswith((b"\n", b"\r")) else buf + b"\n"
+                    m = run.match(tail)
+                    end = m.end() if m else 0
+                    if end != len(tail):  # a quote opened in the record at ``end`` never closes
+                        if end:
+                            yield buf[:end]
+                        yield _Unterminated(buf[end:])
+                        return
                 yield buf
             return
         buf = buf + data if buf else data
@@ -578,6 +647,7 @@ def _iter_csv(
             if chunk is None:
                 break
             invalid.clear()
+            unterminated = isinstance(chunk, _Unterminated)
             # One block per chunk: the chunk is already bounded and holds whole records.
             read_options.block_size = len(chunk) + 1
             table = pa_csv.read_csv(
@@ -600,6 +670,8 @@ def _iter_csv(
             block = pa.RecordBatch.from_arrays([c.combine_chunks() for c in table.columns], schema=schema)
             if marked:
                 block, block_bad = _mark_to_bad(block, out_names, label)
+            if unterminated:  # one record, which parsed with the right field count by chance
+                block_bad = {**block_bad, 0: UNTERMINATED_QUOTE}
         del table
         # Rows pyarrow skipped (wrong field count) go back in place: chunk row k is data row
         # next_row + k - 1, whether it parsed or not.
@@ -688,6 +760,7 @@ def read_batches(
     encoding: str = "utf-8",
     delimiter: str = ",",
     columns: list[str] | None = None,
+    max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES,
 ) -> Iterator[SourceBatch]:
     """Stream a CSV or Parquet file as ``SourceBatch``es of at most ``batch_rows`` rows."""
     if batch_rows < 1:
@@ -702,7 +775,7 @@ def read_batches(
     if fmt == "csv":
         _check_delimiter(delimiter)
     name = name or "<file object>"
-    with open_source(source, storage_options=storage_options) as raw:
+    with open_source(source, storage_options=storage_options, max_decompressed_bytes=max_decompressed_bytes) as raw:
         if fmt == "csv":
             yield from _iter_csv(
                 raw,
