@@ -192,6 +192,16 @@ def test_partition_day_without_success_times_out_and_a_loaded_day_is_on_the_cons
     assert b"Failure Description" in csv.content and b"insert_id: not a UUID" in csv.content
     assert client.get(f"{api}/{f['id']}/error-file").status_code == 401
 
+    # a file that cannot be read fails alone; its day is marked failed and names it
+    bad_day = date(2026, 1, 7)
+    write_day(base, bad_day, marker=True)
+    (base / f"dt={bad_day}" / "part-00001.parquet").write_bytes(b"this is not parquet")
+    assert run_partition(name, bad_day).state == "failed"
+    rows = {r["unit"]: r for r in view_entries(store, source="partition", account=name, q=str(bad_day))}
+    assert rows[f"dt={bad_day}/part-00000.parquet"]["status"] == "done"
+    assert rows[f"dt={bad_day}/part-00001.parquet"]["status"] == "failed"
+    assert rows[f"dt={bad_day}"]["status"] == "failed" and "part-00001.parquet" in rows[f"dt={bad_day}"]["message"]
+
     client.cookies.set("_token", viewer()["Authorization"].split()[1])
     page = client.get(f"/cdp-activity/entry/{d['id']}")
     listing = client.get("/cdp-activity/", params={"account": name})

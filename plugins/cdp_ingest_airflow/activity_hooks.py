@@ -42,10 +42,19 @@ def unit_ref(*, source: str, unit: str, account: str | None, entry_id: str, **mo
 
 
 def record_step(activity: ActivityLog, ref: dict[str, Any] | None, status: str, **fields: Any) -> None:
-    """Record a step of the unit ``ref`` (from ``unit_ref``) with the running task's ids."""
+    """Record a step of the unit ``ref`` (from ``unit_ref``) with the running task's ids. A failed file of
+    a partition day also marks the day failed (its roll-up would otherwise stay "picked up")."""
     if not ref:
         return
-    activity.record_safely(**ref, status=status, **{**current_run_ids(), **fields})
+    ids = current_run_ids()
+    activity.record_safely(**ref, status=status, **{**ids, **fields})
+    if status == FAILED and ref.get("source") == "partition" and ref.get("day") and not ref.get("rollup"):
+        unit = f"dt={ref['day']}"
+        activity.record_safely(source="partition", unit=unit, account=ref.get("account"), day=ref["day"],
+                               entry_id=entry_id_for("partition", ref.get("account"), unit), rollup=True,
+                               status=FAILED, error_code=fields.get("error_code") or "file_failed",
+                               message=f"{ref['unit']}: {fields.get('message') or 'failed'}",
+                               step=f"file failed: {ref['unit'].rsplit('/', 1)[-1]}", **ids)
 
 
 # ---- partitions: the day entry ------------------------------------------------------------------------
