@@ -139,6 +139,8 @@ def test_console_in_headless_chromium(seeded, api_server, browser, tmp_path):
     b.wait_for("#timeline")
     assert "partition_import_hackle_s3" in b.source()
     assert b.find_all("a#dag-run")
+    sizes = b.script("return [document.documentElement.scrollWidth, window.innerWidth]")
+    assert sizes[0] <= sizes[1], f"entry page scrolls horizontally: {sizes}"
     shot(b, "activity-entry")
     b.click(b.find("a#error-file"))
     downloaded = tmp_path / "downloads" / seeded["errors"].name
