@@ -177,6 +177,19 @@ class Harness:
             getattr(self, f"start_{name}")()
         return self.services
 
+    def restart(self, name: str, *, down_seconds: float = 0.0, timeout: float = 180) -> Service:
+        """Stop one service (SIGTERM to its process group, by PID), leave it down ``down_seconds``, then
+        start it again on the same port(s) with the same data: a short outage, for fault tests.
+        OpenSearch and Elasticsearch only."""
+        svc = self.services[name]
+        if name not in SEARCH_ENGINES:
+            raise ServiceError(f"restart supports {sorted(SEARCH_ENGINES)}, not {name}")
+        _kill_groups([svc.pid])
+        log.info("stopped %s (pid %s) for a restart on port %s", name, svc.pid, svc.port)
+        time.sleep(down_seconds)
+        return self._start_search(name, svc.info.get("heap", "1g"), timeout, port=svc.port,
+                                  tport=svc.info.get("transport_port"))
+
     def stop(self) -> None:
         pids = [svc.pid for svc in self.services.values()]
         _kill_groups(pids)
@@ -221,7 +234,8 @@ class Harness:
     def start_elasticsearch(self, heap: str = "1g", timeout: float = 180) -> Service:
         return self._start_search("elasticsearch", heap, timeout)
 
-    def _start_search(self, product: str, heap: str, timeout: float) -> Service:
+    def _start_search(self, product: str, heap: str, timeout: float, port: int | None = None,
+                      tport: int | None = None) -> Service:
         spec = SEARCH_ENGINES[product]
         home = self.search_home(product)
         user = _service_user()
@@ -236,7 +250,7 @@ class Harness:
         (base / "data").mkdir(exist_ok=True)
         (base / "logs").mkdir(exist_ok=True)
         _chown_tree(base, user)
-        port, tport = free_port(), free_port()
+        port, tport = port or free_port(), tport or free_port()
         java_home = os.environ.get("JAVA_HOME") or str(Path(os.path.realpath(shutil.which("java") or
                                                                                "/usr/bin/java")).parents[1])
         env_prefix = spec["env"]
@@ -256,7 +270,8 @@ class Harness:
         url = f"http://127.0.0.1:{port}"
         took = self._wait(product, proc, log_file,
                           lambda: _http_ok(f"{url}/_cluster/health?wait_for_status=yellow&timeout=1s"), timeout)
-        return self._register(product, proc, port, log_file, took, url=url, version=spec["version"])
+        return self._register(product, proc, port, log_file, took, url=url, version=spec["version"], heap=heap,
+                              transport_port=tport)
 
     # ---- SFTP (private sshd) --------------------------------------------------------------
     def start_sftp(self, timeout: float = 20) -> Service:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import http.server
 import itertools
+import shutil
+import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
@@ -175,3 +178,71 @@ def test_lost_bulk_responses_are_retried_without_duplicates(proxy, store, tmp_pa
     store.refresh([index])
     assert store.count(index) == 1000
     assert Ledger(store).get(rep.unit_id).status == "committed"
+
+
+# ---- a short store outage: OpenSearch stopped and restarted on the same port mid-load --------------------
+@pytest.fixture
+def own_opensearch():
+    """A private OpenSearch node for this test only: it is stopped and restarted, which the session's
+    shared node must not be."""
+    from devservices import Harness
+
+    h = Harness(tempfile.mkdtemp(prefix="cdp-faults-"))
+    try:
+        svc = h.start_opensearch(heap="512m")
+        yield h, svc
+    finally:
+        h.stop()
+        shutil.rmtree(h.run_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("stage", [True, False], ids=["staged", "streamed"])
+def test_opensearch_restarted_mid_load_is_ridden_out_by_the_retries(own_opensearch, tmp_path, stage):
+    """The node goes down in the middle of a bulk load and comes back on the same port a few seconds
+    later; the running import's own retries (connection errors, 5xx/429, then 409s recognised as its
+    own writes) finish it with every row loaded once."""
+    h, svc = own_opensearch
+    rows = 60_000
+    src = tmp_path / "events.csv"
+    with open(src, "w") as fh:
+        fh.write("id,email,note\n")
+        fh.writelines(f"r{i:06d},u{i % 997}@x.io,{'n' * 40}{i}\n" for i in range(rows))
+    # the task's retry policy: 9 retries from 0.5 s doubling (capped at 30 s) wait up to ~2 min in all
+    store = Store(make_client(svc.info["url"], timeout=30), prefix="t-outage-", chunk_docs=500, concurrency=2,
+                  max_retries=9)
+    store.ensure_templates()
+    m = Mapping.from_dict({"kind": "event", "id_column": "id", "identity": ["email"],
+                           "event_type": {"value": "visit"}, "fields": {"note": "properties.note"}})
+    result: dict = {}
+
+    def load():
+        try:
+            result["report"] = import_unit(str(src), lambda: read_batches(src, batch_rows=2000),
+                                           lambda iid: Mapper(m, unit_key=iid, now=NOW).map_row, store=store,
+                                           ledger=Ledger(store), work_dir=tmp_path / "work", kind="event",
+                                           source="faults", stage=stage)
+        except BaseException as e:  # reported by the assertion below
+            result["error"] = e
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    index = f"{store.prefix}event-2026-11"
+    deadline = time.monotonic() + 300
+    while store.count(index) < 2000:  # some chunks are in
+        assert worker.is_alive(), result
+        assert time.monotonic() < deadline, "the load never started"
+        time.sleep(0.05)
+    before = store.count(index)
+    restarted = h.restart("opensearch", down_seconds=2)
+    assert restarted.port == svc.port
+    worker.join(timeout=600)
+    assert not worker.is_alive() and "error" not in result, result.get("error")
+    rep = result["report"]
+    assert before < rows, "the restart came after the load"
+    assert (rep.rows_in, rep.loaded, rep.rejected, rep.duplicates) == (rows, rows, 0, 0)
+    store.refresh([index])
+    assert store.count(index) == rows  # nothing lost, and with create + ids nothing doubled
+    assert Ledger(store).get(rep.unit_id).status == "committed"
+    assert store._retries > 0  # it was the retries that rode it out
