@@ -8,15 +8,19 @@ know). The store's own retries must ride these out with nothing lost and nothing
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.server
 import itertools
 import shutil
+import socket
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import pytest
@@ -246,3 +250,101 @@ def test_opensearch_restarted_mid_load_is_ridden_out_by_the_retries(own_opensear
     assert store.count(index) == rows  # nothing lost, and with create + ids nothing doubled
     assert Ledger(store).get(rep.unit_id).status == "committed"
     assert store._retries > 0  # it was the retries that rode it out
+
+
+# ---- SFTP connection dropped mid-download ----------------------------------------------------------------
+class CuttingProxy:
+    """A TCP proxy that forwards both ways and cuts the connection (both sockets closed) once
+    ``cut_after`` bytes went from the server to the client: a network drop in the middle of a download."""
+
+    def __init__(self, upstream_port: int, cut_after: int):
+        self.upstream_port = upstream_port
+        self.cut_after = cut_after
+        self.cuts = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pump, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, self.cut_after), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                if limit is not None and sent + len(data) > limit:
+                    self.cuts += 1
+                    break
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _sftp_client(sftp_server, port: int):
+    import paramiko
+
+    info = sftp_server.info
+    host_type, host_key = Path(info["known_hosts"]).read_text().split()[1:3]
+    client = paramiko.SSHClient()
+    client.get_host_keys().add(f"[127.0.0.1]:{port}", host_type, paramiko.Ed25519Key(data=base64.b64decode(host_key)))
+    client.connect("127.0.0.1", port=port, username=info["login"], look_for_keys=False, allow_agent=False,
+                   pkey=paramiko.Ed25519Key.from_private_key_file(info["private_key"]), timeout=10, banner_timeout=10)
+    return client
+
+
+def test_sftp_connection_dropped_mid_download_then_retried(sftp_server, tmp_path):
+    import uuid
+
+    from cdp_ingest.errors import FileLevelError
+    from cdp_ingest_airflow.manifest_operator import download, list_folder
+
+    folder = Path(sftp_server.info["landing"]) / f"drop-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    data = b"id,email,note\n" + b"".join(b"r%d,u%d@x.io,%s\n" % (i, i, hashlib.sha256(b"%d" % i).hexdigest().encode())
+                                         for i in range(60_000))
+    (folder / "data.csv").write_bytes(data)
+    local = tmp_path / "data.csv"
+    proxy = CuttingProxy(sftp_server.port, cut_after=1 << 20)  # the handshake passes, the download does not
+    try:
+        client = _sftp_client(sftp_server, proxy.port)
+        try:
+            sftp = client.open_sftp()
+            listed = list_folder(sftp, str(folder))
+            with pytest.raises(Exception) as ei:
+                download(sftp, str(folder / "data.csv"), local, size=listed[0].size, limit=1 << 30)
+        finally:
+            client.close()
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1, ei.value
+    import paramiko
+
+    assert isinstance(ei.value, paramiko.SSHException | EOFError | OSError), repr(ei.value)
+    assert not isinstance(ei.value, FileLevelError)  # not the client's fault: the task is retried
+    assert not local.exists()  # only the .part file, never a truncated data file under the real name
+    # the task's retry downloads the whole file again
+    client = _sftp_client(sftp_server, sftp_server.port)
+    try:
+        size, checksum = download(client.open_sftp(), str(folder / "data.csv"), local, size=len(data),
+                                  limit=1 << 30)
+    finally:
+        client.close()
+    assert (size, checksum) == (len(data), "sha256:" + hashlib.sha256(data).hexdigest())
+    assert local.read_bytes() == data and not (tmp_path / "data.csv.part").exists()
