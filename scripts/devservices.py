@@ -177,15 +177,24 @@ class Harness:
             getattr(self, f"start_{name}")()
         return self.services
 
-    def restart(self, name: str, *, down_seconds: float = 0.0, timeout: float = 180) -> Service:
-        """Stop one service (SIGTERM to its process group, by PID), leave it down ``down_seconds``, then
-        start it again on the same port(s) with the same data: a short outage, for fault tests.
-        OpenSearch and Elasticsearch only."""
+    def restart(self, name: str, *, down_seconds: float = 0.0, kill: bool = False, timeout: float = 180) -> Service:
+        """Stop one service (SIGTERM to its process group, by PID; ``kill``: SIGKILL, no clean shutdown),
+        leave it down ``down_seconds``, then start it again on the same port(s) with the same data: a
+        short outage, for fault tests. OpenSearch and Elasticsearch only."""
         svc = self.services[name]
         if name not in SEARCH_ENGINES:
             raise ServiceError(f"restart supports {sorted(SEARCH_ENGINES)}, not {name}")
-        _kill_groups([svc.pid])
-        log.info("stopped %s (pid %s) for a restart on port %s", name, svc.pid, svc.port)
+        if kill:
+            try:
+                os.killpg(svc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + 20
+            while not _gone(svc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        else:
+            _kill_groups([svc.pid])
+        log.info("%s %s (pid %s) for a restart on port %s", "killed" if kill else "stopped", name, svc.pid, svc.port)
         time.sleep(down_seconds)
         return self._start_search(name, svc.info.get("heap", "1g"), timeout, port=svc.port,
                                   tport=svc.info.get("transport_port"))

@@ -184,6 +184,29 @@ def test_lost_bulk_responses_are_retried_without_duplicates(proxy, store, tmp_pa
     assert Ledger(store).get(rep.unit_id).status == "committed"
 
 
+def test_lost_responses_and_500s_during_profile_merges(proxy, store, tmp_path):
+    """Profile writes are conditional (if_seq_no): a retried write whose first copy landed gets a 409,
+    is re-read and re-applied; operations are idempotent, so the result is as without faults."""
+    src = tmp_path / "profiles.csv"
+    src.write_text("email,plan,tag\n" + "".join(f"u{i % 40}@x.io,p{i},t{i % 3}\n" for i in range(400)))
+    m = Mapping.from_dict({"kind": "profile", "identity": ["email"],
+                           "fields": {"plan": "traits.plan", "tag": "traits.tag"}})
+    s = through(proxy, store)
+    proxy.fail("/_bulk", "lost", 500, "lost")
+    proxy.fail("/_mget", 503, "lost")
+    rep = import_unit(str(src), lambda: read_batches(src), lambda iid: Mapper(m, unit_key=iid, now=NOW).map_row,
+                      store=s, ledger=Ledger(store), work_dir=tmp_path / "work", kind="profile", source="faults")
+    assert sorted(a for _, a in proxy.seen if isinstance(a, int)) == [500, 503]
+    assert [a for _, a in proxy.seen].count("lost") == 3
+    assert (rep.rows_in, rep.loaded, rep.rejected, rep.duplicates) == (400, 400, 0, 0)
+    store.refresh([store.index("profile")])
+    assert store.count(store.index("profile")) == 40
+    from cdp_ingest.mapping import profile_id_for
+
+    doc = store.get(store.index("profile"), profile_id_for("u7@x.io"))["_source"]
+    assert doc["traits"]["plan"] == "p367"  # the last row of u7 wins, as without faults
+
+
 # ---- a short store outage: OpenSearch stopped and restarted on the same port mid-load --------------------
 @pytest.fixture
 def own_opensearch():
@@ -202,11 +225,12 @@ def own_opensearch():
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("stage", [True, False], ids=["staged", "streamed"])
-def test_opensearch_restarted_mid_load_is_ridden_out_by_the_retries(own_opensearch, tmp_path, stage):
-    """The node goes down in the middle of a bulk load and comes back on the same port a few seconds
-    later; the running import's own retries (connection errors, 5xx/429, then 409s recognised as its
-    own writes) finish it with every row loaded once."""
+@pytest.mark.parametrize(("stage", "kill"), [(True, True), (False, False)],
+                         ids=["staged-SIGKILL", "streamed-SIGTERM"])
+def test_opensearch_restarted_mid_load_is_ridden_out_by_the_retries(own_opensearch, tmp_path, stage, kill):
+    """The node goes down in the middle of a bulk load (killed, or stopped cleanly) and comes back on
+    the same port a few seconds later; the running import's own retries (connection errors, 5xx/429,
+    then 409s recognised as its own writes) finish it with every row loaded once."""
     h, svc = own_opensearch
     rows = 60_000
     src = tmp_path / "events.csv"
@@ -239,7 +263,7 @@ def test_opensearch_restarted_mid_load_is_ridden_out_by_the_retries(own_opensear
         assert time.monotonic() < deadline, "the load never started"
         time.sleep(0.05)
     before = store.count(index)
-    restarted = h.restart("opensearch", down_seconds=2)
+    restarted = h.restart("opensearch", down_seconds=2, kill=kill)
     assert restarted.port == svc.port
     worker.join(timeout=600)
     assert not worker.is_alive() and "error" not in result, result.get("error")
