@@ -3,6 +3,7 @@
     cdp-ingest schema profile|session|event       JSON schema of the target object
     cdp-ingest check-mapping FILE [CSV]            load a mapping (and check a CSV header against it)
     cdp-ingest replay ARCHIVE --to segment|tracardi --endpoint URL ...   historical replay (SPEC §5)
+    cdp-ingest datasets create|list|get|delete|sync|jobs ...         datasets through the REST API (SPEC §4)
 """
 
 from __future__ import annotations
@@ -27,9 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     from cdp_ingest import replay_cli
 
     replay_cli.add_parser(sub)
+    from cdp_ingest.datasets import cli as datasets_cli
+
+    datasets_cli.add_parser(sub)
     args = ap.parse_args(argv)
     if args.command == "replay":
         return replay_cli.run(args)
+    if args.command == "datasets":
+        return datasets_cli.run(args)
     if args.command == "schema":
         sys.stdout.write(json.dumps(json_schema(args.kind), indent=2) + "\n")
         return 0

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference, Param, task
@@ -193,9 +193,10 @@ def build_dag(spec: DatasetSpec) -> DAG:
     seconds = deadline_seconds(spec)
     start = datetime.fromisoformat(spec.created_at) if spec.created_at else datetime(2025, 1, 1)
     if start.tzinfo is None:
-        from datetime import UTC
-
         start = start.replace(tzinfo=UTC)
+    if spec.origin == "api" and spec.created_at and spec.sync_interval:
+        # the API triggers the first job itself; the schedule takes over one interval later
+        start += timedelta(seconds=spec.sync_interval)
     with DAG(
         dag_id=spec.dag_id,
         schedule=timedelta(seconds=spec.sync_interval) if spec.sync_interval else None,
