@@ -45,29 +45,29 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cdp_ingest.errorfile import ErrorFileWriter
-from cdp_ingest.errors import IngestError, RowError
+from cdp_ingest.errors import RowError
 from cdp_ingest.ledger import Accounting
-from cdp_ingest.segment import MAX_MESSAGE_BYTES, SENT_AT_FIELD, prepare_message, tracardi_payloads
+from cdp_ingest.segment import (  # noqa: F401 - settings and errors are part of this module's interface
+    _ENVELOPE_HEAD,
+    _ENVELOPE_TAIL,
+    ARCHIVE_SUFFIXES,
+    DESTINATIONS,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_MESSAGES,
+    SENT_AT_FIELD,
+    ReplayConfigError,
+    ReplayError,
+    ReplaySettings,
+    prepare_message,
+    tracardi_payloads,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH_BYTES = 500 * 1024
-MAX_BATCH_MESSAGES = 2500
-DESTINATIONS = ("segment", "tracardi")
 ERROR_COLUMNS = ["source", "line", "message"]
 PLAN_SCHEMA = pa.schema([("batch", pa.int32()), ("count", pa.int32()), ("refs", pa.list_(pa.int64())),
                          ("ids", pa.list_(pa.string())), ("payload", pa.binary())])
 PLAN_FLUSH_BYTES = 8 << 20
-_ENVELOPE_HEAD = b'{"batch":['
-_ENVELOPE_TAIL = b"]," + SENT_AT_FIELD + b"}"
-
-
-class ReplayError(IngestError):
-    """The replay cannot go on (destination refused auth, retries exhausted, bad configuration)."""
-
-
-class ReplayConfigError(ReplayError):
-    """The replay is configured in a way that must not send anything."""
 
 
 class RetryableSendError(Exception):
@@ -84,56 +84,6 @@ class BatchRefused(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-
-
-# ---- configuration --------------------------------------------------------------------------------
-@dataclass
-class ReplaySettings:
-    name: str
-    destination: str = "segment"
-    historical: bool = True
-    integrations: dict[str, Any] | None = None
-    max_batch_bytes: int = MAX_BATCH_BYTES
-    max_batch_messages: int = MAX_BATCH_MESSAGES
-    max_message_bytes: int = MAX_MESSAGE_BYTES
-    rate_limit: float = 0.0  # messages per second; 0 = as fast as the receiver answers
-    concurrency: int = 2
-    max_retries: int = 8
-    backoff_seconds: float = 1.0
-    max_backoff_seconds: float = 60.0
-    dedup_window: int = 200_000
-
-    def check(self) -> ReplaySettings:
-        """Refuse, before anything is read or sent, what must not run."""
-        if self.destination not in DESTINATIONS:
-            raise ReplayConfigError(f"replay {self.name}: destination must be one of {DESTINATIONS}, "
-                                    f"not {self.destination!r}")
-        if not self.historical:
-            raise ReplayConfigError(
-                f"replay {self.name}: the destination is configured as not accepting historical timestamps "
-                f"(historical: false); replaying would stamp old messages with today's time, so nothing is sent")
-        if not 0 < self.max_batch_bytes <= MAX_BATCH_BYTES:
-            raise ReplayConfigError(f"replay {self.name}: max_batch_bytes must be 1..{MAX_BATCH_BYTES}")
-        if not 0 < self.max_batch_messages <= MAX_BATCH_MESSAGES:
-            raise ReplayConfigError(f"replay {self.name}: max_batch_messages must be 1..{MAX_BATCH_MESSAGES}")
-        if not 0 < self.max_message_bytes <= MAX_MESSAGE_BYTES:
-            raise ReplayConfigError(f"replay {self.name}: max_message_bytes must be 1..{MAX_MESSAGE_BYTES}")
-        if self.max_message_bytes + len(_ENVELOPE_HEAD) + len(_ENVELOPE_TAIL) > self.max_batch_bytes:
-            raise ReplayConfigError(f"replay {self.name}: max_batch_bytes must hold one message of "
-                                    f"max_message_bytes")
-        if self.rate_limit < 0 or self.concurrency < 1:
-            raise ReplayConfigError(f"replay {self.name}: rate_limit must be >= 0 and concurrency >= 1")
-        if self.integrations is not None and not isinstance(self.integrations, dict):
-            raise ReplayConfigError(f"replay {self.name}: integrations must be a mapping")
-        return self
-
-    @classmethod
-    def from_dict(cls, name: str, cfg: dict[str, Any]) -> ReplaySettings:
-        known = {k for k in cls.__dataclass_fields__ if k != "name"}
-        unknown = set(cfg) - known
-        if unknown:
-            raise ReplayConfigError(f"replay {name}: unknown settings {sorted(unknown)}")
-        return cls(name=name, **cfg).check()
 
 
 # ---- sources --------------------------------------------------------------------------------------
@@ -748,7 +698,7 @@ def _plan_settings(s: ReplaySettings) -> dict[str, Any]:
 def list_archive(location: str, *, storage_options: dict | None = None) -> list[str]:
     """The archive files under ``location`` (a file, a folder or an object-store prefix), in name order:
     ``*.gz``, ``*.json``, ``*.jsonl``, ``*.ndjson``, ``*.csv`` (Segment's S3 layout is date folders of .gz)."""
-    suffixes = (".gz", ".json", ".jsonl", ".ndjson", ".csv")
+    suffixes = ARCHIVE_SUFFIXES
     if location.startswith(("http://", "https://")):
         return [location]
     if "://" not in location:

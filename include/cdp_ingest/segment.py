@@ -23,6 +23,7 @@ Identity rules (Segment's spec): every message needs ``userId`` or ``anonymousId
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,14 +31,78 @@ import orjson
 
 from cdp_ingest.coerce import MAX_TIME, MIN_TIME
 from cdp_ingest.documents import deterministic_id
-from cdp_ingest.errors import RowError
+from cdp_ingest.errors import IngestError, RowError
 
 MESSAGE_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 MAX_MESSAGE_BYTES = 32 * 1024
 SENT_AT_PLACEHOLDER = "0000-00-00T00:00:00.000Z"  # same width as the real value
 SENT_AT_FIELD = b'"sentAt":"' + SENT_AT_PLACEHOLDER.encode() + b'"'
+MAX_BATCH_BYTES = 500 * 1024
+MAX_BATCH_MESSAGES = 2500
+DESTINATIONS = ("segment", "tracardi")
+ARCHIVE_SUFFIXES = (".gz", ".json", ".jsonl", ".ndjson", ".csv")
+_ENVELOPE_HEAD = b'{"batch":['
+_ENVELOPE_TAIL = b"]," + SENT_AT_FIELD + b"}"
 _STRIPPED = {"sentat", "messageid", "projectid"}
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$")
+
+
+class ReplayError(IngestError):
+    """The replay cannot go on (destination refused auth, retries exhausted, bad configuration)."""
+
+
+class ReplayConfigError(ReplayError):
+    """The replay is configured in a way that must not send anything."""
+
+
+# ---- configuration --------------------------------------------------------------------------------
+@dataclass
+class ReplaySettings:
+    name: str
+    destination: str = "segment"
+    historical: bool = True
+    integrations: dict[str, Any] | None = None
+    max_batch_bytes: int = MAX_BATCH_BYTES
+    max_batch_messages: int = MAX_BATCH_MESSAGES
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    rate_limit: float = 0.0  # messages per second; 0 = as fast as the receiver answers
+    concurrency: int = 2
+    max_retries: int = 8
+    backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 60.0
+    dedup_window: int = 200_000
+
+    def check(self) -> ReplaySettings:
+        """Refuse, before anything is read or sent, what must not run."""
+        if self.destination not in DESTINATIONS:
+            raise ReplayConfigError(f"replay {self.name}: destination must be one of {DESTINATIONS}, "
+                                    f"not {self.destination!r}")
+        if not self.historical:
+            raise ReplayConfigError(
+                f"replay {self.name}: the destination is configured as not accepting historical timestamps "
+                f"(historical: false); replaying would stamp old messages with today's time, so nothing is sent")
+        if not 0 < self.max_batch_bytes <= MAX_BATCH_BYTES:
+            raise ReplayConfigError(f"replay {self.name}: max_batch_bytes must be 1..{MAX_BATCH_BYTES}")
+        if not 0 < self.max_batch_messages <= MAX_BATCH_MESSAGES:
+            raise ReplayConfigError(f"replay {self.name}: max_batch_messages must be 1..{MAX_BATCH_MESSAGES}")
+        if not 0 < self.max_message_bytes <= MAX_MESSAGE_BYTES:
+            raise ReplayConfigError(f"replay {self.name}: max_message_bytes must be 1..{MAX_MESSAGE_BYTES}")
+        if self.max_message_bytes + len(_ENVELOPE_HEAD) + len(_ENVELOPE_TAIL) > self.max_batch_bytes:
+            raise ReplayConfigError(f"replay {self.name}: max_batch_bytes must hold one message of "
+                                    f"max_message_bytes")
+        if self.rate_limit < 0 or self.concurrency < 1:
+            raise ReplayConfigError(f"replay {self.name}: rate_limit must be >= 0 and concurrency >= 1")
+        if self.integrations is not None and not isinstance(self.integrations, dict):
+            raise ReplayConfigError(f"replay {self.name}: integrations must be a mapping")
+        return self
+
+    @classmethod
+    def from_dict(cls, name: str, cfg: dict[str, Any]) -> ReplaySettings:
+        known = {k for k in cls.__dataclass_fields__ if k != "name"}
+        unknown = set(cfg) - known
+        if unknown:
+            raise ReplayConfigError(f"replay {name}: unknown settings {sorted(unknown)}")
+        return cls(name=name, **cfg).check()
 
 
 def _norm(key: str) -> str:
