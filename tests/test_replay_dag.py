@@ -46,6 +46,9 @@ def env(tmp_path, monkeypatch, opensearch, receiver):
                  "sensor": {"mode": "poke", "poke_interval": 1, "timeout": 30}},
         "legacy": {"source": {"url": "segment"}, "destination": {"type": "segment", "conn_id": "t_legacy"},
                    "sensor": {"mode": "poke", "poke_interval": 1, "timeout": 30}},
+        "empty": {"source": {"url": "nothing-here", "marker": "_SUCCESS"},
+                  "destination": {"type": "segment", "conn_id": "t_segment"},
+                  "sensor": {"mode": "poke", "poke_interval": 1, "timeout": 3}},
         "mine": {"source": {"url": "store:", "window": {"start": "2025-06-01", "end": "2025-07-01"}},
                  "destination": {"type": "tracardi", "conn_id": "t_tracardi"},
                  "sensor": {"mode": "poke", "poke_interval": 1, "timeout": 30}},
@@ -94,6 +97,13 @@ def test_segment_replay_dag(env, airflow_db, opensearch, receiver):
     rows = list(csv.DictReader(open(first["error_file"])))
     assert [r["line"] for r in rows] == ["8"] and "userId or anonymousId" in rows[0]["Failure Description"]
 
+    acts = store._request("POST", f"/{PREFIX}sftp-activity/_search", body={"size": 20, "query": {"term": {
+        "source": "replay"}}})["hits"]["hits"]
+    act = {a["_source"]["unit"]: a["_source"] for a in acts}
+    assert act["1614556800000.a1b2.gz"]["status"] == "done"
+    assert (act["1614556800000.a1b2.gz"]["loaded"], act["1614556800000.a1b2.gz"]["rejected"]) == (1499, 1)
+    assert act["part.jsonl"]["status"] == "done" and act["part.jsonl"]["dag_id"] == "replay_hist"
+
     # a second run finds both files committed in the ledger: nothing is sent again
     before = receiver.stats()["requests"]
     assert _dag("replay_hist").test().state == "success"
@@ -127,3 +137,16 @@ def test_store_events_replayed_to_tracardi(env, airflow_db, opensearch, receiver
     assert {m["timestamp"][:10] for m in got.values()} == {f"2025-06-{1 + i % 28:02d}" for i in range(30)}
     assert {m["userId"] for m in got.values()} == {"p-0", "p-1", "p-2", "p-3"}
     assert receiver.stats()["track_payloads"] <= 12  # grouped per profile and session
+
+
+def test_archive_that_never_comes_is_on_the_activity_log(env, airflow_db, opensearch, receiver):
+    (env / "nothing-here").mkdir(parents=True)
+    (env / "nothing-here" / "a.jsonl").write_text("{}\n")  # files, but no _SUCCESS marker
+    dr = _dag("replay_empty").test()
+    assert dr.state == "failed" and receiver.stats()["requests"] == 0
+    store = _store(opensearch)
+    store.refresh([f"{PREFIX}sftp-activity"])
+    acts = store._request("POST", f"/{PREFIX}sftp-activity/_search", body={"query": {"term": {
+        "status": "timed_out"}}})["hits"]["hits"]
+    entry = next(a["_source"] for a in acts if a["_source"]["account"] == "empty")
+    assert entry["missing"].endswith("nothing-here/_SUCCESS") and "did not appear" in entry["message"]

@@ -19,6 +19,7 @@ Parse time stays side-effect free: the YAML is read and checked, nothing is conn
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -31,9 +32,9 @@ import yaml
 from airflow.sdk import DAG, Param, PokeReturnValue, task, task_group
 
 from cdp_ingest_airflow.defaults import DEFAULT_ARGS
-from cdp_ingest_airflow.notify import WEBHOOK_CONN_ID, post_webhook
+from cdp_ingest_airflow.notify import WEBHOOK_CONN_ID, on_task_failure, post_webhook
 from cdp_ingest_airflow.operators import staging_root
-from cdp_ingest_airflow.replay_operator import ReplayOperator
+from cdp_ingest_airflow.replay_operator import ReplayOperator, record_activity
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +186,16 @@ def plan_unit(rp: dict[str, Any], unit_path: str, params: dict[str, Any] | None 
     if entry.committed:
         log.info("%s already replayed by %s: skipped", unit_path, entry.import_id)
         return {**base, "status": "skipped", "rows_in": 0}
+    record_activity(store, rp["name"], unit_path, "processing", step="transform", import_id=entry.import_id,
+                    unit_id=entry.unit_id)
     work = staging_root() / "replays" / entry.import_id
     try:
         plan = plan_replay(records, settings, unit=unit_path, staged_path=work / "plan.parquet",
                            error_path=work / "plan-errors.csv", source_label=unit_path)
     except Exception as e:
         ledger.fail(entry, f"{e.__class__.__name__}: {e}")
+        record_activity(store, rp["name"], unit_path, "failed", step="transform", message=str(e)[:500],
+                        error_code=getattr(e, "code", None) or "internal")
         raise
     return {**base, "status": "planned", "rows_in": plan.rows_in, "plan": plan.to_dict()}
 
@@ -232,6 +237,21 @@ def summarize(rp: dict[str, Any], planned: list[dict[str, Any]], replayed: list[
     except Exception:  # the replay is done and recorded; a lost notification must not undo that
         log.exception("could not send the replay-finished notification")
     return summary
+
+
+def archive_wait_failed(context: dict[str, Any], *, rp: dict[str, Any]) -> None:
+    """Failure callback of the sensor: the archive (or its marker) never came; on the activity log."""
+    try:
+        from cdp_ingest_airflow.connections import store_from_connection
+
+        params = (context or {}).get("params") or {}
+        location = archive_location(rp, params)
+        missing = f"{location}/{rp['marker']}" if rp["marker"] else f"archive files under {location}"
+        record_activity(store_from_connection(rp["store_conn_id"]), rp["name"], location, "timed_out",
+                        step="wait_for_archive", missing=missing,
+                        message=f"nothing to replay: {missing} did not appear within {rp['sensor']['timeout']} s")
+    except Exception:
+        log.warning("could not record the replay wait timeout", exc_info=True)
 
 
 def _as_list(value: Any) -> list[dict[str, Any]]:
@@ -284,7 +304,8 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
     ) as dag:
 
         @task.sensor(task_id="wait_for_archive", mode=sensor["mode"], poke_interval=float(sensor["poke_interval"]),
-                     timeout=float(sensor["timeout"]))
+                     timeout=float(sensor["timeout"]),
+                     on_failure_callback=[on_task_failure, functools.partial(archive_wait_failed, rp=rp)])
         def wait_for_archive(params: dict[str, Any] | None = None) -> PokeReturnValue:
             units = list_units(rp, params)
             if not units:

@@ -28,6 +28,20 @@ if TYPE_CHECKING:
     from cdp_ingest.replay import HttpSink
 
 
+def record_activity(store: Any, replay: str, unit_path: str, status: str, **fields: Any) -> None:
+    """One step of one replayed unit on the import activity log (never fails the replay)."""
+    try:
+        from cdp_ingest_airflow.activity import ActivityLog, current_run_ids
+
+        ActivityLog(store).record_safely(source="replay", unit=unit_path.rstrip("/").rsplit("/", 1)[-1] or unit_path,
+                                         account=replay, status=status, path=unit_path,
+                                         **{**current_run_ids(), **fields})
+    except Exception:  # the activity log is informative; the ledger is the record
+        import logging
+
+        logging.getLogger(__name__).warning("could not record replay activity", exc_info=True)
+
+
 class ReplayOperator(_StoreMixin, BaseOperator):
     template_fields: Sequence[str] = ("staged",)
     ui_color = "#efe8fd"
@@ -76,7 +90,12 @@ class ReplayOperator(_StoreMixin, BaseOperator):
                                                                if k != "source_id"})
         if staged.get("status") == "skipped":
             return {**staged, "sent": 0}
-        sink = self.sink()  # refuses a non-historical destination before anything is sent
+        try:
+            sink = self.sink()  # refuses a non-historical destination before anything is sent
+        except Exception as e:
+            record_activity(self.store, staged["replay"], staged["path"], "failed", step="replay",
+                            message=str(e)[:500], error_code="destination_refused")
+            raise
         ledger = Ledger(self.store)
         entry = ledger.get(staged["unit_id"])
         if entry is None or entry.import_id != staged["import_id"]:
@@ -99,7 +118,13 @@ class ReplayOperator(_StoreMixin, BaseOperator):
                           batches=plan.batches, destination=self.destination)
         except Exception as e:
             ledger.fail(entry, f"{e.__class__.__name__}: {e}")
+            record_activity(self.store, staged["replay"], staged["path"], "failed", step="replay",
+                            message=f"{e.__class__.__name__}: {e}"[:500], import_id=entry.import_id)
             raise
+        record_activity(self.store, staged["replay"], staged["path"], "done", step="replay", rows_in=acc.rows_in,
+                        loaded=acc.loaded, rejected=acc.rejected, duplicates=acc.duplicates, error_file=error_file,
+                        import_id=entry.import_id, unit_id=entry.unit_id,
+                        note=f"{plan.missing_timestamp} without timestamp; {result.retries} retries")
         self.log.info("replayed %s: sent=%s rejected=%s duplicates=%s missing_timestamp=%s (resumed after batch "
                       "%s, %s retries)", staged["path"], acc.loaded, acc.rejected, acc.duplicates,
                       plan.missing_timestamp, result.resumed_after, result.retries)
