@@ -47,10 +47,10 @@ class Receiver:
             self.proc.wait(10)
 
 
-def start_receiver(*, noop: bool = False) -> Receiver:
+def start_receiver(*, noop: bool = False, write_key: str = WRITE_KEY) -> Receiver:
     port = free_port()
     cmd = [sys.executable, str(ROOT / "scripts" / "replay_receiver.py"), "--port", str(port),
-           "--write-key", WRITE_KEY, "--source-id", SOURCE_ID] + (["--noop"] if noop else [])
+           "--write-key", write_key, "--source-id", SOURCE_ID] + (["--noop"] if noop else [])
     proc = subprocess.Popen(cmd, start_new_session=True)
     r = Receiver(port, proc)
     deadline = time.monotonic() + 20

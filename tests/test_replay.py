@@ -264,3 +264,29 @@ def test_csv_archive_through_a_message_mapping(tmp_path, receiver):
     got = {m["timestamp"]: m for m in receiver.messages().values() if m["timestamp"].startswith("2018")}
     assert set(got) == {"2018-02-03T04:05:06Z", "2018-02-04T00:00:00Z"}
     assert got["2018-02-03T04:05:06Z"]["userId"] == "u1"
+
+
+def test_jsonl_reader_numbers_lines_and_reports_bad_ones(tmp_path, monkeypatch):
+    import gzip
+
+    from cdp_ingest import readers
+    from cdp_ingest.errors import FileLevelError
+
+    monkeypatch.setattr(readers, "MAX_JSON_LINE_BYTES", 2000)
+    long_line = '{"type": "track", "pad": "' + "z" * 5000 + '"}'
+    text = ('\ufeff{"type": "identify", "userId": "a"}\n\n[1, 2]\n{broken\n' + long_line + "\n"
+            '{"type": "track", "event": "e", "userId": "b"}')  # no newline at the end
+    path = tmp_path / "a.jsonl"
+    path.write_text(text, encoding="utf-8")
+    recs = list(jsonl_records(str(path), block_size=64))  # tiny blocks: lines span many of them
+    assert [(r.line, r.problem is None) for r in recs] == [(1, True), (3, False), (4, False), (5, False),
+                                                          (6, True)]
+    assert recs[0].value == {"type": "identify", "userId": "a"} and recs[4].value["userId"] == "b"
+    assert "not a JSON object" in recs[1].problem and "invalid JSON" in recs[2].problem
+    assert "longer than 2000 bytes" in recs[3].problem
+    bad = tmp_path / "corrupt.jsonl.gz"
+    data = bytearray(gzip.compress(b'{"type": "track"}\n' * 5000))
+    data[40:80] = b"\xff" * 40  # corrupt deflate data
+    bad.write_bytes(bytes(data))
+    with pytest.raises(FileLevelError, match="unreadable"):
+        list(jsonl_records(str(bad)))

@@ -22,6 +22,7 @@ Identity rules (Segment's spec): every message needs ``userId`` or ``anonymousId
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -105,8 +106,20 @@ class ReplaySettings:
         return cls(name=name, **cfg).check()
 
 
-def _norm(key: str) -> str:
-    return key.replace("_", "").replace("-", "").lower()
+_PLAIN_KEYS = {"type", "event", "userId", "anonymousId", "timestamp", "properties", "traits", "context",
+               "integrations", "name", "groupId", "previousId", "receivedAt", "originalTimestamp", "version",
+               "channel", "category"}
+_KEY_ROLE: dict[str, str] = {}  # archived key -> "" (kept) or its normalised name (stripped); keys repeat
+
+
+def _role(key: str) -> str:
+    role = _KEY_ROLE.get(key)
+    if role is None:
+        norm = key.replace("_", "").replace("-", "").lower()
+        role = norm if norm in _STRIPPED else ""
+        if len(_KEY_ROLE) < 10_000:  # bounded: a hostile archive's random keys cannot grow it
+            _KEY_ROLE[key] = role
+    return role
 
 
 def parse_timestamp(value: Any) -> datetime:
@@ -146,9 +159,11 @@ def check_identity(msg: dict[str, Any]) -> None:
 
 
 def message_id(replay: str, unit: str, original_id: Any, line: int) -> str:
-    """Deterministic: the same replay of the same archived message always gets the same id."""
+    """Deterministic: the same replay of the same archived message always gets the same id
+    (a UUID-shaped BLAKE2b digest of replay name, source unit and original id or line)."""
     key = f"id:{original_id}" if original_id not in (None, "") else f"line:{line}"
-    return deterministic_id("replay", replay, unit, key)
+    h = hashlib.blake2b(f"replay\x1f{replay}\x1f{unit}\x1f{key}".encode(), digest_size=16).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def prepare_message(record: dict[str, Any], *, replay: str, unit: str, line: int,
@@ -156,13 +171,16 @@ def prepare_message(record: dict[str, Any], *, replay: str, unit: str, line: int
                     max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[str, bytes, bool]:
     """``(messageId, body, has_timestamp)`` for one archived message; RowError when it cannot be sent."""
     original_id = None
-    msg: dict[str, Any] = {}
-    for key, value in record.items():
-        if _norm(key) in _STRIPPED:
-            if _norm(key) == "messageid":
-                original_id = value
+    msg = dict(record)
+    odd = msg.keys() - _PLAIN_KEYS  # one set operation for the usual keys; the rest are looked at
+    for key in odd:
+        if not _role(key):
+            if len(_PLAIN_KEYS) < 10_000:
+                _PLAIN_KEYS.add(key)
             continue
-        msg[key] = value
+        value = msg.pop(key)
+        if _role(key) == "messageid":
+            original_id = value
     check_identity(msg)
     has_ts = msg.get("timestamp") not in (None, "")
     if has_ts:
