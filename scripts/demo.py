@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -110,10 +111,93 @@ def prepare_sftp_ui(landing: Path, harness: Harness, scale: int) -> dict[str, di
     return {f"sftp_import_{account}": {"ui_note": note}}
 
 
+DATASET_SOURCES: dict[str, object] = {}  # set by prepare_datasets: the HTTP server, its URL, the table
+
+
+def prepare_datasets(landing: Path, harness: Harness, scale: int) -> dict[str, dict]:
+    """Sources for two datasets (SPEC §4) the demo creates through the REST API once Airflow is up: a CSV
+    served by a local HTTP server (Last-Modified) and a PostgreSQL table. No DAG runs to start here."""
+    import functools
+    import http.server
+    import threading
+
+    import psycopg2
+
+    folder = landing / "datasets-http"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = "".join(f"sku-{i:04d},Product {i},{i % 50 + 0.99:.2f}\n" for i in range(100 * scale))
+    (folder / "price-list.csv").write_text("sku,name,price\n" + rows)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    pg = harness.services["postgres"]
+    with psycopg2.connect(host="127.0.0.1", port=pg.port, user="postgres", dbname="postgres") as c, c.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS demo_customers")
+        cur.execute("CREATE TABLE demo_customers (id int primary key, email text, country text, "
+                    "updated_at timestamptz)")
+        cur.executemany("INSERT INTO demo_customers VALUES (%s, %s, %s, now())",
+                        [(i, f"customer{i}@example.com", ("DE", "PL", "US")[i % 3]) for i in range(300 * scale)])
+    DATASET_SOURCES.update(server=srv, url=f"http://127.0.0.1:{srv.server_address[1]}/price-list.csv")
+    return {}
+
+
+def create_datasets(port: int, home: Path) -> tuple[object, dict[str, str]]:
+    """Create the two datasets through the REST API (Airflow auth); returns the client and their first jobs."""
+    from cdp_ingest.datasets.client import DatasetsClient
+
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(90):  # the api-server may still be starting
+        try:
+            with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=5):
+                break
+        except OSError:
+            time.sleep(2)
+    password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+    api = DatasetsClient(url, username="admin", password=password)
+    jobs = {
+        "demo_price_list": api.create("demo_price_list", source=str(DATASET_SOURCES["url"]), id_column="sku",
+                                      sync_interval=3600, wait=False)["job_id"],
+        "demo_customers": api.create("demo_customers", source={"conn_id": "cdp_postgres",
+                                                               "table": "public.demo_customers"},
+                                     id_column="id", watermark_column="updated_at", sync_interval=900,
+                                     wait=False)["job_id"],
+    }
+    for name, job_id in jobs.items():
+        log.info("dataset %s created through the REST API; first job %s", name, job_id)
+    return api, jobs
+
+
+def dataset_summary(api, jobs: dict[str, str], timeout: float) -> tuple[str, bool]:
+    from cdp_ingest.datasets.client import JobError
+
+    ok = True
+    lines = ["", f"{'dataset (REST API)':20} {'job':34} {'state':9} {'rows_in':>8} {'loaded':>8} {'rejected':>8}"]
+    for name, job_id in jobs.items():
+        try:
+            api.wait(job_id, timeout=timeout, poll=3)
+        except JobError:
+            ok = False
+        for job in api.jobs(dataset=name):
+            r = job.get("result") or {}
+            lines.append(f"{name:20} {job['job_id']:34} {job['state']:9} {r.get('rows_in', 0):8d} "
+                         f"{r.get('loaded', 0):8d} {r.get('rejected', 0):8d}"
+                         + (f"  [{job['error_code']}] {job['error_message']}" if job.get("error_code") else ""))
+        ds = api.get(name)
+        lines.append(f"{'':20} rows {ds['rows']}, {ds['size_bytes']} bytes in {ds['index']}, "
+                     f"next sync {ds['next_sync']}")
+        ok &= ds["state"] == "complete"
+    return "\n".join(lines) + "\n", ok
+
+
 # Each DAG family registers its preparer here: (services it needs, preparer).
 PREPARERS: list[tuple[tuple[str, ...], Callable[[Path, Harness, int], dict[str, dict]]]] = [
     (("opensearch", "webhook"), prepare_csv),
     (("opensearch", "webhook", "s3", "gcs"), prepare_partitions),
+    (("opensearch", "postgres"), prepare_datasets),
 ]
 
 
@@ -288,9 +372,12 @@ def main() -> int:
                     raise RuntimeError(f"the scheduler created no run for {dag_id} after unpausing it")
             runs[dag_id] = run_id
             log.info("running %s (%s)", dag_id, run_id)
+        datasets = create_datasets(port, home)
         states = wait_for_runs(home / "airflow.db", runs, args.timeout)
+        ds_text, ds_ok = dataset_summary(*datasets, args.timeout)
         text, ok = summary(harness.services["opensearch"].info["url"], states, time.monotonic() - t0)
-        sys.stdout.write(text)
+        sys.stdout.write(ds_text + text)
+        ok &= ds_ok
         if not ok:
             sys.stdout.write(f"Airflow logs: {home / 'logs'}; standalone log: {home / 'standalone.log'}\n")
         if args.keep:
@@ -303,6 +390,8 @@ def main() -> int:
             if proc is not None:
                 stop_standalone(proc)
             harness.stop()
+        if DATASET_SOURCES.get("server"):
+            DATASET_SOURCES["server"].shutdown()
 
 
 if __name__ == "__main__":

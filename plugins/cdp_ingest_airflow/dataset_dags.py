@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference, Param, task
 
 from cdp_ingest.datasets.spec import DatasetSpec, all_datasets, load_config, load_registry
+from cdp_ingest_airflow.dag_base import ImportDAG
 from cdp_ingest_airflow.defaults import DEFAULT_ARGS
 from cdp_ingest_airflow.notify import WEBHOOK_CONN_ID, on_task_failure
 
@@ -197,7 +198,7 @@ def build_dag(spec: DatasetSpec) -> DAG:
     if spec.origin == "api" and spec.created_at and spec.sync_interval:
         # the API triggers the first job itself; the schedule takes over one interval later
         start += timedelta(seconds=spec.sync_interval)
-    with DAG(
+    with ImportDAG(
         dag_id=spec.dag_id,
         schedule=timedelta(seconds=spec.sync_interval) if spec.sync_interval else None,
         start_date=start,
