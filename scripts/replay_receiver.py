@@ -28,12 +28,21 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from collections import Counter
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+DEFAULT_WRITE_KEY = "replay-write-key"
+DEFAULT_SOURCE_ID = "replay-source"
 MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_MESSAGES = 2500
 MAX_MESSAGE_BYTES = 32 * 1024
@@ -226,11 +235,61 @@ def serve(port: int, *, write_key: str, source_id: str, noop: bool = False, host
     return server
 
 
+# ---- the same receiver as a child process (tests, demo, benchmark): started and stopped by PID ----------
+class Receiver:
+    def __init__(self, port: int, proc: subprocess.Popen):
+        self.port = port
+        self.proc = proc
+        self.url = f"http://127.0.0.1:{port}"
+
+    def _call(self, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method="POST" if data else "GET")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def control(self, **cfg) -> None:
+        self._call("/_control", cfg)
+
+    def stats(self) -> dict:
+        return self._call("/_stats")
+
+    def messages(self) -> dict[str, dict]:
+        return {m["messageId"]: m for m in self._call("/_messages")["messages"]}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+
+
+def start_receiver(*, noop: bool = False, write_key: str = DEFAULT_WRITE_KEY,
+                   source_id: str = DEFAULT_SOURCE_ID) -> Receiver:
+    """Start this script as a child process on a free port; ``Receiver.stop()`` stops it by PID."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, os.path.abspath(__file__), "--port", str(port),
+           "--write-key", write_key, "--source-id", source_id] + (["--noop"] if noop else [])
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    r = Receiver(port, proc)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            r._call("/health")
+            return r
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                r.stop()
+                raise RuntimeError("replay receiver did not start") from None
+            time.sleep(0.1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--write-key", default="replay-write-key")
-    ap.add_argument("--source-id", default="replay-source")
+    ap.add_argument("--write-key", default=DEFAULT_WRITE_KEY)
+    ap.add_argument("--source-id", default=DEFAULT_SOURCE_ID)
     ap.add_argument("--noop", action="store_true")
     args = ap.parse_args()
     server = serve(args.port, write_key=args.write_key, source_id=args.source_id, noop=args.noop)

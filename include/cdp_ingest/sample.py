@@ -8,8 +8,11 @@ run exercises the error file and the accounting. Each returns the expected count
 from __future__ import annotations
 
 import csv
+import gzip
+import json
 import random
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Margaret", "Linus"]
@@ -100,3 +103,41 @@ def write_events(path: str | Path, n: int, *, profiles: int, sessions: int, bad_
                      f"s-{rnd.randrange(sessions):08d},/p/{i % 500},sku-{i % 1000},{price},{1 + i % 5},"
                      f"{rnd.choice(['google', 'direct', 'mail'])}\n")
     return Expected(n, bad, dups)
+
+
+# ---- Segment archives (historical replay, SPEC §5) ------------------------------------------------------
+def segment_messages(n: int, *, start: datetime = datetime(2021, 3, 1, tzinfo=UTC), users: int = 50,
+                     prefix: str = "orig") -> list[dict]:
+    """n archived messages as Segment stores them (original messageId, sentAt, projectId)."""
+    out = []
+    for i in range(n):
+        ts = start + timedelta(minutes=37 * i)
+        kind = ("track", "track", "track", "identify", "page")[i % 5]
+        m = {"type": kind, "messageId": f"{prefix}-{i}", "projectId": "p1",
+             "sentAt": (ts + timedelta(seconds=2)).isoformat().replace("+00:00", "Z"),
+             "timestamp": ts.isoformat().replace("+00:00", "Z"), "anonymousId": f"anon-{i % users}",
+             "context": {"library": {"name": "analytics.js"}}, "integrations": {"All": True}}
+        if i % 3 == 0:
+            m["userId"] = f"user-{i % users}"
+        if kind == "track":
+            m["event"] = "Order Completed" if i % 2 else "Product Viewed"
+            m["properties"] = {"price": i % 100, "sku": f"sku-{i % 17}"}
+        elif kind == "identify":
+            m["traits"] = {"plan": "pro"}
+        else:
+            m["name"] = "Home"
+        out.append(m)
+    return out
+
+
+def write_segment_archive(path: Path, messages: list, *, gz: bool = True, raw_lines: tuple[str, ...] | list[str] = ()) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(m) + "\n" for m in messages) + "".join(line + "\n" for line in raw_lines)
+    if gz:
+        with gzip.open(path, "wt") as fh:
+            fh.write(text)
+    else:
+        path.write_text(text)
+    return path
+
+
