@@ -130,7 +130,8 @@ def segment_messages(n: int, *, start: datetime = datetime(2021, 3, 1, tzinfo=UT
     return out
 
 
-def write_segment_archive(path: Path, messages: list, *, gz: bool = True, raw_lines: tuple[str, ...] | list[str] = ()) -> Path:
+def write_segment_archive(path: Path, messages: list, *, gz: bool = True,
+                          raw_lines: tuple[str, ...] | list[str] = ()) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(m) + "\n" for m in messages) + "".join(line + "\n" for line in raw_lines)
     if gz:
