@@ -63,6 +63,7 @@ def test_every_route_requires_airflow_auth(env, client):
     assert client.delete(f"{API}/datasets/x", headers=viewer).status_code == 403
 
 
+@pytest.mark.slow  # ~60 s: the DAG is parsed and stored, then run once through dag.test()
 def test_create_list_get_sync_jobs_and_delete(env, client, tmp_path):
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models.dag import DagModel

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from dataset_kit import http_files
 
-from cdp_ingest.datasets.raw import alias_indices, alias_name, index_stats
+from cdp_ingest.datasets.raw import alias_indices, alias_name, index_stats, versions
 from cdp_ingest.datasets.spec import (
     DatasetError,
     all_datasets,
@@ -259,3 +259,78 @@ def test_postgres_query_mapped_to_events_is_incremental(store, postgres, tmp_pat
     assert second["result"]["rows_in"] == 1 and second["result"]["loaded"] == 1  # only the row above the watermark
     assert store.count(f"{store.prefix}event-2026-01") == 3
     assert DatasetIndex(store).state("clicks")["markers"]["watermark"] == 1767268800
+
+
+def test_a_load_that_fails_after_writing_leaves_the_previous_version_readable(store, tmp_path, monkeypatch):
+    src = tmp_path / "stock.csv"
+    src.write_text("sku,qty\na,1\nb,2\n")
+    spec = parse_spec("stock", {"source": str(src), "id_column": "sku"})
+    sync_dataset(spec, store, job_id=job())
+    before = alias_indices(store, alias_name(store.prefix, "stock"))
+    src.write_text("sku,qty\na,10\nc,30\nd,40\n")
+
+    # the store stops answering after the new index holds rows: the swap must not happen
+    real_refresh = Store.refresh
+
+    def refresh_then_fail(self, indices):
+        real_refresh(self, indices)
+        if any("-dataset-stock-" in i for i in indices):
+            from cdp_ingest.errors import StoreError
+
+            raise StoreError("POST /_refresh still failing after 6 retries (HTTP 503)")
+
+    monkeypatch.setattr(Store, "refresh", refresh_then_fail)
+    with pytest.raises(Exception, match="HTTP 503"):
+        sync_dataset(spec, store, job_id=(failing := job()))
+    monkeypatch.undo()
+    assert DatasetIndex(store).job(failing)["error_code"] == "store_unavailable"
+    assert alias_indices(store, alias_name(store.prefix, "stock")) == before
+    assert sorted(rows_of(store, "stock")) == ["a", "b"] and rows_of(store, "stock")["a"]["qty"] == "1"
+    assert versions(store, store.prefix, "stock") == before  # the half-written index was deleted
+    # the next sync retries from the source (the markers were not advanced by the failed one)
+    again = sync_dataset(spec, store, job_id=job())
+    assert again["changed"] is True and sorted(rows_of(store, "stock")) == ["a", "c", "d"]
+
+
+def test_zip_source_and_gcs_object(store, tmp_path, gcs_server):
+    import zipfile
+
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    archive = tmp_path / "export.csv.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("export.csv", "k,v\nx,1\ny,2\n")
+    spec = parse_spec("zipped", {"source": str(archive), "id_column": "k"})
+    assert sync_dataset(spec, store, job_id=job())["result"]["loaded"] == 2
+    assert sorted(rows_of(store, "zipped")) == ["x", "y"]
+
+    client = storage.Client(project="cdp-test", credentials=AnonymousCredentials())
+    bucket = client.create_bucket(f"datasets-{next(_prefixes)}-{os.getpid()}")
+    bucket.blob("d/rows.jsonl").upload_from_string(b'{"id": "g1", "n": 1}\n{"id": "g2", "n": 2}\n')
+    opts = {"token": "anon", "project": "cdp-test", "endpoint_url": gcs_server.info["endpoint_url"]}
+    gspec = parse_spec("gcsrows", {"source": f"gs://{bucket.name}/d/rows.jsonl", "id_column": "id"})
+    assert sync_dataset(gspec, store, job_id=job(), storage_options=opts)["result"]["loaded"] == 2
+    second = sync_dataset(gspec, store, job_id=job(), storage_options=opts)
+    assert second["changed"] is False and "ETag" in second["reason"]
+    assert rows_of(store, "gcsrows")["g2"] == {"id": "g2", "n": 2}
+
+
+def test_csv_url_mapped_to_profiles_goes_through_the_pipeline(store, http_server):
+    base, handler = http_server
+    handler.files["/crm.csv"] = (b"email,first_name,last_name,loyalty_points\nann@x.io,Ann,Lee,10\n"
+                                 b"not-an-email,Bob,Ray,5\nbob@x.io,Bob,Ray,7\n", "Wed, 01 Jan 2026 10:00:00 GMT")
+    spec = parse_spec("crm", {"source": f"{base}/crm.csv", "target": {"kind": "profile",
+                                                                       "mapping": "demo-profiles.yaml"}})
+    done = sync_dataset(spec, store, job_id=job())
+    r = done["result"]
+    assert (r["rows_in"], r["loaded"], r["rejected"]) == (3, 2, 1)
+    assert "not a valid email" in Path(r["error_file"]).read_text()
+    store.refresh([store.index("profile")])
+    assert store.count(store.index("profile")) == 2
+    ledger = store._request("POST", f"/{store.index('ledger')}/_search", body={"query": {"term": {"account": "crm"}}})
+    entries = [h["_source"] for h in ledger["hits"]["hits"]]
+    assert len(entries) == 1 and entries[0]["status"] == "committed" and entries[0]["source"] == "dataset:crm"
+    # unchanged (304): nothing imported again
+    assert sync_dataset(spec, store, job_id=job())["changed"] is False
+    assert store.count(store.index("profile")) == 2
