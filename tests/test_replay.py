@@ -290,3 +290,14 @@ def test_jsonl_reader_numbers_lines_and_reports_bad_ones(tmp_path, monkeypatch):
     bad.write_bytes(bytes(data))
     with pytest.raises(FileLevelError, match="unreadable"):
         list(jsonl_records(str(bad)))
+
+
+def test_rate_limit_paces_the_sends(tmp_path, receiver):
+    archive = k.write_archive(tmp_path / "a.jsonl.gz", k.segment_messages(3000))
+    t0 = time.monotonic()
+    proc = _cli(archive, receiver, tmp_path / "w", "--rate-limit", "1500", "--max-batch-messages", "250")
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert len(receiver.messages()) == 3000
+    # 12 batches of 250 at 1,500 messages/s: the last one may not start before ~1.8 s
+    assert elapsed >= 1.8

@@ -49,6 +49,9 @@ def env(tmp_path, monkeypatch, opensearch, receiver):
         "empty": {"source": {"url": "nothing-here", "marker": "_SUCCESS"},
                   "destination": {"type": "segment", "conn_id": "t_segment"},
                   "sensor": {"mode": "poke", "poke_interval": 1, "timeout": 3}},
+        "s3arch": {"source": {"url": "s3://t-replay-archive/segment-logs/src1", "conn_id": "cdp_s3"},
+                   "destination": {"type": "segment", "conn_id": "t_segment"},
+                   "sensor": {"mode": "poke", "poke_interval": 1, "timeout": 30}},
         "mine": {"source": {"url": "store:", "window": {"start": "2025-06-01", "end": "2025-07-01"}},
                  "destination": {"type": "tracardi", "conn_id": "t_tracardi"},
                  "sensor": {"mode": "poke", "poke_interval": 1, "timeout": 30}},
@@ -150,3 +153,17 @@ def test_archive_that_never_comes_is_on_the_activity_log(env, airflow_db, opense
         "status": "timed_out"}}})["hits"]["hits"]
     entry = next(a["_source"] for a in acts if a["_source"]["account"] == "empty")
     assert entry["missing"].endswith("nothing-here/_SUCCESS") and "did not appear" in entry["message"]
+
+
+def test_segment_s3_archive_layout(env, airflow_db, s3_server, receiver, tmp_path):
+    """Segment's own S3 archive: <source>/<day in epoch ms>/<time>.<uuid>.gz, JSON lines without extension."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    hook = S3Hook(aws_conn_id="cdp_s3")
+    hook.create_bucket("t-replay-archive")
+    for day, n in (("1614556800000", 300), ("1614643200000", 200)):
+        local = k.write_archive(tmp_path / f"{day}.gz", k.segment_messages(n, prefix=day))
+        hook.load_file(str(local), f"segment-logs/src1/{day}/1614557000.0f3c9a.gz", bucket_name="t-replay-archive")
+    dr = _dag("replay_s3arch").test()
+    assert dr.state == "success"
+    assert len(receiver.messages()) == 500 and receiver.stats()["duplicates"] == 0
