@@ -72,10 +72,35 @@ def test_record_keeps_one_entry_per_unit_with_a_timeline_counts_and_filters(stor
     [timed_out] = view_entries(store, status="timed_out")
     assert timed_out["missing"] == "table public.orders" and timed_out["source"] == "dataset"
 
+    # the one-call form other families use (store from the connection; outside a task: no run ids)
+    from cdp_ingest_airflow.activity import record_activity
+
+    entry = record_activity(source="dataset", unit="Orders", account="crm", status="picked_up", step="sync")
+    assert entry["status"] == "picked_up" and "missing" not in entry and entry["events"][-1]["step"] == "sync"
+    assert record_activity(source="dataset", unit="Orders", status="bogus") is None  # logged, never raised
+
     chart = log.daily_counts(days=3)
     assert chart["replay"][-1] == {"day": today.isoformat(), "loaded": 8, "rejected": 2, "units": 1}
     assert [d["day"] for d in chart["replay"]] == [(today - timedelta(days=i)).isoformat() for i in (2, 1, 0)]
     assert chart["csv"][-1]["loaded"] == 0
+
+
+def test_an_index_from_before_gets_the_new_fields_and_its_entries_count_as_sftp(store):
+    """Entries written by the SFTP-only version (no source/unit, old mapping) are still listed and filtered."""
+    index = f"{store.prefix}sftp-activity"
+    store._request("PUT", f"/{index}", body={"mappings": {"dynamic": False, "properties": {
+        "id": {"type": "keyword"}, "account": {"type": "keyword"}, "status": {"type": "keyword"},
+        "manifest": {"type": "keyword"}, "file_name": {"type": "keyword"},
+        "updated_at": {"type": "date"}, "finished_at": {"type": "date"}, "loaded": {"type": "long"}}}})
+    store._request("PUT", f"/{index}/_doc/old1", params={"refresh": "true"}, body={
+        "id": "old1", "account": "acme", "manifest": "old.manifest", "file_name": "old.csv", "status": "done",
+        "updated_at": "2026-01-02T10:00:00", "finished_at": "2026-01-02T10:00:00", "loaded": 5})
+    ActivityLog(store).record(source="csv", unit="new.csv", status="done", loaded=1)
+    assert [r["unit"] for r in view_entries(store, source="sftp")] == ["old.manifest"]
+    assert [r["unit"] for r in view_entries(store, q="new")] == ["new.csv"]
+    assert [r["unit"] for r in view_entries(store, q="OLD.CSV")] == ["old.manifest"]
+    mapping = store._request("GET", f"/{index}/_mapping")[index]["mappings"]["properties"]
+    assert mapping["source"] == {"type": "keyword"} and mapping["events"]["enabled"] is False
 
 
 # ---- partitions through real DAG runs ----------------------------------------------------------------------

@@ -16,7 +16,15 @@ path on the workers/api-server, or ``sftp`` path in the account folder), the Air
 ``run_id`` / ``task_id``, the notifications sent (``notified``) and a timeline (``events``: one item
 per status change or step, ``{"at", "status", "step", "note", "task_id"}``).
 
-Usage for a source family (replays, datasets...) — one call per step, from inside a task::
+Usage for a source family (replays, datasets...) — one call per step, from inside a task. Shortest
+form (store from the connection, the running task's dag_id/run_id/task_id added, never raises)::
+
+    from cdp_ingest_airflow.activity import record_activity
+
+    record_activity(source="replay", unit="archive-2026-01.jsonl.gz", account="segment-prod", status="done",
+                    rows_in=1000, loaded=990, rejected=10, duplicates=0, error_file="/abs/archive.errors.csv")
+
+or with an ``ActivityLog`` of your own store::
 
     from cdp_ingest_airflow.activity import ActivityLog
     from cdp_ingest_airflow.connections import store_from_connection
@@ -133,6 +141,19 @@ def current_run_ids() -> dict[str, Any]:
         return {}
 
 
+def record_activity(*, store_conn_id: str = "cdp_opensearch", **fields: Any) -> dict[str, Any] | None:
+    """``ActivityLog.record(**fields)`` on the store of ``store_conn_id``, with the running task's
+    ``dag_id``/``run_id``/``task_id`` unless given. Only logs on error (returns None then)."""
+    try:
+        from cdp_ingest_airflow.connections import store_from_connection
+
+        activity = ActivityLog(store_from_connection(store_conn_id))
+    except Exception:
+        log.warning("could not open the activity log (%s)", store_conn_id, exc_info=True)
+        return None
+    return activity.record_safely(**{**current_run_ids(), **fields})
+
+
 class ActivityLog:
     def __init__(self, store: Store):
         self.store = store
@@ -146,7 +167,11 @@ class ActivityLog:
         if self._ready:
             return
         if self.store._request("HEAD", f"/{self.index}", ok_statuses=(404,)) is True:
-            self.store._request("PUT", f"/{self.index}/_mapping", body=ACTIVITY_MAPPING, ok_statuses=(400,))
+            current = self.store._request("GET", f"/{self.index}/_mapping") or {}
+            known = next(iter(current.values()), {}).get("mappings", {}).get("properties", {})
+            missing = {k: v for k, v in ACTIVITY_MAPPING["properties"].items() if k not in known}
+            if missing:  # only additions: an existing field's mapping cannot change
+                self.store._request("PUT", f"/{self.index}/_mapping", body={"properties": missing})
             self._ready = True
             return
         self.store._request("PUT", f"/{self.index}", body={
