@@ -85,3 +85,11 @@ def test_dag_runs_are_jobs_nothing_changed_force_and_failure(env):
         assert "HTTP 404" in job["error_message"]
         assert store.count(alias_name(PREFIX, "items")) == 2  # the previous dataset is still readable
         assert DatasetIndex(store).state("items")["last_error"]["code"] == "no_data_file"
+        # every job is on the import activity console, with its counts or its error
+        from cdp_ingest_airflow.activity import ActivityLog
+
+        entries = ActivityLog(store)._search([{"term": {"source": "dataset"}}, {"term": {"account": "items"}}])
+        by_run = {e["run_id"]: e for e in entries}
+        assert by_run[first.run_id]["status"] == "done" and by_run[first.run_id]["loaded"] == 2
+        assert by_run[failed.run_id]["status"] == "failed" and by_run[failed.run_id]["error_code"] == "no_data_file"
+        assert len(entries) == 4

@@ -71,6 +71,15 @@ def _fs(spec: DatasetSpec):
     return ObjectStoragePath(str(spec.source.url), conn_id=spec.source.conn_id).fs
 
 
+def activity(spec: DatasetSpec, job_id: str, **fields: Any) -> None:
+    """One step of this job on the import activity console (one entry per job; never raises)."""
+    from cdp_ingest_airflow.activity import entry_id_for, record_activity
+
+    record_activity(store_conn_id=spec.store_conn_id, source="dataset", unit=spec.name, account=spec.name,
+                    entry_id=entry_id_for("dataset", spec.name, job_id), path=spec.source.describe(),
+                    type=spec.target.kind, **fields)
+
+
 def run_step(spec: DatasetSpec, job_id: str, step: str, fn, /, *args: Any, **kwargs: Any) -> Any:
     """Run one engine step; record its error on the job and fail at once when a retry cannot help."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -112,7 +121,12 @@ def dataset_task_failed(context: dict[str, Any], *, dataset: str, store_conn_id:
 
             exc = DatasetError(job.get("error_message") or str(exc), job["error_code"])
         if job.get("state") != "failure":
-            fail_job(store, dataset, str(run_id), exc)
+            job = fail_job(store, dataset, str(run_id), exc)
+        from cdp_ingest_airflow.activity import entry_id_for, record_activity
+
+        record_activity(store_conn_id=store_conn_id, source="dataset", unit=dataset, account=dataset,
+                        entry_id=entry_id_for("dataset", dataset, str(run_id)), status="failed",
+                        error_code=job.get("error_code"), message=job.get("error_message"))
     except Exception:  # a callback must never raise
         log.exception("could not record the failure of dataset %s job %s", dataset, run_id)
     on_task_failure(context)
@@ -224,8 +238,11 @@ def build_dag(spec: DatasetSpec) -> DAG:
 
             force = bool((params or {}).get("force"))
             connect = _connect(spec) if spec.source.is_sql else None
-            return run_step(spec, str(run_id), "fetch", fetch_step, spec, _store(spec), job_id=str(run_id),
-                            force=force, dag_id=spec.dag_id, connect=connect, fs=_fs(spec))
+            activity(spec, str(run_id), status="processing", step="fetch", note="forced" if force else None)
+            got = run_step(spec, str(run_id), "fetch", fetch_step, spec, _store(spec), job_id=str(run_id),
+                           force=force, dag_id=spec.dag_id, connect=connect, fs=_fs(spec))
+            activity(spec, str(run_id), status="processing", step="fetched", note=got["reason"])
+            return got
 
         @task(task_id="transform")
         def transform(fetched: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
@@ -252,6 +269,10 @@ def build_dag(spec: DatasetSpec) -> DAG:
 
             job = run_step(spec, str(run_id), "finish", finish_step, spec, _store(spec), fetched, loaded,
                            job_id=str(run_id))
+            r = job.get("result") or {}
+            activity(spec, str(run_id), status="done", note=job.get("reason"), rows_in=r.get("rows_in", 0),
+                     loaded=r.get("loaded", 0), rejected=r.get("rejected", 0), duplicates=r.get("duplicates", 0),
+                     error_file=r.get("error_file"))
             return {k: job.get(k) for k in ("job_id", "state", "changed", "reason", "result")}
 
         fetched = fetch()
