@@ -57,6 +57,17 @@ def test_config_and_registry_datasets_each_get_a_dag(env, tmp_path):
     assert not api.is_paused_upon_creation  # created through the API: runs without a manual unpause
 
 
+def test_an_interval_below_900_in_the_config_is_an_import_error(tmp_path, monkeypatch, airflow_db):
+    cfg = tmp_path / "datasets.yaml"
+    cfg.write_text("datasets:\n  fast: {source: https://example.invalid/x.csv, sync_interval: 300}\n")
+    monkeypatch.setenv("CDP_DATASETS", str(cfg))
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags" / "dataset_sync.py"))
+    (error,) = bag.import_errors.values()
+    assert "sync_interval must be at least 900 seconds (15 minutes); got 300" in error
+
+
 def test_dag_runs_are_jobs_nothing_changed_force_and_failure(env):
     store = env
     with http_files() as (base, handler):

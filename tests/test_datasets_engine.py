@@ -75,6 +75,24 @@ def test_names_and_source_kinds():
     assert ev.target.kind == "event" and Path(ev.target.mapping).is_file()
 
 
+def test_api_datasets_read_local_files_only_inside_the_landing_folder(tmp_path, monkeypatch):
+    landing = tmp_path / "landing"
+    (landing / "in").mkdir(parents=True)
+    monkeypatch.setenv("CDP_LANDING_DIR", str(landing))
+    ok = parse_spec("a", {"source": "in/x.csv", "origin": "api"})
+    assert ok.source.url == str(landing / "in" / "x.csv")
+    (landing / "in" / "escape").symlink_to("/etc")
+    for source in ("/etc/passwd.csv", "in/escape/passwd.csv"):
+        with pytest.raises(DatasetError, match="inside the landing folder") as e:
+            parse_spec("a", {"source": source, "origin": "api"})
+        assert e.value.code == "forbidden_path"
+    outside = tmp_path / "m.yaml"
+    outside.write_text("kind: event\nevent_type: {value: x}\n")
+    with pytest.raises(DatasetError, match="project's mappings"):
+        parse_spec("a", {"source": "in/x.csv", "origin": "api", "target": {"kind": "event", "mapping": str(outside)}})
+    assert parse_spec("a", {"source": "/etc/hosts.csv"}).source.url == "/etc/hosts.csv"  # config: the admin's call
+
+
 def test_registry_folder_and_config_are_merged(tmp_path):
     reg = tmp_path / "registry"
     spec = parse_spec("from_api", {"source": "https://h/x.csv", "sync_interval": 3600})
@@ -334,3 +352,33 @@ def test_csv_url_mapped_to_profiles_goes_through_the_pipeline(store, http_server
     # unchanged (304): nothing imported again
     assert sync_dataset(spec, store, job_id=job())["changed"] is False
     assert store.count(store.index("profile")) == 2
+
+
+def test_readers_of_the_alias_see_the_old_rows_or_the_new_rows_never_a_mix(store, tmp_path):
+    import threading
+
+    src = tmp_path / "big.csv"
+    src.write_text("id,v\n" + "".join(f"{i},old\n" for i in range(50)))
+    spec = parse_spec("big", {"source": str(src), "id_column": "id"})
+    sync_dataset(spec, store, job_id=job())
+    src.write_text("id,v\n" + "".join(f"{i},new\n" for i in range(3000)))
+    alias = alias_name(store.prefix, "big")
+    seen: list[tuple[int, int]] = []
+    stop = threading.Event()
+
+    def read():
+        while not stop.is_set():
+            body = {"size": 0, "aggs": {"v": {"terms": {"field": "v"}}}}
+            resp = store._request("POST", f"/{alias}/_search", body=body)
+            buckets = {b["key"]: b["doc_count"] for b in resp["aggregations"]["v"]["buckets"]}
+            seen.append((buckets.get("old", 0), buckets.get("new", 0)))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        sync_dataset(spec, store, job_id=job())
+    finally:
+        stop.set()
+        reader.join()
+    assert len(seen) > 3 and (50, 0) in seen and seen[-1] == (0, 3000)
+    assert set(seen) == {(50, 0), (0, 3000)}  # never half a sync, never old and new rows together

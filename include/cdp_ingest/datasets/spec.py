@@ -160,7 +160,7 @@ def _source(raw: Any, name: str) -> Source:
             if ".." in Path(path).parts:
                 raise DatasetError(f"dataset {name}: a local source path must not contain '..'")
             if not os.path.isabs(path):  # relative paths live in the landing folder, like CSV imports
-                path = str(Path(os.environ.get("CDP_LANDING_DIR", "/tmp/landing")) / path)
+                path = str(landing_root() / path)
             url = path
         return Source("http" if scheme == "https" else scheme, url=url, conn_id=conn_id)
     if not conn_id:
@@ -212,6 +212,9 @@ def parse_spec(name: str, cfg: dict[str, Any], *, mappings_dir: Path = MAPPINGS_
     if unknown:
         raise DatasetError(f"dataset {name}: unknown key(s) {', '.join(unknown)}")
     source = _source(cfg.get("source"), name)
+    target = _target(cfg.get("target"), name, mappings_dir)
+    if cfg.get("origin") == "api":
+        _check_api_paths(name, source, target, mappings_dir)
     fmt = cfg.get("format")
     if fmt is not None and fmt not in FORMATS:
         raise DatasetError(f"dataset {name}: format must be one of {', '.join(FORMATS)}, not {fmt!r}")
@@ -225,12 +228,33 @@ def parse_spec(name: str, cfg: dict[str, Any], *, mappings_dir: Path = MAPPINGS_
     if wm and not source.is_sql:
         raise DatasetError(f"dataset {name}: watermark_column only applies to table/query sources "
                            f"(files are compared by ETag, Last-Modified and content hash)")
-    return DatasetSpec(name=name, source=source, target=_target(cfg.get("target"), name, mappings_dir),
+    return DatasetSpec(name=name, source=source, target=target,
                        format=fmt, sync_interval=check_sync_interval(cfg.get("sync_interval")),
                        watermark_column=wm, id_column=idc,
                        store_conn_id=str(cfg.get("store_conn_id") or "cdp_opensearch"),
                        description=str(cfg.get("description") or ""), origin=str(cfg.get("origin") or "config"),
                        created_at=cfg.get("created_at"))
+
+
+def landing_root() -> Path:
+    return Path(os.environ.get("CDP_LANDING_DIR", "/tmp/landing"))
+
+
+def _inside(path: str | Path, root: Path) -> bool:
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _check_api_paths(name: str, source: Source, target: Target, mappings_dir: Path) -> None:
+    """Datasets created through the REST API may read local files only inside the landing folder, and
+    mapping files only from the project's mappings folder or the landing folder: an API user must not
+    be able to import /etc/passwd or a worker's secrets into the store (SPEC §7, no path traversal)."""
+    if source.kind == "file" and not _inside(str(source.url), landing_root()):
+        raise DatasetError(f"dataset {name}: a local source created through the API must be a path inside the "
+                           f"landing folder (give it relative to $CDP_LANDING_DIR)", "forbidden_path")
+    if target.mapping and not (_inside(target.mapping, mappings_dir) or _inside(target.mapping, landing_root())):
+        raise DatasetError(f"dataset {name}: a mapping file given through the API must be one of the project's "
+                           f"mappings or inside the landing folder", "forbidden_path")
 
 
 _SUFFIXES = {"csv": "csv", "parquet": "parquet", "parq": "parquet", "pq": "parquet", "json": "jsonl",
