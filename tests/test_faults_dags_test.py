@@ -20,6 +20,7 @@ from sftp_kit import ROOT, make_account, manifest_bytes
 pytestmark = [pytest.mark.services, pytest.mark.airflow]
 
 
+@pytest.mark.slow  # 25..55 s: the CLI process parses every DAG file and runs the six tasks in turn
 def test_airflow_dags_test_exits_0_after_a_successful_sftp_run(tmp_path, monkeypatch, opensearch, sftp_server,
                                                                  smtp_sink, webhook, airflow_db):
     acc = make_account(tmp_path, monkeypatch, opensearch=opensearch, sftp_server=sftp_server, smtp_sink=smtp_sink,
