@@ -271,3 +271,26 @@ def test_csv_files_are_on_the_activity_log_with_counts_steps_and_error_file(stor
     assert events["rejected"] > 0 and Path(events["error_file"]).is_file() and events["error_file_on"] == "local"
     # the ledger entries are not listed a second time
     assert len(view_entries(store)) == 3
+
+
+@pytest.mark.airflow
+def test_error_files_of_every_kind_download_through_the_authenticated_endpoint(store, tmp_path, client):
+    """A replay-style object-store URL (file:// here; s3:// / gs:// go through the same ObjectStoragePath
+    with ``error_file_conn_id``) and a local path; a file that is gone is a clean 404."""
+    log = ActivityLog(store)
+    obj = tmp_path / "archive.errors.csv"
+    obj.write_text("messageId,Failure Description\nm1,message larger than 32 KB\n")
+    local = tmp_path / "orders.errors.csv"
+    local.write_text("identity,Failure Description\n,identity is missing\n")
+    by_url = log.record(source="replay", unit="archive.jsonl.gz", status="done", error_file=obj.as_uri())
+    by_path = log.record(source="dataset", unit="orders", status="done", error_file=str(local))
+    gone = log.record(source="dataset", unit="gone", status="failed", error_file=str(tmp_path / "gone.errors.csv"))
+    assert (by_url["error_file_on"], by_path["error_file_on"]) == ("object", "local")
+    api = "/cdp-activity/api/activity"
+    for entry, src in ((by_url, obj), (by_path, local)):
+        assert client.get(f"{api}/{entry['id']}/error-file").status_code == 401
+        got = client.get(f"{api}/{entry['id']}/error-file", headers=viewer())
+        assert got.status_code == 200 and got.content == src.read_bytes()
+        assert src.name in got.headers["content-disposition"]
+    assert client.get(f"{api}/{gone['id']}/error-file", headers=viewer()).status_code == 404
+    assert client.get(f"{api}/no-such-entry/error-file", headers=viewer()).status_code == 404

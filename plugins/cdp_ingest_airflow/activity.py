@@ -12,7 +12,7 @@ the import ledger in the store, so every worker and the api-server see the same 
 Statuses: ``waiting_for_manifest`` | ``waiting`` (for a marker or data, with ``missing``) →
 ``picked_up`` → ``processing`` → ``done`` | ``failed`` | ``timed_out``. Each entry carries the counts
 (rows_in, loaded, rejected, duplicates), the error file (``error_file`` + ``error_file_on``: ``local``
-path on the workers/api-server, or ``sftp`` path in the account folder), the Airflow ``dag_id`` /
+path on the workers/api-server, ``object`` store URL, or ``sftp`` path in the account folder), the Airflow ``dag_id`` /
 ``run_id`` / ``task_id``, the notifications sent (``notified``) and a timeline (``events``: one item
 per status change or step, ``{"at", "status", "step", "note", "task_id"}``).
 
@@ -80,7 +80,7 @@ SOURCES = ("csv", "sftp", "partition", "replay", "dataset")  # known families; o
 COUNTS = ("rows_in", "loaded", "rejected", "duplicates")
 MAX_EVENTS = 200
 # Fields never shown by the console (the client's contact address is only used for notifications).
-PRIVATE_FIELDS = ("client_email", "sftp_conn_id")
+PRIVATE_FIELDS = ("client_email", "sftp_conn_id", "error_file_conn_id")
 _SOURCE_RE = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 
 _KW = {"type": "keyword"}
@@ -234,8 +234,10 @@ class ActivityLog:
         ``source``: the family (``csv``, ``sftp``, ``partition``, ``replay``, ``dataset``...); ``unit``: what
         operators search for (a file name, ``dt=YYYY-MM-DD``, a dataset name); ``status``: one of ``STATUSES``;
         ``missing``: what a waiting / timed-out unit waits for (``_SUCCESS``, a data file, a manifest);
-        ``error_file``: a local path (``error_file_on="local"``, the default) or an SFTP path (``"sftp"``),
-        downloadable from the console; ``notified``: a notification just sent (appended to ``notified``).
+        ``error_file``: a local path (``error_file_on="local"``, the default), an object-store URL
+        (``s3://``, ``gs://``, ``file://``: ``"object"``, read with ``error_file_conn_id=<Airflow connection>``)
+        or an SFTP path (``"sftp"``, with ``sftp_conn_id``), downloadable from the console; ``notified``: a
+        notification just sent (appended to ``notified``).
         """
         if not _SOURCE_RE.fullmatch(source or ""):
             raise ValueError(f"activity source must be a short lowercase name, not {source!r}")
@@ -252,7 +254,7 @@ class ActivityLog:
         fields.update({k: v for k, v in given.items() if v is not None})
         fields["file_name"] = file_name or (path or unit).rstrip("/").rsplit("/", 1)[-1]
         if error_file:
-            fields["error_file_on"] = error_file_on or "local"
+            fields["error_file_on"] = error_file_on or ("object" if "://" in error_file else "local")
         if message is not None:
             fields["message"] = str(message)[:2000]
         if status not in (FAILED, TIMED_OUT) and error_code is None:

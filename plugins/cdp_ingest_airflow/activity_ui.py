@@ -300,7 +300,8 @@ def find_entry(store: "Store", entry_id: str) -> dict[str, Any] | None:
 
     entry = ActivityLog(store).get(entry_id)
     if entry is not None:
-        return public(entry) | {"sftp_conn_id": entry.get("sftp_conn_id")}
+        return public(entry) | {"sftp_conn_id": entry.get("sftp_conn_id"),
+                                "error_file_conn_id": entry.get("error_file_conn_id")}
     led = Ledger(store).get(entry_id)
     return ledger_row(led) if led is not None else None
 
@@ -338,6 +339,18 @@ def local_error_file(entry: dict[str, Any]) -> Path:
     if not path.is_absolute() or not path.name.endswith(ERROR_SUFFIXES) or not path.is_file():
         raise FileNotFoundError(str(path))
     return path
+
+
+def _object_chunks(entry: dict[str, Any], block: int = 1 << 20):
+    """Stream an error CSV from an object store URL (s3://, gs://, file://) with the entry's connection."""
+    from airflow.sdk import ObjectStoragePath
+
+    conn_id = entry.get("error_file_conn_id")
+    path = ObjectStoragePath(entry["error_file"], conn_id=conn_id) if conn_id else \
+        ObjectStoragePath(entry["error_file"])
+    with path.open("rb") as fh:
+        while chunk := fh.read(block):
+            yield chunk
 
 
 def _sftp_chunks(entry: dict[str, Any], block: int = 1 << 20):
@@ -460,6 +473,7 @@ def create_app(*, store_conn_id: str = "cdp_opensearch"):
         entry = entry_or_404(entry_id, user)
         items, links = detail(entry, request)
         entry.pop("sftp_conn_id", None)
+        entry.pop("error_file_conn_id", None)
         return {"entry": entry, "timeline": items, "links": links, "notified": entry.get("notified") or []}
 
     @app.get("/api/activity/{entry_id}/error-file")
@@ -468,8 +482,18 @@ def create_app(*, store_conn_id: str = "cdp_opensearch"):
         if not entry.get("error_file"):
             raise HTTPException(status_code=404, detail="no error file for this entry")
         name = str(entry["error_file"]).rsplit("/", 1)[-1]
-        if entry.get("error_file_on") == "sftp":
-            return StreamingResponse(_sftp_chunks(entry), media_type="text/csv", headers={
+        if entry.get("error_file_on") in ("sftp", "object"):
+            chunks = _sftp_chunks(entry) if entry["error_file_on"] == "sftp" else _object_chunks(entry)
+            try:
+                first = next(chunks, b"")
+            except (FileNotFoundError, OSError) as e:
+                raise HTTPException(status_code=404, detail="the error file is gone from where it was written") from e
+
+            def stream():
+                yield first
+                yield from chunks
+
+            return StreamingResponse(stream(), media_type="text/csv", headers={
                 "Content-Disposition": f'attachment; filename="{name}"'})
         try:
             path = local_error_file(entry)
