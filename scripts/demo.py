@@ -193,11 +193,41 @@ def dataset_summary(api, jobs: dict[str, str], timeout: float) -> tuple[str, boo
     return "\n".join(lines) + "\n", ok
 
 
+REPLAY: dict[str, object] = {}  # set by prepare_replay: the local Segment-compatible receiver
+
+
+def prepare_replay(landing: Path, harness: Harness, scale: int) -> dict[str, dict]:
+    """A Segment archive (gzip JSON lines, two days) that ``replay_segment_history`` replays to a local
+    receiver enforcing Segment's /v1/batch contract (scripts/replay_receiver.py, stopped by PID)."""
+    from replay_receiver import DEFAULT_WRITE_KEY, start_receiver
+
+    from cdp_ingest.sample import segment_messages, write_segment_archive
+
+    receiver = REPLAY["receiver"] = start_receiver()
+    for i, day in enumerate(("2021-03-01", "2021-03-02")):
+        msgs = segment_messages(2000 * scale, start=datetime(2021, 3, 1 + i, tzinfo=UTC), prefix=day)
+        write_segment_archive(landing / "replay" / "segment" / day / f"{day}.jsonl.gz", msgs,
+                              raw_lines=['{"type": "track", "event": "No Identity"}'])
+    os.environ["AIRFLOW_CONN_CDP_SEGMENT"] = json.dumps({"conn_type": "http", "host": receiver.url,
+                                                         "login": DEFAULT_WRITE_KEY})
+    return {"replay_segment_history": {"trigger": True}}
+
+
+def replay_summary() -> str:
+    receiver = REPLAY.get("receiver")
+    if receiver is None:
+        return ""
+    st = receiver.stats()
+    return (f"\nreplay receiver (Segment /v1/batch at {receiver.url}): {st['unique']} messages received, "
+            f"{st['duplicates']} repeated deliveries dropped by messageId, {st['requests']} requests\n")
+
+
 # Each DAG family registers its preparer here: (services it needs, preparer).
 PREPARERS: list[tuple[tuple[str, ...], Callable[[Path, Harness, int], dict[str, dict]]]] = [
     (("opensearch", "webhook"), prepare_csv),
     (("opensearch", "webhook", "s3", "gcs"), prepare_partitions),
     (("opensearch", "postgres"), prepare_datasets),
+    (("opensearch", "webhook"), prepare_replay),
 ]
 
 
@@ -376,7 +406,7 @@ def main() -> int:
         states = wait_for_runs(home / "airflow.db", runs, args.timeout)
         ds_text, ds_ok = dataset_summary(*datasets, args.timeout)
         text, ok = summary(harness.services["opensearch"].info["url"], states, time.monotonic() - t0)
-        sys.stdout.write(ds_text + text)
+        sys.stdout.write(ds_text + replay_summary() + text)
         ok &= ds_ok
         if not ok:
             sys.stdout.write(f"Airflow logs: {home / 'logs'}; standalone log: {home / 'standalone.log'}\n")
@@ -390,6 +420,8 @@ def main() -> int:
             if proc is not None:
                 stop_standalone(proc)
             harness.stop()
+        if REPLAY.get("receiver"):
+            REPLAY["receiver"].stop()
         if DATASET_SOURCES.get("server"):
             DATASET_SOURCES["server"].shutdown()
 

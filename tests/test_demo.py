@@ -26,6 +26,10 @@ def test_demo_runs_every_dag_and_accounts_for_every_row():
     assert "tracker.csv                        event    committed     20000    19700      100    200" in out
     assert "cdp-profile                             490" in out
     assert "accounting mismatch" not in out
+    # the historical replay: two archive days into the local Segment-compatible receiver
+    assert "replay_segment_history           success" in out
+    assert "2021-03-01.jsonl.gz                replay   committed      2001     2000        1      0" in out
+    assert "4000 messages received, 0 repeated deliveries" in out
     # nothing left running: every service was stopped by PID
     state = (run_dir / "services" / "state.json").read_text()
     assert state.strip() == "{}"
