@@ -10,6 +10,13 @@ Design (measured in benchmarks/bulk_import.py):
 - Events and sessions use ``create``: a second copy of an id is refused by the server (409) and
   counted as a duplicate. A 409 whose stored copy carries the same ``import_id`` and row was written
   by an earlier attempt of this very import (a retry after a crash) and counts as loaded.
+- One document per event id across all monthly indices: before a chunk of events is sent, one ``ids``
+  query over ``<prefix>event-*`` finds the chunk's ids that are already stored (in any month), and an
+  in-load window holds the ids this load has sent but a search may not see yet (until the window is
+  full, the load refreshes what it wrote and forgets what is visible). An id stored in another month
+  is a duplicate, not a second document; one stored by this import's earlier attempt (same
+  ``import_id`` and row) counts as loaded. Two loads running at the same time with the same id in
+  different months are not coordinated (each checks what is stored when its chunk is sent).
 - Profiles are merged client-side (read, apply operations, write with ``if_seq_no`` /
   ``if_primary_term``, retry on conflict): no server-side scripts, which the integ-test
   distribution does not have.
@@ -155,7 +162,8 @@ class Store:
     def __init__(self, client, *, prefix: str = "cdp-", flavor: str = "opensearch", chunk_docs: int = 5000,
                  chunk_bytes: int = 8 << 20, concurrency: int = 2, max_retries: int = 6,
                  backoff: float = 0.5, max_backoff: float = 30.0, sleep: Callable[[float], None] = time.sleep,
-                 max_document_bytes: int = MAX_DOCUMENT_BYTES, max_cell_bytes: int = MAX_CELL_BYTES):
+                 max_document_bytes: int = MAX_DOCUMENT_BYTES, max_cell_bytes: int = MAX_CELL_BYTES,
+                 id_window: int = 50_000):
         if flavor not in ("opensearch", "elasticsearch"):
             raise ValueError(f"flavor must be opensearch or elasticsearch, not {flavor!r}")
         if chunk_docs < 1 or chunk_bytes < 1024 or concurrency < 1 or max_document_bytes < 1024:
@@ -172,6 +180,7 @@ class Store:
         self.max_backoff = max_backoff
         self.max_document_bytes = max_document_bytes
         self.max_cell_bytes = max_cell_bytes
+        self.id_window = id_window  # event ids a load remembers before it refreshes (see module doc)
         self._sleep = sleep
         self._lock = threading.Lock()
         self._retries = 0  # cumulative retries (requests and items), read into LoadStats
@@ -240,23 +249,69 @@ class Store:
         """
         stats = stats if stats is not None else LoadStats()
         retries_before = self._retries
-        pending: deque[Future] = deque()
+        pending: deque[tuple[int, Future]] = deque()
         too_big: list[Outcome] = []
+        window = _IdWindow()
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="bulk") as pool:
-            for chunk in self._chunks(items, too_big):
+            for seq, chunk in enumerate(self._chunks(items, too_big), 1):
                 for o in too_big:
                     stats.add(o)
                     yield o
                 too_big.clear()
+                chunk, early = self._claim(chunk, window, seq)
+                for o in early:
+                    stats.add(o)
+                    yield o
                 if not chunk:
                     continue
                 stats.indices.update(i.index for i in chunk)
-                pending.append(pool.submit(self._load_chunk, chunk, import_id))
+                pending.append((seq, pool.submit(self._load_chunk, chunk, import_id)))
                 while len(pending) > self.concurrency:
-                    yield from self._collect(pending.popleft(), stats)
+                    window.done, fut = pending.popleft()
+                    yield from self._collect(fut, stats)
+                if len(window) > self.id_window:  # what finished is made searchable, then forgotten
+                    self.refresh(window.indices)
+                    window.expire()
             while pending:
-                yield from self._collect(pending.popleft(), stats)
+                yield from self._collect(pending.popleft()[1], stats)
         stats.retries += self._retries - retries_before
+
+    def _claim(self, chunk: list[BulkItem], window: _IdWindow, seq: int) -> tuple[list[BulkItem], list[Outcome]]:
+        """Events whose id this load already sent to another month are duplicates (not sent); the
+        rest of the chunk's event ids join the window."""
+        events = self._event_prefix
+        send: list[BulkItem] = []
+        early: list[Outcome] = []
+        for it in chunk:
+            if it.index.startswith(events):
+                prev = window.get(it.id)
+                if prev is not None and prev != it.index:
+                    early.append(Outcome(it.ref, "duplicate", id=it.id))
+                    continue
+                if prev is None:
+                    window.add(it.id, it.index, seq)
+            send.append(it)
+        return send, early
+
+    @property
+    def _event_prefix(self) -> str:
+        return f"{self.prefix}event-"
+
+    def _find_events(self, ids: list[str]) -> dict[str, list[tuple[str, dict]]]:
+        """id → [(index, metadata.aux.cdp)] of the stored events with these ids, in any month."""
+        found: dict[str, list[tuple[str, dict]]] = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), 4000):
+            part = unique[start:start + 4000]
+            body = {"size": 2 * len(part), "track_total_hits": False, "query": {"ids": {"values": part}},
+                    "_source": ["metadata.aux.cdp"]}
+            resp = self._request("POST", f"/{self._event_prefix}*/_search", body=body,
+                                 params={"filter_path": "hits.hits._index,hits.hits._id,hits.hits._source",
+                                         "ignore_unavailable": "true", "allow_no_indices": "true"})
+            for h in ((resp or {}).get("hits") or {}).get("hits") or []:
+                cdp = (((h.get("_source") or {}).get("metadata") or {}).get("aux") or {}).get("cdp") or {}
+                found.setdefault(h["_id"], []).append((h["_index"], cdp))
+        return found
 
     def _collect(self, fut: Future, stats: LoadStats) -> Iterator[Outcome]:
         outcomes, requests = fut.result()
@@ -305,6 +360,20 @@ class Store:
         conflicts: list[BulkItem] = []
         requests = 0
         attempt = 0
+        events = self._event_prefix
+        event_ids = [it.id for it in chunk if it.index.startswith(events)]
+        found = self._find_events(event_ids) if event_ids else {}
+        requests += bool(event_ids)
+        if found:  # stored already (any month): this import's own earlier write, or a duplicate
+            unsent: list[BulkItem] = []
+            for it in chunk:
+                copies = found.get(it.id) if it.index.startswith(events) else None
+                if copies is None:
+                    unsent.append(it)
+                    continue
+                own = any(ix == it.index and _is_own(cdp, import_id, it.ref) for ix, cdp in copies)
+                outcomes.append(Outcome(it.ref, "loaded" if own else "duplicate", id=it.id))
+            chunk = unsent
         while chunk:
             resp = self._send_bulk(self._payload(chunk))
             requests += 1
@@ -350,8 +419,7 @@ class Store:
         out = []
         for it, d in zip(items, resp["docs"], strict=True):
             cdp = (((d.get("_source") or {}).get("metadata") or {}).get("aux") or {}).get("cdp") or {}
-            mine = cdp.get("import_id") == import_id and cdp.get("row") == it.ref
-            out.append(Outcome(it.ref, "loaded" if mine else "duplicate", id=it.id))
+            out.append(Outcome(it.ref, "loaded" if _is_own(cdp, import_id, it.ref) else "duplicate", id=it.id))
         return out
 
     # ---- profile merges -------------------------------------------------------------------------------
@@ -498,6 +566,43 @@ class ProfileRow:
     ref: int
     operations: list[tuple[str, str, Any]]
     ids: list[str] = field(default_factory=list)
+
+
+def _is_own(cdp: dict, import_id: str | None, ref: int) -> bool:
+    """Written by this import (an earlier attempt of it) from this very row."""
+    return import_id is not None and cdp.get("import_id") == import_id and cdp.get("row") == ref
+
+
+class _IdWindow:
+    """Event ids one load has sent (id → index), kept until a refresh has made them searchable.
+
+    ``done`` is the last chunk whose results came back; ``expire`` (called right after a refresh)
+    forgets the ids of chunks up to it. A deque keeps the order, so forgetting is O(forgotten)."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, tuple[str, int]] = {}
+        self._order: deque[tuple[int, str]] = deque()
+        self.indices: set[str] = set()
+        self.done = 0
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def get(self, doc_id: str) -> str | None:
+        hit = self._ids.get(doc_id)
+        return hit[0] if hit else None
+
+    def add(self, doc_id: str, index: str, seq: int) -> None:
+        self._ids[doc_id] = (index, seq)
+        self._order.append((seq, doc_id))
+        self.indices.add(index)
+
+    def expire(self) -> None:
+        while self._order and self._order[0][0] <= self.done:
+            seq, doc_id = self._order.popleft()
+            hit = self._ids.get(doc_id)
+            if hit is not None and hit[1] == seq:
+                del self._ids[doc_id]
 
 
 def _short(value: Any, limit: int = 300) -> str:

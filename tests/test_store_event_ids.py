@@ -1,0 +1,138 @@
+"""One document per event id across all monthly indices, against the real OpenSearch: ids repeated
+across month and year boundaries within one load, across loads, with chunks in flight, and a crashed
+import's retry (its own earlier writes count as loaded, repeats in other months as duplicates)."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from cdp_ingest.errors import StoreError
+from cdp_ingest.ledger import Ledger, SourceUnit
+from cdp_ingest.mapping import Mapper, Mapping
+from cdp_ingest.pipeline import begin_unit, load_unit, transform_unit
+from cdp_ingest.readers import read_batches
+from cdp_ingest.store import BulkItem, Store, make_client
+
+pytestmark = pytest.mark.services
+_prefixes = itertools.count()
+MAPPING = {"kind": "event", "source_id": "t", "id_column": "insert_id", "identity": ["email"],
+           "time": {"column": "ts", "format": "iso"}, "event_type": {"column": "event"}}
+
+
+@pytest.fixture
+def store(opensearch):
+    s = Store(make_client(opensearch.info["url"]), prefix=f"t-evid{next(_prefixes)}-", chunk_docs=4,
+              concurrency=2, backoff=0.01)
+    s.ensure_templates()
+    yield s
+    s._request("DELETE", f"/{s.prefix}*")
+
+
+def _item(store, doc_id: str, month: str, ref: int, import_id: str = "imp-1") -> BulkItem:
+    doc = {"id": doc_id, "metadata": {"time": {"insert": f"{month}-15T00:00:00"},
+                                      "aux": {"cdp": {"import_id": import_id, "row": ref}}}}
+    return BulkItem(f"{store.prefix}event-{month}", doc_id, orjson.dumps(doc), ref)
+
+
+def _docs(store) -> dict[str, list[str]]:
+    store.refresh([f"{store.prefix}event-*"])
+    resp = store._request("POST", f"/{store.prefix}event-*/_search", body={"size": 1000, "_source": False})
+    out: dict[str, list[str]] = {}
+    for h in resp["hits"]["hits"]:
+        out.setdefault(h["_id"], []).append(h["_index"].removeprefix(f"{store.prefix}event-"))
+    return out
+
+
+def test_repeated_ids_across_month_and_year_boundaries_in_one_load(store):
+    rows = [("a", "2025-12"), ("b", "2025-11"), ("a", "2026-01"),  # a: December, then January (year boundary)
+            ("c", "2025-11"), ("b", "2025-11"), ("d", "2025-12"),  # b again, same month (the 409 path)
+            ("a", "2025-11"), ("e", "2026-01"), ("c", "2024-11"),  # later chunks: a and c in other months/years
+            ("d", "2025-12"), ("f", "2025-11")]
+    out = {o.ref: o.status for o in store.bulk_load(
+        [_item(store, i, m, ref) for ref, (i, m) in enumerate(rows, 1)], import_id="imp-1")}
+    assert out == {1: "loaded", 2: "loaded", 3: "duplicate", 4: "loaded", 5: "duplicate", 6: "loaded",
+                   7: "duplicate", 8: "loaded", 9: "duplicate", 10: "duplicate", 11: "loaded"}
+    assert _docs(store) == {"a": ["2025-12"], "b": ["2025-11"], "c": ["2025-11"], "d": ["2025-12"],
+                            "e": ["2026-01"], "f": ["2025-11"]}
+
+
+def test_a_second_load_sees_ids_stored_in_other_months(store):
+    first = [_item(store, f"id{i}", "2025-12", i, "imp-1") for i in range(1, 21)]
+    assert {o.status for o in store.bulk_load(first, import_id="imp-1")} == {"loaded"}
+    store.refresh([f"{store.prefix}event-*"])  # what every load does when it ends
+    # the same ids a month and a year later, and ten new ones, from another import
+    second = ([_item(store, f"id{i}", "2026-01", i, "imp-2") for i in range(1, 11)]
+              + [_item(store, f"id{i}", "2024-12", i, "imp-2") for i in range(11, 21)]
+              + [_item(store, f"new{i}", "2026-01", 20 + i, "imp-2") for i in range(1, 11)])
+    out = [o for o in store.bulk_load(second, import_id="imp-2")]
+    assert sum(o.status == "duplicate" for o in out) == 20
+    assert sorted(o.id for o in out if o.status == "loaded") == sorted(f"new{i}" for i in range(1, 11))
+    docs = _docs(store)
+    assert len(docs) == 30 and all(len(v) == 1 for v in docs.values())
+    assert {docs[f"id{i}"][0] for i in range(1, 21)} == {"2025-12"}
+
+
+def test_chunks_in_flight_and_a_small_window_still_give_one_document_per_id(store):
+    """Two bulk threads with chunks of 4, ids repeating 1-3 chunks later in another month (so the first
+    copy is often still in flight), and a window of 16 ids, so most repeats are found by the ids query
+    after the load's own refresh rather than in the window."""
+    store.id_window = 16
+    months = ["2025-11", "2025-12", "2026-01", "2026-02"]
+    items, ref = [], itertools.count(1)
+    for i in range(150):
+        items.append(_item(store, f"u{i}", months[i % 4], next(ref)))
+        if i % 3 == 2:
+            j = max(0, i - 1 - i % 7)  # an id from up to ~2 chunks back, in the next month
+            items.append(_item(store, f"u{j}", months[(j + 1) % 4], next(ref)))
+    out = list(store.bulk_load(items, import_id="imp-1"))
+    assert sorted(o.ref for o in out) == list(range(1, len(items) + 1))
+    loaded = [o.id for o in out if o.status == "loaded"]
+    assert sorted(loaded) == sorted(f"u{i}" for i in range(150))
+    assert sum(o.status == "duplicate" for o in out) == len(items) - 150
+    docs = _docs(store)
+    assert len(docs) == 150 and all(docs[f"u{i}"] == [months[i % 4]] for i in range(150))
+
+
+def test_retry_of_a_crashed_import_counts_its_own_writes_as_loaded(store, tmp_path):
+    """A CSV whose ids repeat in other months and years; the load dies after some requests; the
+    retry (same import_id) ends with one document per id, its own earlier writes loaded."""
+    src = tmp_path / "events.csv"
+    lines = ["insert_id,ts,event,email"]
+    months = ["2025-11", "2025-12", "2026-01"]
+    for i in range(60):
+        lines.append(f"e{i},{months[i % 3]}-10T12:00:00Z,view,u{i % 7}@example.com")
+        if i % 4 == 3:
+            lines.append(f"e{i - 2},{months[(i + 1) % 3]}-20T12:00:00Z,view,u{i % 7}@example.com")
+    src.write_text("\n".join(lines) + "\n")
+    m = Mapping.from_dict(MAPPING, name="t")
+    ledger = Ledger(store)
+    entry = begin_unit(ledger, str(src), kind="event", source="test")
+    t = transform_unit(read_batches(src), Mapper(m, unit_key=entry.import_id, now=datetime.now(UTC)).map_row,
+                       prefix=store.prefix, import_id=entry.import_id, staged_path=tmp_path / "s.parquet",
+                       error_path=tmp_path / "t-err.csv")
+    assert (t.rows_in, t.rejected) == (75, 0)
+    calls = itertools.count()
+    original = store._send_bulk
+
+    def dying_send(payload: bytes):
+        if next(calls) == 6:
+            raise StoreError("worker lost its connection")
+        return original(payload)
+
+    store._send_bulk = dying_send
+    with pytest.raises(StoreError):
+        load_unit(t.staged, store, import_id=entry.import_id, error_path=tmp_path / "l-err.csv", columns=t.columns)
+    ledger.fail(entry, "crashed")
+    assert 0 < len(_docs(store)) < 60
+
+    store._send_bulk = original
+    retry = ledger.begin(SourceUnit.from_file(str(src)), kind="event", source="test")
+    assert retry.import_id == entry.import_id
+    ld = load_unit(t.staged, store, import_id=retry.import_id, error_path=tmp_path / "l-err.csv", columns=t.columns)
+    assert (ld.loaded, ld.duplicates, ld.failed) == (60, 15, 0)
+    docs = _docs(store)
+    assert len(docs) == 60 and all(v == [months[int(k[1:]) % 3]] for k, v in docs.items())
