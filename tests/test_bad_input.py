@@ -321,14 +321,14 @@ def test_gzip_bomb_of_many_rows_is_refused(store, tmp_path):
 
 
 def test_gzip_over_the_decompressed_limit_and_truncated_gzip(store, tmp_path):
-    body = b"id,email,note\n" + b"".join(b"r%d,u%d@x.io,%d\n" % (i, i, i * 7919) for i in range(50_000))
+    body = b"id,email,note\n" + b"".join(b"r%d,u%d@x.io,%d\n" % (i, i, i * 7919) for i in range(20_000))
     err = fails(store, tmp_path, gzip.compress(body), name="big.csv.gz", max_decompressed_bytes=200_000)
     assert err.code == "too_large" and err.message.endswith("inflates to more than 200,000 bytes")
     err = fails(store, tmp_path, gzip.compress(body)[:-200], name="cut.csv.gz")
     assert err.code == "unreadable"
     assert "Compressed file ended before the end-of-stream marker was reached" in err.message
     rep, _ = run(store, tmp_path, gzip.compress(body), EVENTS, name="ok.csv.gz")  # the same file, whole
-    assert (rep.rows_in, rep.loaded) == (50_000, 50_000)
+    assert (rep.rows_in, rep.loaded) == (20_000, 20_000)
 
 
 # ---- Parquet -----------------------------------------------------------------------------------------
