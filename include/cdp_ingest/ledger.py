@@ -55,20 +55,27 @@ class SourceUnit:
 
 @dataclass
 class Accounting:
+    """rows_in = loaded + updated + rejected + duplicates (``updated``: rows that replaced a stored
+    document, only in the ``overwrite`` write mode; 0 everywhere else)."""
+
     rows_in: int = 0
     loaded: int = 0
     rejected: int = 0
     duplicates: int = 0
+    updated: int = 0
 
     def check(self) -> None:
-        if self.rows_in != self.loaded + self.rejected + self.duplicates:
+        total = self.loaded + self.updated + self.rejected + self.duplicates
+        if self.rows_in != total:
+            updated = f" + updated={self.updated}" if self.updated else ""
             raise AccountingError(
-                f"accounting mismatch: rows_in={self.rows_in} but loaded={self.loaded} + rejected={self.rejected} "
-                f"+ duplicates={self.duplicates} = {self.loaded + self.rejected + self.duplicates}")
+                f"accounting mismatch: rows_in={self.rows_in} but loaded={self.loaded}{updated} + "
+                f"rejected={self.rejected} + duplicates={self.duplicates} = {total}")
 
     def __add__(self, other: Accounting) -> Accounting:
         return Accounting(self.rows_in + other.rows_in, self.loaded + other.loaded,
-                          self.rejected + other.rejected, self.duplicates + other.duplicates)
+                          self.rejected + other.rejected, self.duplicates + other.duplicates,
+                          self.updated + other.updated)
 
 
 @dataclass
@@ -93,6 +100,7 @@ class LedgerEntry:
     message: str | None = None
     attempts: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    updated: int = 0
 
     @property
     def committed(self) -> bool:
@@ -100,7 +108,7 @@ class LedgerEntry:
 
     @property
     def accounting(self) -> Accounting:
-        return Accounting(self.rows_in, self.loaded, self.rejected, self.duplicates)
+        return Accounting(self.rows_in, self.loaded, self.rejected, self.duplicates, self.updated)
 
 
 class Ledger:
@@ -141,6 +149,7 @@ class Ledger:
         entry.status = "committed"
         entry.rows_in, entry.loaded, entry.rejected, entry.duplicates = (acc.rows_in, acc.loaded, acc.rejected,
                                                                          acc.duplicates)
+        entry.updated = acc.updated
         entry.error_file = error_file
         entry.finished = iso(now or datetime.now(UTC))
         entry.extra.update(extra)

@@ -17,6 +17,7 @@ Example (``include/cdp_ingest/mappings/demo-events.yaml`` is a complete one)::
     defaults: {data.pii.language.native: en}                # constants set on every document
     derived: {data.pii.name: "{first name} {last name}"}    # templates over source columns
     unmapped: properties           # ignore | properties | traits (default: ignore)
+    write_mode: create             # events/sessions: create (first write wins) | overwrite (see store.py)
 
 A ``Mapper`` turns one source row (column → text) into a ``Mapped`` result or raises ``RowError``
 with one failure description. It holds no per-file state, so rows can be mapped in any worker.
@@ -96,6 +97,7 @@ class Mapping:
     derived: dict[str, str] = field(default_factory=dict)
     unmapped: str = "ignore"
     name: str = "mapping"
+    write_mode: str = "create"
 
     # ---- loading ----------------------------------------------------------------------------------
     @classmethod
@@ -115,7 +117,7 @@ class Mapping:
         if not isinstance(raw, dict):
             raise fail("must be a YAML mapping at top level")
         known = {"kind", "fields", "source_id", "id_column", "identity", "session_column", "time", "event_type",
-                 "defaults", "derived", "unmapped"}
+                 "defaults", "derived", "unmapped", "write_mode"}
         unknown = set(raw) - known
         if unknown:
             raise fail(f"unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
@@ -154,6 +156,9 @@ class Mapping:
         unmapped = raw.get("unmapped", "ignore")
         if unmapped not in ("ignore", "properties", "traits"):
             raise fail("unmapped must be ignore, properties or traits")
+        write_mode = raw.get("write_mode", "create")
+        if write_mode not in ("create", "overwrite"):
+            raise fail(f"write_mode must be create or overwrite, not {write_mode!r}")
         for target in (raw.get("defaults") or {}):
             _check_target(kind, target, fail)
         derived = raw.get("derived") or {}
@@ -167,7 +172,8 @@ class Mapping:
                    id_column=raw.get("id_column"), identity=identity, session_column=raw.get("session_column"),
                    time_column=time_spec.get("column"), time_format=time_spec.get("format", "epoch"),
                    event_type_column=et.get("column"), event_type_value=et.get("value"),
-                   defaults=dict(raw.get("defaults") or {}), derived=dict(derived), unmapped=unmapped, name=name)
+                   defaults=dict(raw.get("defaults") or {}), derived=dict(derived), unmapped=unmapped, name=name,
+                   write_mode=write_mode)
 
     def source_columns(self) -> set[str]:
         cols = {r.column for r in self.fields} | set(self.identity)

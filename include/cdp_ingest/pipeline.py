@@ -34,7 +34,7 @@ from cdp_ingest.errorfile import ErrorFileWriter
 from cdp_ingest.errors import RowError
 from cdp_ingest.ledger import Accounting, Ledger, LedgerEntry, SourceUnit
 from cdp_ingest.mapping import Mapped
-from cdp_ingest.store import MAX_CELL_BYTES, BulkItem, LoadStats, Outcome, ProfileRow, Store
+from cdp_ingest.store import MAX_CELL_BYTES, WRITE_MODES, BulkItem, LoadStats, Outcome, ProfileRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ STAGE_SCHEMA = pa.schema([
     ("ref", pa.int64()), ("kind", pa.string()), ("index", pa.string()), ("id", pa.string()),
     ("body", pa.binary()), ("orig", pa.binary()),
 ])
+# The write mode (store.WRITE_MODES) travels with the staged file, in its Parquet key-value metadata.
+WRITE_MODE_KEY = b"cdp.write_mode"
 STAGE_ROWS = 5_000  # at most this many rows per staged row group (and per batch a load reads)
 STAGE_FLUSH_BYTES = 8 << 20  # ... and at most about this much serialised payload per row group
 # A cell larger than MAX_CELL_BYTES rejects its row before it is mapped (one 50 MB cell sent as one bulk
@@ -59,6 +61,7 @@ class TransformResult:
     error_file: str | None
     columns: list[str]
     kinds: list[str]
+    write_mode: str = "create"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +76,7 @@ class LoadResult:
     indices: list[str]
     requests: int
     retries: int
+    updated: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +94,7 @@ class ImportReport:
     duplicates: int
     error_file: str | None
     seconds: float = 0.0
+    updated: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,7 +202,8 @@ class RowMapper:
 
 def transform_unit(batches: Iterable, row_fn: RowFn, *, prefix: str, import_id: str, staged_path: str | Path,
                    error_path: str | Path, flush_bytes: int = STAGE_FLUSH_BYTES,
-                   flush_rows: int = STAGE_ROWS, max_cell_bytes: int | None = MAX_CELL_BYTES) -> TransformResult:
+                   flush_rows: int = STAGE_ROWS, max_cell_bytes: int | None = MAX_CELL_BYTES,
+                   write_mode: str = "create") -> TransformResult:
     """Map every row, write accepted rows to the staged Parquet file and rejected rows to the error CSV.
 
     The staging buffer is written out as a row group every ``flush_rows`` rows or ``flush_bytes`` of
@@ -208,7 +214,10 @@ def transform_unit(batches: Iterable, row_fn: RowFn, *, prefix: str, import_id: 
     staged_path = Path(staged_path)
     staged_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = staged_path.with_suffix(".partial")
-    writer = pq.ParquetWriter(tmp, STAGE_SCHEMA, compression="zstd")
+    if write_mode not in WRITE_MODES:
+        raise ValueError(f"write_mode must be one of {WRITE_MODES}, not {write_mode!r}")
+    writer = pq.ParquetWriter(tmp, STAGE_SCHEMA.with_metadata({WRITE_MODE_KEY: write_mode.encode()}),
+                              compression="zstd")
     rm = RowMapper(row_fn, error_path, max_cell_bytes)
     cols: dict[str, list] = {k: [] for k in STAGE_SCHEMA.names}
     refs, kinds, indices, ids, bodies, origs = (cols[k] for k in STAGE_SCHEMA.names)
@@ -237,12 +246,13 @@ def transform_unit(batches: Iterable, row_fn: RowFn, *, prefix: str, import_id: 
         error_file = rm.close()
     os.replace(tmp, staged_path)
     return TransformResult(rm.rows_in, rm.accepted, rm.rejected, str(staged_path), error_file, list(rm.header),
-                           sorted(rm.kinds))
+                           sorted(rm.kinds), write_mode)
 
 
 def stream_unit(batches: Iterable, row_fn: RowFn, store: Store, *, kind: str, import_id: str,
                 error_path: str | Path, now: datetime | None = None,
-                max_cell_bytes: int | None = MAX_CELL_BYTES) -> tuple[TransformResult, LoadResult]:
+                max_cell_bytes: int | None = MAX_CELL_BYTES, write_mode: str = "create"
+                ) -> tuple[TransformResult, LoadResult]:
     """Map and load in one pass, without a staging file: the main thread maps rows while the bulk
     threads wait on the store, so the two overlap. Rejected and store-refused rows share one error CSV."""
     now = now or datetime.now(UTC)
@@ -265,7 +275,7 @@ def stream_unit(batches: Iterable, row_fn: RowFn, store: Store, *, kind: str, im
             yield BulkItem(index, doc_id, body, ref)
 
     outcomes = (store.merge_profiles(profile_rows(), import_id, now, stats=stats) if kind == "profile"
-                else store.bulk_load(documents(), import_id=import_id, stats=stats))
+                else store.bulk_load(documents(), import_id=import_id, stats=stats, write_mode=write_mode))
     try:
         for o in outcomes:
             row = pending.pop(o.ref, None)
@@ -274,9 +284,10 @@ def stream_unit(batches: Iterable, row_fn: RowFn, store: Store, *, kind: str, im
     finally:
         error_file = rm.close()
     store.refresh(stats.indices)
-    t = TransformResult(rm.rows_in, rm.accepted, rm.rejected, None, error_file, list(rm.header), sorted(rm.kinds))
+    t = TransformResult(rm.rows_in, rm.accepted, rm.rejected, None, error_file, list(rm.header), sorted(rm.kinds),
+                        write_mode)
     ld = LoadResult(stats.loaded, stats.duplicates, stats.failed, None, sorted(stats.indices), stats.requests,
-                    stats.retries)
+                    stats.retries, stats.updated)
     return t, ld
 
 
@@ -306,10 +317,14 @@ def staged_kinds(staged_path: str | Path) -> set[str]:
 
 
 def load_unit(staged_path: str | Path, store: Store, *, import_id: str, error_path: str | Path,
-              columns: list[str], now: datetime | None = None) -> LoadResult:
+              columns: list[str], now: datetime | None = None, write_mode: str | None = None) -> LoadResult:
     """Stream the staged file into the store. Profile operations are merged in file order first
-    (SPEC §1: profiles, then sessions, then events), then the other kinds are bulk-created."""
+    (SPEC §1: profiles, then sessions, then events), then the other kinds are bulk-written in the
+    staged file's write mode (``create`` unless the transform recorded another; ``write_mode`` overrides)."""
     now = now or datetime.now(UTC)
+    if write_mode is None:
+        meta = pq.read_schema(staged_path).metadata or {}
+        write_mode = meta.get(WRITE_MODE_KEY, b"create").decode()
     stats = LoadStats()
     errors = ErrorFileWriter(error_path, columns)
     if Path(error_path).exists():
@@ -342,11 +357,11 @@ def load_unit(staged_path: str | Path, store: Store, *, import_id: str, error_pa
         handle(store.merge_profiles(profiles(), import_id, now, stats=stats))
     for kind in ("session", "event"):
         if kind in kinds:
-            handle(store.bulk_load(documents(kind), import_id=import_id, stats=stats))
+            handle(store.bulk_load(documents(kind), import_id=import_id, stats=stats, write_mode=write_mode))
     error_file = errors.close()
     store.refresh(stats.indices)
     return LoadResult(stats.loaded, stats.duplicates, stats.failed, str(error_file) if error_file else None,
-                      sorted(stats.indices), stats.requests, stats.retries)
+                      sorted(stats.indices), stats.requests, stats.retries, stats.updated)
 
 
 # ---- commit -----------------------------------------------------------------------------------------
@@ -370,7 +385,8 @@ def merge_error_files(final_path: str | Path, *parts: str | None) -> str | None:
 
 def commit_unit(ledger: Ledger, entry: LedgerEntry, t: TransformResult, ld: LoadResult, *,
                 error_file: str | None) -> Accounting:
-    acc = Accounting(rows_in=t.rows_in, loaded=ld.loaded, rejected=t.rejected + ld.failed, duplicates=ld.duplicates)
+    acc = Accounting(rows_in=t.rows_in, loaded=ld.loaded, rejected=t.rejected + ld.failed, duplicates=ld.duplicates,
+                     updated=ld.updated)
     ledger.commit(entry, acc, error_file=error_file)
     return acc
 
@@ -378,7 +394,8 @@ def commit_unit(ledger: Ledger, entry: LedgerEntry, t: TransformResult, ld: Load
 # ---- all in one -----------------------------------------------------------------------------------
 def import_unit(source_path: str, open_batches: Callable[[], Iterable], row_fn_factory: Callable[[str], RowFn], *,
                 store: Store, ledger: Ledger, work_dir: str | Path, kind: str, source: str,
-                account: str | None = None, force: bool = False, opener=open, stage: bool = True) -> ImportReport:
+                account: str | None = None, force: bool = False, opener=open, stage: bool = True,
+                write_mode: str = "create") -> ImportReport:
     """Import one source unit in this process: begin, transform, load, commit.
 
     ``stage=False`` maps and loads in one overlapped pass (``stream_unit``) instead of going
@@ -397,7 +414,7 @@ def import_unit(source_path: str, open_batches: Callable[[], Iterable], row_fn_f
             staged = work / "staged.parquet"
             t = transform_unit(open_batches(), row_fn_factory(entry.import_id), prefix=store.prefix,
                                import_id=entry.import_id, staged_path=staged, error_path=work / "transform-errors.csv",
-                               max_cell_bytes=store.max_cell_bytes)
+                               max_cell_bytes=store.max_cell_bytes, write_mode=write_mode)
             ld = load_unit(staged, store, import_id=entry.import_id, error_path=work / "load-errors.csv",
                            columns=t.columns)
             error_file = merge_error_files(work / "errors.csv", t.error_file, ld.error_file)
@@ -405,11 +422,11 @@ def import_unit(source_path: str, open_batches: Callable[[], Iterable], row_fn_f
         else:
             t, ld = stream_unit(open_batches(), row_fn_factory(entry.import_id), store, kind=kind,
                                 import_id=entry.import_id, error_path=work / "errors.csv",
-                                max_cell_bytes=store.max_cell_bytes)
+                                max_cell_bytes=store.max_cell_bytes, write_mode=write_mode)
             error_file = t.error_file
         acc = commit_unit(ledger, entry, t, ld, error_file=error_file)
     except Exception as e:
         ledger.fail(entry, f"{e.__class__.__name__}: {e}")
         raise
     return ImportReport(entry.unit_id, entry.import_id, source_path, "committed", acc.rows_in, acc.loaded,
-                        acc.rejected, acc.duplicates, error_file, time.monotonic() - t0)
+                        acc.rejected, acc.duplicates, error_file, time.monotonic() - t0, acc.updated)

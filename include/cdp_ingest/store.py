@@ -17,6 +17,9 @@ Design (measured in benchmarks/bulk_import.py):
   is a duplicate, not a second document; one stored by this import's earlier attempt (same
   ``import_id`` and row) counts as loaded. Two loads running at the same time with the same id in
   different months are not coordinated (each checks what is stored when its chunk is sent).
+- Write modes: ``create`` (above: the first write wins) or ``overwrite``: documents are written with
+  ``index``, an event stored in another month is deleted there once its replacement is written, and a
+  row that replaced a stored document counts as ``updated`` (HTTP 200 instead of 201, or a copy found).
 - Profiles are merged client-side (read, apply operations, write with ``if_seq_no`` /
   ``if_primary_term``, retry on conflict): no server-side scripts, which the integ-test
   distribution does not have.
@@ -56,6 +59,7 @@ MAX_DOCUMENT_BYTES = 4 << 20
 # so that one connection configures both limits (extras ``max_cell_bytes`` / ``max_document_bytes``).
 MAX_CELL_BYTES = 1 << 20
 FILTER_PATH = "errors,items.*.status,items.*.error.type,items.*.error.reason"
+WRITE_MODES = ("create", "overwrite")
 
 
 class OrjsonSerializer:
@@ -96,7 +100,7 @@ class BulkItem:
 @dataclass(slots=True)
 class Outcome:
     ref: int
-    status: str  # "loaded" | "duplicate" | "failed"
+    status: str  # "loaded" | "updated" | "duplicate" | "failed"
     reason: str | None = None
     id: str | None = None
 
@@ -109,10 +113,13 @@ class LoadStats:
     requests: int = 0
     retries: int = 0
     indices: set[str] = field(default_factory=set)
+    updated: int = 0  # overwrite mode: rows that replaced a stored document
 
     def add(self, o: Outcome) -> None:
         if o.status == "loaded":
             self.loaded += 1
+        elif o.status == "updated":
+            self.updated += 1
         elif o.status == "duplicate":
             self.duplicates += 1
         else:
@@ -151,7 +158,7 @@ def _mappings(flavor: str) -> dict[str, dict]:
             "unit_id": kw, "import_id": kw, "source": kw, "path": kw, "kind": kw, "status": kw,
             "size": {"type": "long"}, "checksum": kw, "started": date, "finished": date,
             "rows_in": {"type": "long"}, "loaded": {"type": "long"}, "rejected": {"type": "long"},
-            "duplicates": {"type": "long"}, "error_file": kw, "account": kw,
+            "duplicates": {"type": "long"}, "updated": {"type": "long"}, "error_file": kw, "account": kw,
         }},
     }
 
@@ -242,11 +249,14 @@ class Store:
 
     # ---- bulk load of documents ----------------------------------------------------------------------
     def bulk_load(self, items: Iterable[BulkItem], import_id: str | None = None,
-                  stats: LoadStats | None = None) -> Iterator[Outcome]:
+                  stats: LoadStats | None = None, write_mode: str = "create") -> Iterator[Outcome]:
         """Write ``items`` in bounded chunks; yield one ``Outcome`` per item (order not guaranteed).
 
-        ``import_id`` lets a retried import recognise its own earlier writes (see module doc).
+        ``import_id`` lets a retried import recognise its own earlier writes; ``write_mode`` is
+        ``create`` or ``overwrite`` (see module doc).
         """
+        if write_mode not in WRITE_MODES:
+            raise ValueError(f"write_mode must be one of {WRITE_MODES}, not {write_mode!r}")
         stats = stats if stats is not None else LoadStats()
         retries_before = self._retries
         pending: deque[tuple[int, Future]] = deque()
@@ -258,14 +268,17 @@ class Store:
                     stats.add(o)
                     yield o
                 too_big.clear()
-                chunk, early = self._claim(chunk, window, seq)
+                chunk, early, replaces, after = self._claim(chunk, window, seq, write_mode)
                 for o in early:
                     stats.add(o)
                     yield o
                 if not chunk:
                     continue
+                while pending and pending[0][0] <= after:  # a copy this chunk replaces is still being written
+                    window.done, fut = pending.popleft()
+                    yield from self._collect(fut, stats)
                 stats.indices.update(i.index for i in chunk)
-                pending.append((seq, pool.submit(self._load_chunk, chunk, import_id)))
+                pending.append((seq, pool.submit(self._load_chunk, chunk, import_id, write_mode, replaces)))
                 while len(pending) > self.concurrency:
                     window.done, fut = pending.popleft()
                     yield from self._collect(fut, stats)
@@ -276,22 +289,34 @@ class Store:
                 yield from self._collect(pending.popleft()[1], stats)
         stats.retries += self._retries - retries_before
 
-    def _claim(self, chunk: list[BulkItem], window: _IdWindow, seq: int) -> tuple[list[BulkItem], list[Outcome]]:
-        """Events whose id this load already sent to another month are duplicates (not sent); the
-        rest of the chunk's event ids join the window."""
+    def _claim(self, chunk: list[BulkItem], window: _IdWindow, seq: int, write_mode: str
+               ) -> tuple[list[BulkItem], list[Outcome], dict[int, set[str]], int]:
+        """Events whose id this load already sent (any month): in ``create`` mode duplicates, not sent
+        (so the first row in file order wins, even with chunks in flight); in ``overwrite`` mode they are
+        sent once chunk ``after`` (the earlier copy's) has come back, and an earlier copy in another
+        month is to be deleted (``replaces``: ref → indices). The chunk's event ids join the window."""
         events = self._event_prefix
+        overwrite = write_mode == "overwrite"
         send: list[BulkItem] = []
         early: list[Outcome] = []
+        replaces: dict[int, set[str]] = {}
+        after = 0
         for it in chunk:
+            if overwrite:
+                it.op = "index"
             if it.index.startswith(events):
                 prev = window.get(it.id)
-                if prev is not None and prev != it.index:
-                    early.append(Outcome(it.ref, "duplicate", id=it.id))
-                    continue
-                if prev is None:
-                    window.add(it.id, it.index, seq)
+                if prev is not None:
+                    if not overwrite:
+                        early.append(Outcome(it.ref, "duplicate", id=it.id))
+                        continue
+                    if prev[0] != it.index:
+                        replaces.setdefault(it.ref, set()).add(prev[0])
+                    if prev[1] != seq:  # in this very chunk the bulk request keeps the order itself
+                        after = max(after, prev[1])
+                window.add(it.id, it.index, seq)
             send.append(it)
-        return send, early
+        return send, early, replaces, after
 
     @property
     def _event_prefix(self) -> str:
@@ -355,12 +380,17 @@ class Store:
             parts.append(b"\n")
         return b"".join(parts)
 
-    def _load_chunk(self, chunk: list[BulkItem], import_id: str | None) -> tuple[list[Outcome], int]:
+    def _load_chunk(self, chunk: list[BulkItem], import_id: str | None, write_mode: str = "create",
+                    replaces: dict[int, set[str]] | None = None) -> tuple[list[Outcome], int]:
         outcomes: list[Outcome] = []
         conflicts: list[BulkItem] = []
         requests = 0
         attempt = 0
         events = self._event_prefix
+        overwrite = write_mode == "overwrite"
+        replaces = replaces if replaces is not None else {}
+        own: set[int] = set()  # overwrite: stored by this import's earlier attempt from the same row
+        existed: set[int] = set()  # overwrite: a stored copy (another import's or row's) is replaced
         event_ids = [it.id for it in chunk if it.index.startswith(events)]
         found = self._find_events(event_ids) if event_ids else {}
         requests += bool(event_ids)
@@ -370,14 +400,26 @@ class Store:
                 copies = found.get(it.id) if it.index.startswith(events) else None
                 if copies is None:
                     unsent.append(it)
-                    continue
-                own = any(ix == it.index and _is_own(cdp, import_id, it.ref) for ix, cdp in copies)
-                outcomes.append(Outcome(it.ref, "loaded" if own else "duplicate", id=it.id))
+                elif overwrite:  # written again (last write wins); copies in other months go once it is
+                    (own if any(_is_own(cdp, import_id, it.ref) for _, cdp in copies) else existed).add(it.ref)
+                    moved = {ix for ix, _ in copies if ix != it.index}
+                    if moved:
+                        replaces.setdefault(it.ref, set()).update(moved)
+                    unsent.append(it)
+                else:
+                    mine = any(ix == it.index and _is_own(cdp, import_id, it.ref) for ix, cdp in copies)
+                    outcomes.append(Outcome(it.ref, "loaded" if mine else "duplicate", id=it.id))
             chunk = unsent
+
+        def written(it: BulkItem, st: int) -> Outcome:
+            if overwrite and it.ref not in own and (st == 200 or it.ref in existed or it.ref in replaces):
+                return Outcome(it.ref, "updated", id=it.id)
+            return Outcome(it.ref, "loaded", id=it.id)
+
         while chunk:
             resp = self._send_bulk(self._payload(chunk))
             requests += 1
-            if not resp.get("errors"):
+            if not resp.get("errors") and not overwrite:
                 outcomes.extend(Outcome(it.ref, "loaded", id=it.id) for it in chunk)
                 break
             again: list[BulkItem] = []
@@ -385,7 +427,7 @@ class Store:
                 r = next(iter(result.values()))
                 st = r.get("status", 500)
                 if st < 300:
-                    outcomes.append(Outcome(it.ref, "loaded", id=it.id))
+                    outcomes.append(written(it, st))
                 elif st == 409 and it.op == "create":
                     conflicts.append(it)
                 elif st in RETRY_STATUSES:
@@ -407,7 +449,38 @@ class Store:
         if conflicts:
             outcomes.extend(self._resolve_conflicts(conflicts, import_id))
             requests += 1
+        if replaces:
+            stale = [(ix, o.id) for o in outcomes if o.status in ("loaded", "updated") and o.ref in replaces
+                     for ix in sorted(replaces[o.ref])]
+            requests += self._delete_copies(stale)
         return outcomes, requests
+
+    def _delete_copies(self, targets: list[tuple[str, str | None]]) -> int:
+        """Delete the copies an overwrite replaced in other months (a missing one is fine)."""
+        requests = 0
+        for attempt in range(self.max_retries + 1):
+            if not targets:
+                break
+            payload = b"".join(b'{"delete":{"_index":"%s","_id":%s}}\n' % (ix.encode(), orjson.dumps(doc_id))
+                               for ix, doc_id in targets)
+            resp = self._send_bulk(payload)
+            requests += 1
+            if not resp.get("errors"):
+                targets = []
+                break
+            again = []
+            for target, result in zip(targets, resp["items"], strict=True):
+                st = next(iter(result.values())).get("status", 500)
+                if st in RETRY_STATUSES:
+                    again.append(target)
+                elif st >= 300 and st != 404:
+                    log.warning("overwrite: the old copy in %s could not be deleted (HTTP %s)", target[0], st)
+            targets = again
+            if again and attempt < self.max_retries:
+                self._sleep(min(self.max_backoff, self.backoff * 2 ** attempt))
+        if targets:
+            log.warning("overwrite: %s old copies in other months could not be deleted", len(targets))
+        return requests
 
     def _resolve_conflicts(self, items: list[BulkItem], import_id: str | None) -> list[Outcome]:
         """A 409 on create: ours from an earlier attempt (same import and row) or a real duplicate."""
@@ -585,12 +658,12 @@ class _IdWindow:
         self.indices: set[str] = set()
         self.done = 0
 
-    def __len__(self) -> int:
-        return len(self._ids)
+    def __len__(self) -> int:  # what it holds, repeats included (what refresh + expire frees)
+        return len(self._order)
 
-    def get(self, doc_id: str) -> str | None:
-        hit = self._ids.get(doc_id)
-        return hit[0] if hit else None
+    def get(self, doc_id: str) -> tuple[str, int] | None:
+        """(index, chunk) where this load sent the id last."""
+        return self._ids.get(doc_id)
 
     def add(self, doc_id: str, index: str, seq: int) -> None:
         self._ids[doc_id] = (index, seq)

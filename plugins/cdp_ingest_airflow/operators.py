@@ -92,7 +92,7 @@ class StageFileOperator(_StoreMixin, BaseOperator):
                                     Mapper(mapping, unit_key=entry.import_id, now=now).map_row,
                                     prefix=self.store.prefix, import_id=entry.import_id,
                                     staged_path=work / "staged.parquet", error_path=work / "transform-errors.csv",
-                                    max_cell_bytes=self.store.max_cell_bytes)
+                                    max_cell_bytes=self.store.max_cell_bytes, write_mode=mapping.write_mode)
         except Exception as e:
             ledger.fail(entry, f"{e.__class__.__name__}: {e}")
             record_step(activity, ref, "failed", step="transform", error_code=getattr(e, "code", "internal"),
@@ -174,8 +174,10 @@ class BulkIndexOperator(_StoreMixin, BaseOperator):
             raise
         Path(staged["staged"]).unlink(missing_ok=True)
         record_step(activity, ref, "done", step="committed", rows_in=acc.rows_in, loaded=acc.loaded,
-                    rejected=acc.rejected, duplicates=acc.duplicates, error_file=error_file)
-        self.log.info("loaded %s: loaded=%s rejected=%s duplicates=%s", staged["path"], acc.loaded, acc.rejected,
-                      acc.duplicates)
+                    rejected=acc.rejected, duplicates=acc.duplicates, error_file=error_file,
+                    **({"updated": acc.updated} if acc.updated else {}))
+        self.log.info("loaded %s: loaded=%s updated=%s rejected=%s duplicates=%s", staged["path"], acc.loaded,
+                      acc.updated, acc.rejected, acc.duplicates)
         return {**staged, "status": "committed", "loaded": acc.loaded, "rejected": acc.rejected,
-                "duplicates": acc.duplicates, "error_file": error_file, "indices": ld.indices}
+                "duplicates": acc.duplicates, "updated": acc.updated, "error_file": error_file,
+                "indices": ld.indices}

@@ -133,6 +133,9 @@ def validate_source(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"partition source {name}: max_reject_ratio must be between 0 and 1")
     start = cfg.get("start_date", "2025-01-01")
     start = start if isinstance(start, date) else date.fromisoformat(str(start))
+    write_mode = str(cfg.get("write_mode", "create"))
+    if write_mode not in ("create", "overwrite"):
+        raise ValueError(f"partition source {name}: write_mode must be create or overwrite, not {write_mode!r}")
     return {
         "name": name, "url": url.rstrip("/"), "scheme": scheme, "conn_id": cfg.get("conn_id"),
         "store_conn_id": cfg.get("store_conn_id", "cdp_opensearch"), "source_id": cfg.get("source_id", name),
@@ -140,7 +143,7 @@ def validate_source(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         "max_reject_ratio": ratio, "max_active_runs": int(cfg.get("max_active_runs", 1)), "sensor": sensor,
         "description": cfg.get("description", ""),
         "error_dir": str(cfg.get("error_dir") or landing_root() / "partitions" / name / "errors"),
-        "webhook_conn_id": cfg.get("webhook_conn_id", WEBHOOK_CONN_ID),
+        "webhook_conn_id": cfg.get("webhook_conn_id", WEBHOOK_CONN_ID), "write_mode": write_mode,
     }
 
 
@@ -261,7 +264,8 @@ def stage_partition_file(src: dict[str, Any], partition: dict[str, Any], file_ur
         try:
             result = transform_unit(read_partition_file(str(local)), mapper.map_row, prefix=store.prefix,
                                     import_id=entry.import_id, staged_path=work / "staged.parquet",
-                                    error_path=work / "transform-errors.csv", max_cell_bytes=store.max_cell_bytes)
+                                    error_path=work / "transform-errors.csv", max_cell_bytes=store.max_cell_bytes,
+                                    write_mode=src.get("write_mode", "create"))
         except Exception as e:
             ledger.fail(entry, f"{e.__class__.__name__}: {e}")
             activity_hooks.record_step(activity, ref, activity_hooks.FAILED, step="transform",
