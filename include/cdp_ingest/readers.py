@@ -258,10 +258,9 @@ class _Counting:
 class _BoundedGunzip(io.RawIOBase):
     """Gunzips ``raw``, failing the file as ``too_large`` when it inflates past the limits."""
 
-    def __init__(self, raw: Any, name: str, max_bytes: int):
+    def __init__(self, raw: Any, max_bytes: int):
         self._counted = _Counting(raw)
         self._gz = gzip.GzipFile(fileobj=self._counted, mode="rb")  # type: ignore[call-overload]
-        self._name = name or "source"
         self._max = max_bytes
         self.out = 0
 
@@ -272,9 +271,9 @@ class _BoundedGunzip(io.RawIOBase):
         n = self._gz.readinto(buffer)
         self.out += n
         if self.out > self._max:
-            raise FileLevelError("too_large", f"{self._name} inflates to more than {self._max:,} bytes")
+            raise FileLevelError("too_large", f"the gzipped file inflates to more than {self._max:,} bytes")
         if self.out > GZIP_RATIO_AFTER and self.out > GZIP_MAX_RATIO * max(1, self._counted.count):
-            raise FileLevelError("too_large", f"{self._name} inflates more than {GZIP_MAX_RATIO}:1 "
+            raise FileLevelError("too_large", f"the gzipped file inflates more than {GZIP_MAX_RATIO}:1 "
                                               f"({self._counted.count:,} compressed bytes gave {self.out:,} so far): "
                                               "refused as a likely compression bomb")
         return n
@@ -297,7 +296,7 @@ def _with_gunzip(raw: Any, name: str, stack: ExitStack, max_bytes: int = MAX_DEC
         raw = io.BufferedReader(_StreamAdapter(raw, head), buffer_size=READ_CHUNK)
     if gzipped:
         # GzipFile never closes a fileobj it was given.
-        bounded = io.BufferedReader(_BoundedGunzip(raw, name, max_bytes), buffer_size=READ_CHUNK)
+        bounded = io.BufferedReader(_BoundedGunzip(raw, max_bytes), buffer_size=READ_CHUNK)
         return cast(BinaryIO, stack.enter_context(bounded))
     return cast(BinaryIO, raw)
 
