@@ -6,6 +6,7 @@ Example (``include/cdp_ingest/mappings/demo-events.yaml`` is a complete one)::
     source_id: crm-export          # events: source.id
     id_column: insert_id           # events/sessions: natural key; default = hash(unit, row number)
     identity: [email]              # first non-empty column gives the profile id (profiles: required)
+    identity_normalize: {email: [trim, lower], phone: [e164]}  # applied to identity values first
     session_column: session_id     # events: session.id
     time: {column: ts, format: epoch}     # epoch | epoch_ms | iso | a strftime pattern
     event_type: {column: event}           # or {value: purchase}
@@ -45,6 +46,8 @@ EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 PHONE_RE = re.compile(r"^\+[1-9]\d{7,14}$")
 _PHONE_STRIP = str.maketrans("", "", " -().")
 VALIDATORS = ("email", "phone")
+# Steps applied, in order, to an identity value before the profile id is derived (identity_normalize).
+IDENTITY_STEPS = ("trim", "lower", "e164")
 TARGET_ROOTS = {
     "profile": {"data", "traits", "aux", "interests", "consents", "segments", "stats", "active"},
     "session": {"device", "os", "app", "utm", "context", "properties", "traits", "aux", "metadata"},
@@ -58,6 +61,24 @@ def profile_id_for(identity: str) -> str:
     """The profile id every source derives from the same identity value (cached: identities repeat
     across the rows of a file, and uuid5 is one of the costlier steps per row)."""
     return deterministic_id("identity", identity)
+
+
+def normalize_identity(value: str, steps: tuple[str, ...], column: str) -> str:
+    """``value`` after ``steps`` (IDENTITY_STEPS): ``trim`` strips surrounding whitespace, ``lower``
+    lowercases, ``e164`` drops spaces, dashes, dots and brackets and turns a leading ``00`` into ``+``;
+    a result that is not E.164 (``+`` and 8..15 digits) rejects the row."""
+    for step in steps:
+        if step == "trim":
+            value = value.strip()
+        elif step == "lower":
+            value = value.lower()
+        elif step == "e164":
+            value = value.strip().translate(_PHONE_STRIP)
+            if value.startswith("00"):
+                value = "+" + value[2:]
+            if value and not PHONE_RE.match(value):
+                raise RowError(f"column '{column}' (identity): not an E.164 phone number (e.g. +4930123456)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -98,6 +119,7 @@ class Mapping:
     unmapped: str = "ignore"
     name: str = "mapping"
     write_mode: str = "create"
+    identity_normalize: dict[str, tuple[str, ...]] = field(default_factory=dict)  # column -> steps
 
     # ---- loading ----------------------------------------------------------------------------------
     @classmethod
@@ -117,7 +139,7 @@ class Mapping:
         if not isinstance(raw, dict):
             raise fail("must be a YAML mapping at top level")
         known = {"kind", "fields", "source_id", "id_column", "identity", "session_column", "time", "event_type",
-                 "defaults", "derived", "unmapped", "write_mode"}
+                 "defaults", "derived", "unmapped", "write_mode", "identity_normalize"}
         unknown = set(raw) - known
         if unknown:
             raise fail(f"unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
@@ -145,6 +167,17 @@ class Mapping:
         identity = [identity] if isinstance(identity, str) else list(identity)
         if kind == "profile" and not identity:
             raise fail("a profile mapping needs identity: [column, ...]")
+        normalize = raw.get("identity_normalize") or {}
+        if not isinstance(normalize, dict):
+            raise fail("identity_normalize must map identity columns to steps, e.g. {email: [trim, lower]}")
+        steps_by_column: dict[str, tuple[str, ...]] = {}
+        for column, steps in normalize.items():
+            steps = [steps] if isinstance(steps, str) else steps
+            if column not in identity:
+                raise fail(f"identity_normalize: {column!r} is not an identity column ({identity})")
+            if not isinstance(steps, list) or not all(st in IDENTITY_STEPS for st in steps):
+                raise fail(f"identity_normalize {column!r}: steps must be a list of {IDENTITY_STEPS}")
+            steps_by_column[str(column)] = tuple(steps)
         time_spec = raw.get("time") or {}
         if isinstance(time_spec, str):
             time_spec = {"column": time_spec}
@@ -173,7 +206,7 @@ class Mapping:
                    time_column=time_spec.get("column"), time_format=time_spec.get("format", "epoch"),
                    event_type_column=et.get("column"), event_type_value=et.get("value"),
                    defaults=dict(raw.get("defaults") or {}), derived=dict(derived), unmapped=unmapped, name=name,
-                   write_mode=write_mode)
+                   write_mode=write_mode, identity_normalize=steps_by_column)
 
     def source_columns(self) -> set[str]:
         cols = {r.column for r in self.fields} | set(self.identity)
@@ -270,6 +303,18 @@ class Mapper:
                 raise RowError(f"column '{rule.column}': not a valid phone number (E.164, e.g. +4930123456)")
         return value
 
+    def _identity(self, row: dict[str, str]) -> str | None:
+        """The first identity column that is not empty once normalised (identity_normalize)."""
+        for column in self.m.identity:
+            value = row.get(column)
+            if value:
+                steps = self.m.identity_normalize.get(column)
+                if steps:
+                    value = normalize_identity(value, steps, column)
+                if value:
+                    return value
+        return None
+
     def map_row(self, row: dict[str, str], ref: int) -> Mapped:
         m = self.m
         if not all(type(v) is str for v in row.values()):  # Parquet: typed values, nulls
@@ -290,7 +335,10 @@ class Mapper:
             except (ValueError, IndexError) as e:
                 raise RowError(f"derived field {target}: {e}") from None
         values.extend(m.defaults.items())
-        identity = next((row[c] for c in m.identity if row.get(c)), None)
+        if m.identity_normalize:
+            identity = self._identity(row)
+        else:
+            identity = next((row[c] for c in m.identity if row.get(c)), None)
         if identity is not None and len(identity) >= 1024:
             raise RowError("identity value must be shorter than 1024 characters")
 
