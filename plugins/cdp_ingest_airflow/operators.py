@@ -105,12 +105,32 @@ class StageFileOperator(_StoreMixin, BaseOperator):
 
 
 def validate_stage(result: dict[str, Any], *, max_reject_ratio: float = 0.5) -> dict[str, Any]:
-    """The validate step: counts add up and the share of rejected rows is acceptable."""
+    """The validate step, on the staged file itself (its Parquet footer only, so it is cheap for any size):
+    it is readable, its schema is ``pipeline.STAGE_SCHEMA``, it holds exactly the rows the transform
+    accepted, rows_in = accepted + rejected, and the share of rejected rows is within ``max_reject_ratio``."""
     if result.get("status") == "skipped":
         return result
+    import pyarrow.parquet as pq
+
+    from cdp_ingest.pipeline import STAGE_SCHEMA
+
+    path, staged = result["path"], result.get("staged")
     if result["rows_in"] != result["accepted"] + result["rejected"]:
-        raise ValueError(f"{result['path']}: rows_in={result['rows_in']} != accepted {result['accepted']} + "
+        raise ValueError(f"{path}: rows_in={result['rows_in']} != accepted {result['accepted']} + "
                          f"rejected {result['rejected']}")
+    try:
+        meta = pq.read_metadata(staged) if staged else None
+    except (OSError, ValueError) as e:  # missing, truncated or not Parquet (ArrowInvalid is a ValueError)
+        raise ValueError(f"{path}: the staged file {staged} cannot be read: {e}") from e
+    if meta is None:
+        raise ValueError(f"{path}: the transform named no staged file")
+    schema = meta.schema.to_arrow_schema()
+    if not schema.equals(STAGE_SCHEMA, check_metadata=False):
+        found = ", ".join(f"{f.name}: {f.type}" for f in schema)
+        raise ValueError(f"{path}: the staged file {staged} does not have the stage schema (found {found})")
+    if meta.num_rows != result["accepted"]:
+        raise ValueError(f"{path}: the staged file {staged} holds {meta.num_rows} rows, but the transform "
+                         f"accepted {result['accepted']}")
     if result["rows_in"] and result["rejected"] / result["rows_in"] > max_reject_ratio:
         raise ValueError(f"{result['path']}: {result['rejected']} of {result['rows_in']} rows rejected, above the "
                          f"{max_reject_ratio:.0%} limit; see {result['error_file']}")
