@@ -95,7 +95,8 @@ def run_step(spec: DatasetSpec, job_id: str, step: str, fn, /, *args: Any, **kwa
         except Exception:  # the store may be what failed; the callback records the failure again
             log.warning("dataset %s: could not record the %s error of job %s", spec.name, step, job_id)
         if code not in RETRYABLE_CODES:
-            raise AirflowFailException(f"[{code}] {e}") from e
+            text = str(e)
+            raise AirflowFailException(text if text.startswith(f"[{code}]") else f"[{code}] {text}") from e
         raise
 
 
