@@ -130,3 +130,26 @@ def test_create_list_get_sync_jobs_and_delete(env, client, tmp_path):
     # config-declared datasets are not deleted through the API
     refused = client.delete(f"{API}/datasets/demo_products", headers=admin)
     assert refused.status_code == 409 and refused.json()["detail"]["code"] == "declared_in_config"
+
+
+def test_job_state_comes_from_the_run_and_the_job_document():
+    from types import SimpleNamespace
+
+    from cdp_ingest_airflow.dataset_api import job_view
+
+    def run(state):
+        return SimpleNamespace(run_id="r1", dag_id="dataset_sync_x", state=state, run_type="manual", queued_at=None,
+                               start_date=None, end_date=None, conf={"force": True})
+
+    assert job_view(run("queued"), None, "x")["state"] == "queued"
+    assert job_view(run("running"), None, "x")["state"] == "queued"  # no task has started the sync yet
+    assert job_view(run("running"), {"state": "importing", "started": "t"}, "x")["state"] == "importing"
+    # a task failed and will be retried: still importing, with the error so far
+    assert job_view(run("running"), {"state": "importing", "started": "t", "error_code": "source_unavailable"},
+                    "x")["state"] == "importing"
+    done = job_view(run("success"), {"state": "complete", "changed": False, "reason": "not modified (HTTP 304)"}, "x")
+    assert (done["state"], done["changed"], done["error_code"]) == ("complete", False, None)
+    failed = job_view(run("failed"), {"state": "failure", "error_code": "no_data_file", "error_message": "404"}, "x")
+    assert (failed["state"], failed["error_code"], failed["error_message"]) == ("failure", "no_data_file", "404")
+    died = job_view(run("failed"), None, "x")  # ended without any task recording why
+    assert (died["state"], died["error_code"]) == ("failure", "run_failed")

@@ -382,3 +382,22 @@ def test_readers_of_the_alias_see_the_old_rows_or_the_new_rows_never_a_mix(store
         reader.join()
     assert len(seen) > 3 and (50, 0) in seen and seen[-1] == (0, 3000)
     assert set(seen) == {(50, 0), (0, 3000)}  # never half a sync, never old and new rows together
+
+
+def test_cli_and_client_refuse_a_short_interval_before_calling_the_api(capsys, monkeypatch):
+    from cdp_ingest.cli import main
+    from cdp_ingest.datasets.client import DatasetsClient
+
+    rc = main(["datasets", "--url", "http://127.0.0.1:9", "create", "x", "--source", "https://h/x.csv",
+               "--sync-interval", "899"])
+    assert rc == 1 and "sync_interval must be at least 900 seconds" in capsys.readouterr().err
+    with pytest.raises(DatasetError, match="at least 900"):
+        DatasetsClient("http://127.0.0.1:9", token="t").create("x", "https://h/x.csv", sync_interval=60)
+    # no credentials, or an unreachable API: a clear error, not a traceback
+    for var in ("CDP_API_TOKEN", "CDP_API_USER", "CDP_API_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    assert main(["datasets", "--url", "http://127.0.0.1:9", "list"]) == 1
+    assert "give a token, or a username and password" in capsys.readouterr().err
+    monkeypatch.setenv("CDP_API_TOKEN", "t")
+    assert main(["datasets", "--url", "http://127.0.0.1:9", "list"]) == 1
+    assert "[unreachable] http://127.0.0.1:9" in capsys.readouterr().err

@@ -36,7 +36,7 @@ class ApiError(Exception):
     """The API refused a request: HTTP ``status``, a stable ``code`` and its ``message``."""
 
     def __init__(self, status: int, code: str, message: str):
-        super().__init__(f"HTTP {status} [{code}] {message}")
+        super().__init__(f"HTTP {status} [{code}] {message}" if status else f"[{code}] {message}")
         self.status, self.code, self.message = status, code, message
 
 
@@ -66,7 +66,7 @@ class DatasetsClient:
     def token(self) -> str:
         if not self._token:
             if not (self.username and self.password):
-                raise ApiError(401, "no_credentials", "give a token, or a username and password (CDP_API_USER, "
+                raise ApiError(0, "no_credentials", "give a token, or a username and password (CDP_API_USER, "
                                                       "CDP_API_PASSWORD)")
             resp = self._call("POST", "/auth/token", {"username": self.username, "password": self.password},
                               auth=False)
