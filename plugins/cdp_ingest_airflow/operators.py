@@ -93,6 +93,10 @@ class StageFileOperator(_StoreMixin, BaseOperator):
                                     prefix=self.store.prefix, import_id=entry.import_id,
                                     staged_path=work / "staged.parquet", error_path=work / "transform-errors.csv",
                                     max_cell_bytes=self.store.max_cell_bytes, write_mode=mapping.write_mode)
+            from cdp_ingest_airflow.staging import publish  # CDP_STAGING_URL: hand over through object storage
+
+            result.staged = publish(result.staged, entry.import_id)
+            result.error_file = publish(result.error_file, entry.import_id)
         except Exception as e:
             ledger.fail(entry, f"{e.__class__.__name__}: {e}")
             record_step(activity, ref, "failed", step="transform", error_code=getattr(e, "code", "internal"),
@@ -118,8 +122,14 @@ def validate_stage(result: dict[str, Any], *, max_reject_ratio: float = 0.5) -> 
     if result["rows_in"] != result["accepted"] + result["rejected"]:
         raise ValueError(f"{path}: rows_in={result['rows_in']} != accepted {result['accepted']} + "
                          f"rejected {result['rejected']}")
+    from cdp_ingest_airflow.staging import open_staged
+
     try:
-        meta = pq.read_metadata(staged) if staged else None
+        if staged:
+            with open_staged(staged) as fh:
+                meta = pq.read_metadata(fh)
+        else:
+            meta = None
     except (OSError, ValueError) as e:  # missing, truncated or not Parquet (ArrowInvalid is a ValueError)
         raise ValueError(f"{path}: the staged file {staged} cannot be read: {e}") from e
     if meta is None:
@@ -177,13 +187,18 @@ class BulkIndexOperator(_StoreMixin, BaseOperator):
                         error_file=entry.error_file)
             return {**staged, **entry.accounting.__dict__, "error_file": entry.error_file}
         record_step(activity, ref, "processing", step="load")
-        work = Path(staged["staged"]).parent
+        from cdp_ingest_airflow.staging import fetch, is_remote, remove
+
+        remote = is_remote(staged["staged"])
+        work = staging_root() / entry.import_id if remote else Path(staged["staged"]).parent
         try:
-            ld: LoadResult = load_unit(staged["staged"], self.store, import_id=entry.import_id,
+            local_staged = fetch(staged["staged"], work)  # staged through object storage: a local copy first
+            transform_errors = fetch(staged.get("error_file"), work)
+            ld: LoadResult = load_unit(local_staged, self.store, import_id=entry.import_id,
                                        error_path=work / "load-errors.csv", columns=staged["columns"])
             final_dir = Path(self.error_dir) if self.error_dir else work
             error_file = merge_error_files(final_dir / f"{Path(staged['path']).stem}.{entry.import_id}.errors.csv",
-                                           staged.get("error_file"), ld.error_file)
+                                           transform_errors, ld.error_file)
             t = TransformResult(staged["rows_in"], staged["accepted"], staged["rejected"], staged["staged"],
                                 staged.get("error_file"), staged["columns"], [staged["kind"]])
             acc = commit_unit(ledger, entry, t, ld, error_file=error_file)
@@ -192,7 +207,10 @@ class BulkIndexOperator(_StoreMixin, BaseOperator):
             record_step(activity, ref, "failed", step="load", error_code=getattr(e, "code", "internal"),
                         message=f"{e.__class__.__name__}: {e}")
             raise
-        Path(staged["staged"]).unlink(missing_ok=True)
+        Path(local_staged).unlink(missing_ok=True)
+        if remote:
+            remove(staged["staged"])
+            remove(staged.get("error_file"))
         record_step(activity, ref, "done", step="committed", rows_in=acc.rows_in, loaded=acc.loaded,
                     rejected=acc.rejected, duplicates=acc.duplicates, error_file=error_file,
                     **({"updated": acc.updated} if acc.updated else {}))

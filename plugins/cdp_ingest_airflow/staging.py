@@ -1,0 +1,81 @@
+"""Where tasks hand staged files to each other: a local folder (default) or object storage.
+
+``CDP_STAGING_DIR`` (default ``/tmp/cdp-staging``) is where a task writes and reads its working copies.
+With ``CDP_STAGING_URL`` set (e.g. ``s3://cdp-staging/imports``; read through ``CDP_STAGING_CONN_ID``,
+an Airflow connection, with ``ObjectStoragePath``), the transform task *publishes* its staged Parquet
+file and its error CSV there and the XCom result carries their URLs; the load task *fetches* them into
+its own ``CDP_STAGING_DIR`` first. So transform and load may run on different Celery workers and hosts
+without a shared file system. Local paths pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+COPY_BLOCK = 8 << 20
+
+
+def staging_url() -> str | None:
+    return (os.environ.get("CDP_STAGING_URL") or "").rstrip("/") or None
+
+
+def is_remote(location: str | None) -> bool:
+    return bool(location) and "://" in str(location) and not str(location).startswith("file://")
+
+
+def _path(url: str):
+    from airflow.sdk import ObjectStoragePath
+
+    conn_id = os.environ.get("CDP_STAGING_CONN_ID")
+    return ObjectStoragePath(url, conn_id=conn_id) if conn_id else ObjectStoragePath(url)
+
+
+def publish(local: str | Path | None, import_id: str) -> str | None:
+    """Upload ``local`` to ``<CDP_STAGING_URL>/<import_id>/<name>`` and return that URL (then the local
+    copy is removed); without a staging URL (or a file) return ``local`` as it is."""
+    url = staging_url()
+    if local is None or not url:
+        return None if local is None else str(local)
+    local = Path(local)
+    location = f"{url}/{import_id}/{local.name}"  # without the connection id: CDP_STAGING_CONN_ID is read again
+    with open(local, "rb") as src, _path(location).open("wb") as out:
+        shutil.copyfileobj(src, out, COPY_BLOCK)
+    size = local.stat().st_size
+    local.unlink()
+    log.info("staged %s as %s (%s bytes)", local.name, location, size)
+    return location
+
+
+def fetch(location: str | None, local_dir: str | Path) -> str | None:
+    """A local path for ``location``: a remote staged file is downloaded into ``local_dir`` first."""
+    if not location or not is_remote(location):
+        return location
+    src = _path(location)
+    local = Path(local_dir) / src.name
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_suffix(local.suffix + ".partial")
+    with src.open("rb") as fh, open(tmp, "wb") as out:
+        shutil.copyfileobj(fh, out, COPY_BLOCK)
+    os.replace(tmp, local)
+    return str(local)
+
+
+def open_staged(location: str):
+    """A binary file object for a staged file, local or remote (the validate step reads its footer)."""
+    return _path(location).open("rb") if is_remote(location) else open(location, "rb")
+
+
+def remove(location: str | None) -> None:
+    if not location:
+        return
+    if is_remote(location):
+        try:
+            _path(location).unlink()
+        except FileNotFoundError:
+            pass
+    else:
+        Path(location).unlink(missing_ok=True)

@@ -1,0 +1,60 @@
+"""Staged files handed over through object storage (CDP_STAGING_URL): the CSV stage task publishes its
+staged Parquet file and error CSV to S3 (moto), validate reads the footer there, and the load task —
+with another, empty local staging folder, as on another worker host — fetches them, loads, merges the
+errors and removes the objects. Against the real OpenSearch and the local S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cdp_ingest import sample
+from cdp_ingest.errorfile import read_error_file
+from cdp_ingest.store import Store, make_client
+
+pytestmark = [pytest.mark.services, pytest.mark.airflow]
+MAPPINGS = Path(__file__).resolve().parents[1] / "include" / "cdp_ingest" / "mappings"
+
+
+def test_stage_and_load_on_different_hosts_through_s3(tmp_path, monkeypatch, opensearch, s3_server):
+    import boto3
+
+    from cdp_ingest_airflow.operators import BulkIndexOperator, StageFileOperator, validate_stage
+
+    s3 = boto3.client("s3", endpoint_url=s3_server.info["endpoint_url"], aws_access_key_id="testing",
+                      aws_secret_access_key="testing", region_name="us-east-1")
+    bucket = f"cdp-staging-{os.getpid()}"
+    s3.create_bucket(Bucket=bucket)
+    monkeypatch.setenv("CDP_STAGING_URL", f"s3://{bucket}/imports/")
+    monkeypatch.setenv("CDP_STAGING_CONN_ID", "cdp_s3")
+    monkeypatch.setenv("CDP_STAGING_DIR", str(tmp_path / "host-a"))
+    conn = json.loads(os.environ["AIRFLOW_CONN_CDP_OPENSEARCH"])
+    conn["extra"]["index_prefix"] = "t-s3stage-"
+    monkeypatch.setenv("AIRFLOW_CONN_CDP_OPENSEARCH", json.dumps(conn))
+    src = tmp_path / "tracker.csv"
+    exp = sample.write_events(src, 1000, profiles=50, sessions=20)
+    try:
+        staged = StageFileOperator(task_id="stage", source_path=str(src),
+                                   mapping_path=str(MAPPINGS / "demo-events.yaml")).execute({"logical_date": None})
+        iid = staged["import_id"]
+        assert staged["staged"] == f"s3://{bucket}/imports/{iid}/staged.parquet"
+        assert staged["error_file"] == f"s3://{bucket}/imports/{iid}/transform-errors.csv"
+        assert not list((tmp_path / "host-a").rglob("*.parquet"))  # nothing left on the stage host
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+        assert keys == {f"imports/{iid}/staged.parquet", f"imports/{iid}/transform-errors.csv"}
+        assert validate_stage(staged) == staged  # footer read from S3: row count and schema checked
+
+        monkeypatch.setenv("CDP_STAGING_DIR", str(tmp_path / "host-b"))  # the load runs elsewhere
+        out = BulkIndexOperator(task_id="load", staged=staged, error_dir=str(tmp_path / "errors")).execute({})
+        assert out["status"] == "committed"
+        assert (out["loaded"], out["rejected"], out["duplicates"]) == (exp.good, exp.bad, exp.duplicates)
+        assert len(read_error_file(out["error_file"])) == exp.bad  # the transform's rejects came from S3
+        assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0  # handed over, then removed
+        store = Store(make_client(opensearch.info["url"]), prefix="t-s3stage-")
+        store.refresh(["t-s3stage-event-*"])
+        assert store.count("t-s3stage-event-*") == exp.good
+    finally:
+        Store(make_client(opensearch.info["url"]), prefix="t-s3stage-")._request("DELETE", "/t-s3stage-*")
