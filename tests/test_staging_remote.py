@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from test_partition_e2e import _states, ev, insert_id, parquet, partition_env  # noqa: F401 (a fixture)
 
 from cdp_ingest import sample
 from cdp_ingest.errorfile import read_error_file
@@ -58,3 +59,31 @@ def test_stage_and_load_on_different_hosts_through_s3(tmp_path, monkeypatch, ope
         assert store.count("t-s3stage-event-*") == exp.good
     finally:
         Store(make_client(opensearch.info["url"]), prefix="t-s3stage-")._request("DELETE", "/t-s3stage-*")
+
+
+def test_partition_dag_stages_through_s3_and_leaves_nothing_behind(partition_env, monkeypatch):  # noqa: F811
+    """The partition DAG (dag.test) with CDP_STAGING_URL: a day loads completely, a dry run of another
+    day stages and validates through S3 and removes its objects; no staged file stays anywhere."""
+    from datetime import date
+
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    env = partition_env("s3")
+    bucket = f"{env.bucket}-staging"
+    S3Hook(aws_conn_id="cdp_s3").create_bucket(bucket)
+    monkeypatch.setenv("CDP_STAGING_URL", f"s3://{bucket}/staged")
+    monkeypatch.setenv("CDP_STAGING_CONN_ID", "cdp_s3")
+    day, other = date(2025, 5, 1), date(2025, 5, 2)
+    env.put_day(day, {"a.parquet": parquet([ev(n, day) for n in range(6)]),
+                      "b.parquet": parquet([ev(n, day) for n in range(6, 10)] + [ev(10, day, insert_id="")])})
+    env.put_day(other, {"a.parquet": parquet([ev(n, other) for n in range(20, 23)])})
+
+    assert env.run(day).state == "success"
+    assert set(env.documents()) == {insert_id(n) for n in range(10)}
+    assert {e["status"] for e in env.ledger()} == {"committed"}
+    assert len(env.error_rows(day)) == 1  # the transform's reject, fetched from S3 by the load task
+    dr = env.run(day, conf={"date": str(other), "dry_run": True})
+    assert dr.state == "success" and _states(dr)["file.load"] == {"skipped"}
+    assert set(env.documents()) == {insert_id(n) for n in range(10)}
+    assert not S3Hook(aws_conn_id="cdp_s3").list_keys(bucket)  # loaded or dry-run: removed
+    assert list((env.base / "staging").rglob("*.parquet")) == []

@@ -282,6 +282,10 @@ def stage_partition_file(src: dict[str, Any], partition: dict[str, Any], file_ur
              result.rejected)
     activity_hooks.record_step(activity, ref, activity_hooks.PROCESSING, step="staged", rows_in=result.rows_in,
                                rejected=result.rejected)
+    from cdp_ingest_airflow.staging import publish  # CDP_STAGING_URL: the load may run on another host
+
+    result.staged = publish(result.staged, entry.import_id)
+    result.error_file = publish(result.error_file, entry.import_id)
     return {**base, **result.to_dict(), "status": "staged"}
 
 
@@ -295,9 +299,12 @@ def record_day(src: dict[str, Any], partition: dict[str, Any], staged: list[dict
 
     head = {"source": src["name"], "day": partition["day"], "prefix": partition["prefix"]}
     if partition.get("dry_run"):
-        for s in staged:  # nothing will load them; a real run stages the files again
-            if s.get("staged"):
-                Path(s["staged"]).unlink(missing_ok=True)
+        from cdp_ingest_airflow.staging import remove
+
+        for s in staged:  # nothing will load them; a real run stages the files again (local or CDP_STAGING_URL)
+            remove(s.get("staged"))
+            if s.get("error_file") and "://" in s["error_file"]:
+                remove(s["error_file"])
         summary = {**head, "dry_run": True, "files": len(staged),
                    **{k: sum(int(s.get(k) or 0) for s in staged) for k in ("rows_in", "accepted", "rejected")}}
         log.info("dry run of %s %s: files=%s rows_in=%s accepted=%s rejected=%s", src["name"], partition["day"],
