@@ -12,6 +12,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,7 @@ def test_datasets_through_the_api_client_and_cli_on_a_real_airflow(tmp_path, ope
     env = {**os.environ, **airflow_env(home, tmp_path / "landing"), "AIRFLOW_CONN_CDP_OPENSEARCH": json.dumps(conn),
            "AIRFLOW__API__PORT": str(port), "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-           "CDP_DATASETS_DIR": str(tmp_path / "datasets")}
+           "CDP_DATASETS_DIR": str(tmp_path / "datasets"), "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10"}
     env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "plugins"), os.environ.get("PYTHONPATH")]))
     url = f"http://127.0.0.1:{port}"
@@ -78,6 +79,13 @@ def test_datasets_through_the_api_client_and_cli_on_a_real_airflow(tmp_path, ope
             urllib.request.urlopen(f"{url}/cdp-datasets/api/datasets", timeout=10)
         assert e.value.code == 401  # behind Airflow auth
         api = DatasetsClient(url, username="admin", password=password)
+        # a registry file written by another api-server (shared $CDP_DATASETS_DIR): the dag-processor alone
+        # turns it into a DAG at its next parse, without a restart
+        registry = tmp_path / "datasets" / "registry"
+        registry.mkdir(parents=True, exist_ok=True)
+        (registry / "e2e_dropped.json").write_text(json.dumps({
+            "source": {"url": "https://example.invalid/x.csv"}, "sync_interval": 86400,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds")}))
 
         with http_files() as (base, handler):
             handler.files["/plans.csv"] = (b"plan,price\nfree,0\npro,10\nteam,30\n", "Wed, 01 Jan 2026 10:00:00 GMT")
@@ -119,6 +127,11 @@ def test_datasets_through_the_api_client_and_cli_on_a_real_airflow(tmp_path, ope
         assert sorted(rows) == ["1", "3", "4"] and rows["1"]["name"] == "ann b"  # exactly the source's rows
         jobs = subprocess.run([*cli, "jobs", "e2e_pg"], env=cli_env, capture_output=True, text=True, timeout=60)
         assert [j["state"] for j in json.loads(jobs.stdout)] == ["complete", "complete"]
+
+        af.wait("the dag-processor to parse the dropped registry entry", lambda: af.query(
+            "SELECT 1 FROM serialized_dag WHERE dag_id = 'dataset_sync_e2e_dropped'"), timeout=180)
+        dropped = api.get("e2e_dropped")
+        assert dropped["state"] == "new" and dropped["origin"] == "api" and dropped["paused"] is False
 
         # delete: alias, DAG and registry entry are gone
         gone = api.delete("e2e_pg")
