@@ -87,3 +87,14 @@ def test_partition_dag_stages_through_s3_and_leaves_nothing_behind(partition_env
     assert set(env.documents()) == {insert_id(n) for n in range(10)}
     assert not S3Hook(aws_conn_id="cdp_s3").list_keys(bucket)  # loaded or dry-run: removed
     assert list((env.base / "staging").rglob("*.parquet")) == []
+
+
+def test_compose_passes_the_staging_url_to_every_airflow_service():
+    from test_docker_compose import env_of, resolved, services
+
+    doc = resolved({"CDP_STAGING_URL": "s3://cdp-staging/imports", "CDP_STAGING_CONN_ID": "minio"})
+    for name in ("airflow-worker", "airflow-scheduler", "airflow-dag-processor"):
+        env = env_of(services(doc)[name])
+        assert (env["CDP_STAGING_URL"], env["CDP_STAGING_CONN_ID"]) == ("s3://cdp-staging/imports", "minio")
+    default = env_of(services(resolved())["airflow-worker"])
+    assert (default["CDP_STAGING_URL"], default["CDP_STAGING_CONN_ID"]) == ("", "cdp_staging")  # local staging
