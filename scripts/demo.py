@@ -317,7 +317,7 @@ def summary(url: str, states: dict[str, str], seconds: float) -> tuple[str, bool
     entries = Ledger(store).list(limit=200)
     ok = all(s == "success" for s in states.values()) and bool(entries)
     for e in sorted(entries, key=lambda e: e.started or ""):
-        balanced = e.rows_in == e.loaded + e.rejected + e.duplicates
+        balanced = e.rows_in == e.loaded + e.updated + e.rejected + e.duplicates  # updated: overwrite mode
         ok &= e.committed and balanced
         lines.append(f"{Path(e.path).name[:34]:34} {e.kind:8} {e.status:10} {e.rows_in:8d} {e.loaded:8d} "
                      f"{e.rejected:8d} {e.duplicates:6d}{'' if balanced else '  <-- accounting mismatch'}")
