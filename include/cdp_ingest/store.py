@@ -262,6 +262,7 @@ class Store:
         pending: deque[tuple[int, Future]] = deque()
         too_big: list[Outcome] = []
         window = _IdWindow()
+        kept = 0  # ids still in the window after the last expiry (chunks in flight)
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="bulk") as pool:
             for seq, chunk in enumerate(self._chunks(items, too_big), 1):
                 for o in too_big:
@@ -282,9 +283,10 @@ class Store:
                 while len(pending) > self.concurrency:
                     window.done, fut = pending.popleft()
                     yield from self._collect(fut, stats)
-                if len(window) > self.id_window:  # what finished is made searchable, then forgotten
+                if len(window) > kept + self.id_window:  # what finished is made searchable, then forgotten
                     self.refresh(window.indices)
                     window.expire()
+                    kept = len(window)
             while pending:
                 yield from self._collect(pending.popleft()[1], stats)
         stats.retries += self._retries - retries_before
