@@ -51,8 +51,14 @@ class LiveAirflow:
         self.proc: subprocess.Popen | None = None
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        r = subprocess.run([str(VENV_BIN / "airflow"), *args], env=self.env, capture_output=True, text=True,
-                           timeout=300)
+        for _ in range(4):
+            r = subprocess.run([str(VENV_BIN / "airflow"), *args], env=self.env, capture_output=True, text=True,
+                               timeout=300)
+            # SQLite is one writer at a time: a CLI write that meets the running scheduler's write
+            # transaction on a loaded machine fails with "database is locked" (rolled back); try again
+            if r.returncode == 0 or "database is locked" not in r.stderr:
+                break
+            time.sleep(3)
         if check and r.returncode != 0:
             raise AssertionError(f"airflow {' '.join(args)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
         return r
