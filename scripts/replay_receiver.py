@@ -125,6 +125,7 @@ def make_handler(state: State, *, write_key: str, source_id: str, noop: bool):
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
 
         def log_message(self, *args):  # quiet: the tests read /_stats
             pass
