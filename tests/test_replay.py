@@ -129,6 +129,46 @@ def test_plan_respects_batch_limits_and_is_deterministic(tmp_path):
     assert "above the 32768-byte limit" in rows[0]["Failure Description"] and "y" * 1000 in rows[0]["message"]
 
 
+def test_worker_processes_plan_the_same_batches(tmp_path, monkeypatch):
+    """Planning in worker processes (spawned, blocks of lines) gives the serial plan: same batches, digest,
+    counts and error file, and memory of repeats spans the blocks."""
+    from cdp_ingest import replay
+
+    msgs = k.segment_messages(6000)
+    msgs[2500]["messageId"] = msgs[10]["messageId"]  # a repeat far from the original: another block
+    msgs[4000]["type"] = "bogus"
+    msgs[4500].pop("timestamp")
+    archive = tmp_path / "a.jsonl"
+    lines = [orjson.dumps(m) for m in msgs]
+    lines[5000] = b"{broken"
+    archive.write_bytes(b"\n".join(lines[:3000]) + b"\n\n" + b"\n".join(lines[3000:]) + b"\n")
+    from concurrent.futures import ProcessPoolExecutor
+
+    monkeypatch.setattr(replay, "PARALLEL_AFTER_BLOCKS", 2)  # workers from the third block on
+    submitted = []
+    submit = ProcessPoolExecutor.submit
+    monkeypatch.setattr(ProcessPoolExecutor, "submit",
+                        lambda self, fn, *a: submitted.append(a[0]) or submit(self, fn, *a))
+    plans = {}
+    for workers in (1, 2):
+        settings = ReplaySettings(name="t", max_batch_messages=300, workers=workers)
+        plans[workers] = plan_replay(jsonl_records(str(archive), block_size=64 << 10), settings, unit="a",
+                                     staged_path=tmp_path / f"p{workers}.parquet",
+                                     error_path=tmp_path / f"e{workers}.csv", source_label="a.jsonl")
+        assert bool(submitted) == (workers == 2)
+    serial, parallel = plans[1], plans[2]
+    assert len(submitted) > 20 and submitted[0] > 1  # blocks (by first line) went to the workers
+    assert (parallel.rows_in, parallel.accepted, parallel.rejected, parallel.duplicates,
+            parallel.missing_timestamp) == (6000, 5997, 2, 1, 1)
+    assert parallel.digest == serial.digest and parallel.batches == serial.batches
+    assert [b.payload for b in read_plan(parallel.staged)] == [b.payload for b in read_plan(serial.staged)]
+    assert [b.refs for b in read_plan(parallel.staged)][-1][-1] == 6001  # the blank line is counted
+    rows = list(csv.DictReader(open(parallel.error_file)))
+    assert [r["line"] for r in rows] == ["4002", "5002"]
+    assert "not one of" in rows[0]["Failure Description"] and "invalid JSON" in rows[1]["Failure Description"]
+    assert open(parallel.error_file).read() == open(serial.error_file).read()
+
+
 def test_settings_refuse_what_must_not_run():
     with pytest.raises(ReplayConfigError, match="not accepting historical timestamps"):
         ReplaySettings(name="x", historical=False).check()

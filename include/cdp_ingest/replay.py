@@ -31,7 +31,7 @@ import logging
 import os
 import random
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -45,8 +45,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cdp_ingest.errorfile import ErrorFileWriter
-from cdp_ingest.errors import RowError
 from cdp_ingest.ledger import Accounting
+from cdp_ingest.replay_lines import (
+    PreparedBlock,
+    Record,
+    init_worker,
+    prepare_lines,
+    prepare_records,
+    records_of_lines,
+)
 from cdp_ingest.segment import (  # noqa: F401 - settings and errors are part of this module's interface
     _ENVELOPE_HEAD,
     _ENVELOPE_TAIL,
@@ -55,6 +62,7 @@ from cdp_ingest.segment import (  # noqa: F401 - settings and errors are part of
     MAX_BATCH_BYTES,
     MAX_BATCH_MESSAGES,
     SENT_AT_FIELD,
+    Preparer,
     ReplayConfigError,
     ReplayError,
     ReplaySettings,
@@ -87,76 +95,98 @@ class BatchRefused(Exception):
 
 
 # ---- sources --------------------------------------------------------------------------------------
-@dataclass(slots=True)
-class Record:
-    line: int
-    value: dict[str, Any] | None
-    raw: str | bytes  # the archived line, for the error file
-    problem: str | None = None
-
-    def text(self) -> str:
-        return self.raw.decode("utf-8", errors="replace") if isinstance(self.raw, bytes) else self.raw
-
-
-def jsonl_records(source: Any, *, storage_options: dict | None = None,
-                  block_size: int = 1 << 20) -> Iterator[Record]:
+class JsonLines:
     """JSON lines (plain or gzip) as records, one block of the file in memory at a time.
 
     Lines are split in bulk and the raw line is kept as bytes (decoded only for the error file):
     this reader is the replay's hot path. Line numbers count every line, blank ones included (blank
-    lines are not records); a line over ``MAX_JSON_LINE_BYTES`` is a bad record, not a crash."""
-    import zlib
+    lines are not records); a line over ``MAX_JSON_LINE_BYTES`` is a bad record, not a crash.
+    ``blocks()`` gives the raw lines in blocks (number of the first line, lines), which planning hands
+    to worker processes; iterating gives the records."""
 
-    from cdp_ingest.readers import MAX_JSON_LINE_BYTES, _read_error, _source_name, open_source
+    def __init__(self, source: Any, *, storage_options: dict | None = None, block_size: int = 1 << 20):
+        self.source, self.storage_options, self.block_size = source, storage_options, block_size
 
-    name = _source_name(source) or "<file object>"
-    loads, decode_error = orjson.loads, orjson.JSONDecodeError
-    line_no = 0
-    with open_source(source, storage_options=storage_options) as stream:
-        rest = b""
-        overlong = False
-        while True:
-            try:
-                block = stream.read(block_size)
-            except (OSError, EOFError, zlib.error) as e:
-                raise _read_error(name, e) from e
-            if not block:
-                break
-            lines = (rest + block).split(b"\n") if rest else block.split(b"\n")
-            rest = lines.pop()
-            if overlong and lines:  # the end of a line already reported as too long
-                lines.pop(0)
-                overlong = False
-            if len(rest) > MAX_JSON_LINE_BYTES:
-                if not overlong:
-                    lines.append(rest)  # reported below as too long; the rest of it is skipped
-                overlong, rest = True, b""
-            for raw in lines:
-                line_no += 1
-                if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]
-                if len(raw) > MAX_JSON_LINE_BYTES:
-                    yield Record(line_no, None, raw[:1024], f"line {line_no}: longer than {MAX_JSON_LINE_BYTES} bytes")
-                    continue
+    def __iter__(self) -> Iterator[Record]:
+        from cdp_ingest.readers import MAX_JSON_LINE_BYTES
+
+        for first, lines in self.blocks():
+            yield from records_of_lines(first, lines, MAX_JSON_LINE_BYTES)
+
+    def blocks(self) -> Iterator[tuple[int, list[bytes]]]:
+        import zlib
+
+        from cdp_ingest.readers import MAX_JSON_LINE_BYTES, _read_error, _source_name, open_source
+
+        name = _source_name(self.source) or "<file object>"
+        line_no = 0  # lines handed out so far
+        with open_source(self.source, storage_options=self.storage_options) as stream:
+            rest = b""
+            overlong = False
+            while True:
                 try:
-                    value = loads(raw)
-                except decode_error as e:
-                    if raw.strip():
-                        yield Record(line_no, None, raw, f"line {line_no}: invalid JSON: {e}")
-                    continue
-                if isinstance(value, dict):
-                    yield Record(line_no, value, raw)
-                else:
-                    yield Record(line_no, None, raw, f"line {line_no}: not a JSON object")
-        if rest.strip() and not overlong:
-            line_no += 1
-            try:
-                value = loads(rest)
-            except decode_error as e:
-                yield Record(line_no, None, rest, f"line {line_no}: invalid JSON: {e}")
-            else:
-                yield (Record(line_no, value, rest) if isinstance(value, dict)
-                       else Record(line_no, None, rest, f"line {line_no}: not a JSON object"))
+                    block = stream.read(self.block_size)
+                except (OSError, EOFError, zlib.error) as e:
+                    raise _read_error(name, e) from e
+                if not block:
+                    break
+                lines = (rest + block).split(b"\n") if rest else block.split(b"\n")
+                rest = lines.pop()
+                if overlong and lines:  # the end of a line already reported as too long
+                    lines.pop(0)
+                    overlong = False
+                if len(rest) > MAX_JSON_LINE_BYTES:
+                    if not overlong:
+                        lines.append(rest)  # reported as too long; the rest of it is skipped
+                    overlong, rest = True, b""
+                if lines:
+                    yield line_no + 1, lines
+                    line_no += len(lines)
+            if rest.strip() and not overlong:
+                yield line_no + 1, [rest]
+
+
+def jsonl_records(source: Any, *, storage_options: dict | None = None, block_size: int = 1 << 20) -> JsonLines:
+    """JSON lines (plain or gzip) as records (see ``JsonLines``)."""
+    return JsonLines(source, storage_options=storage_options, block_size=block_size)
+
+
+PARALLEL_AFTER_BLOCKS = 8  # blocks (~1 MB each) planned in-process before worker processes start
+
+
+def prepared_blocks(records: Iterable[Record], preparer: Preparer, *, workers: int = 1) -> Iterator[PreparedBlock]:
+    """Prepared messages in archive order. JSON lines (``JsonLines``) with ``workers`` > 1 are parsed and
+    rewritten by that many worker processes (spawned, so a task process's threads and sockets are not
+    forked) once the archive is longer than ``PARALLEL_AFTER_BLOCKS`` blocks; the caller packs the batches,
+    so the plan is the same whatever the number of workers."""
+    if workers <= 1 or not isinstance(records, JsonLines):
+        yield from prepare_records(records, preparer)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from cdp_ingest.readers import MAX_JSON_LINE_BYTES as max_line
+
+    blocks = records.blocks()
+    for n, (first, lines) in enumerate(blocks):
+        yield prepare_lines(first, lines, max_line, preparer)
+        if n + 1 >= PARALLEL_AFTER_BLOCKS:
+            break
+    else:
+        return
+    pending: deque[Future] = deque()
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=init_worker,
+                             initargs=(preparer,)) as pool:
+        try:
+            for first, lines in blocks:
+                pending.append(pool.submit(prepare_lines, first, lines, max_line))
+                if len(pending) > 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def csv_records(source: Any, mapping: dict[str, Any], *, storage_options: dict | None = None) -> Iterator[Record]:
@@ -252,14 +282,16 @@ class _RecentIds:
 
     def __init__(self, size: int):
         self.size = size
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: set[str] = set()
+        self._order: deque[str] = deque()
 
     def seen(self, mid: str) -> bool:
         if mid in self._ids:
             return True
-        self._ids[mid] = None
-        if len(self._ids) > self.size:
-            self._ids.popitem(last=False)
+        self._ids.add(mid)
+        self._order.append(mid)
+        if len(self._order) > self.size:
+            self._ids.discard(self._order.popleft())
         return False
 
 
@@ -316,34 +348,28 @@ def plan_replay(records: Iterable[Record], settings: ReplaySettings, *, unit: st
         held = 0
 
     try:
-        for rec in records:
-            plan.rows_in += 1
-            try:
-                if rec.problem is not None:
-                    raise RowError(rec.problem)
-                if rec.value is None:
-                    raise RowError(f"line {rec.line}: not a message")
-                mid, body, has_ts = prepare_message(rec.value, replay=settings.name, unit=unit, line=rec.line,
-                                                    integrations=settings.integrations,
-                                                    max_bytes=settings.max_message_bytes)
-            except RowError as e:
-                plan.rejected += 1
-                errors.write({"source": source_label, "line": rec.line, "message": rec.text()}, str(e))
-                continue
-            if recent.seen(mid):
-                plan.duplicates += 1
-                continue
-            plan.accepted += 1
-            plan.missing_timestamp += not has_ts
-            size = len(body) + (1 if cur_bodies else 0)
-            if cur_bodies and (cur_bytes + size > settings.max_batch_bytes
-                               or len(cur_bodies) >= settings.max_batch_messages):
-                close_batch()
-                size = len(body)
-            cur_refs.append(rec.line)
-            cur_ids.append(mid)
-            cur_bodies.append(memoryview(body).tobytes())
-            cur_bytes += size
+        preparer = Preparer(settings.name, unit, integrations=settings.integrations,
+                            max_bytes=settings.max_message_bytes)
+        for block in prepared_blocks(records, preparer, workers=settings.workers):
+            plan.rows_in += block.rows_in
+            plan.rejected += len(block.rejected)
+            for line, raw, reason in block.rejected:
+                errors.write({"source": source_label, "line": line, "message": raw}, reason)
+            for line, mid, body, has_ts in block.accepted:
+                if recent.seen(mid):
+                    plan.duplicates += 1
+                    continue
+                plan.accepted += 1
+                plan.missing_timestamp += not has_ts
+                size = len(body) + (1 if cur_bodies else 0)
+                if cur_bodies and (cur_bytes + size > settings.max_batch_bytes
+                                   or len(cur_bodies) >= settings.max_batch_messages):
+                    close_batch()
+                    size = len(body)
+                cur_refs.append(line)
+                cur_ids.append(mid)
+                cur_bodies.append(memoryview(body).tobytes())
+                cur_bytes += size
         close_batch()
         flush()
     finally:
@@ -669,7 +695,7 @@ def make_sink(destination: str, endpoint: str, *, write_key: str | None = None, 
 
 
 def open_records(source: str, *, mapping: dict[str, Any] | None = None,
-                 storage_options: dict | None = None) -> Iterator[Record]:
+                 storage_options: dict | None = None) -> Iterable[Record]:
     """Records of one archive file: CSV (needs a message mapping) or JSON lines (plain or gzip; Segment's
     own S3 archive files are ``<time>.<uuid>.gz`` without an inner extension, so that is JSON lines too)."""
     name = str(source).rsplit("/", 1)[-1].lower().removesuffix(".gz")

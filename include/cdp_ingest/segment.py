@@ -72,6 +72,7 @@ class ReplaySettings:
     backoff_seconds: float = 1.0
     max_backoff_seconds: float = 60.0
     dedup_window: int = 200_000
+    workers: int = 2  # processes that parse and rewrite a big JSON-lines archive while planning; 1 = none
 
     def check(self) -> ReplaySettings:
         """Refuse, before anything is read or sent, what must not run."""
@@ -91,6 +92,8 @@ class ReplaySettings:
         if self.max_message_bytes + len(_ENVELOPE_HEAD) + len(_ENVELOPE_TAIL) > self.max_batch_bytes:
             raise ReplayConfigError(f"replay {self.name}: max_batch_bytes must hold one message of "
                                     f"max_message_bytes")
+        if not 1 <= self.workers <= 64:
+            raise ReplayConfigError(f"replay {self.name}: workers must be 1..64")
         if self.rate_limit < 0 or self.concurrency < 1:
             raise ReplayConfigError(f"replay {self.name}: rate_limit must be >= 0 and concurrency >= 1")
         if self.integrations is not None and not isinstance(self.integrations, dict):
@@ -161,41 +164,73 @@ def check_identity(msg: dict[str, Any]) -> None:
 def message_id(replay: str, unit: str, original_id: Any, line: int) -> str:
     """Deterministic: the same replay of the same archived message always gets the same id
     (a UUID-shaped BLAKE2b digest of replay name, source unit and original id or line)."""
-    key = f"id:{original_id}" if original_id not in (None, "") else f"line:{line}"
-    h = hashlib.blake2b(f"replay\x1f{replay}\x1f{unit}\x1f{key}".encode(), digest_size=16).hexdigest()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return Preparer(replay, unit).message_id(original_id, line)
+
+
+_FAST_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|\+00:00)")
+
+
+class Preparer:
+    """``prepare_message`` for one (replay, source unit), with what every message shares computed once:
+    the id digest's prefix state, the integrations, the limits. The replay's hot path (it runs in the
+    planning worker processes too, so it holds only picklable state)."""
+
+    def __init__(self, replay: str, unit: str, *, integrations: dict[str, Any] | None = None,
+                 max_bytes: int = MAX_MESSAGE_BYTES):
+        self.replay, self.unit, self.integrations, self.max_bytes = replay, unit, integrations, max_bytes
+        self._prefix = f"replay\x1f{replay}\x1f{unit}\x1f".encode()
+
+    def message_id(self, original_id: Any, line: int) -> str:
+        key = f"id:{original_id}" if original_id not in (None, "") else f"line:{line}"
+        h = hashlib.blake2b(self._prefix + key.encode(), digest_size=16).hexdigest()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+    def prepare(self, record: dict[str, Any], line: int) -> tuple[str, bytes, bool]:
+        """``(messageId, body, has_timestamp)`` for one archived message; RowError when it cannot be sent."""
+        original_id = None
+        msg = dict(record)
+        for key in msg.keys() - _PLAIN_KEYS:  # one set operation for the usual keys; the rest are looked at
+            role = _role(key)
+            if not role:
+                if len(_PLAIN_KEYS) < 10_000:
+                    _PLAIN_KEYS.add(key)
+                continue
+            value = msg.pop(key)
+            if role == "messageid":
+                original_id = value
+        check_identity(msg)
+        ts = msg.get("timestamp")
+        has_ts = ts not in (None, "")
+        if not has_ts:
+            msg.pop("timestamp", None)
+        elif not (isinstance(ts, str) and _FAST_TS.fullmatch(ts) and "1970" <= ts[:4] <= "2999"
+                  and _valid_utc(ts)):
+            parse_timestamp(ts)  # the general rules (offsets, naive, spaces) and their error messages
+        if self.integrations is not None:
+            msg["integrations"] = self.integrations
+        mid = self.message_id(original_id, line)
+        msg["messageId"] = mid
+        msg["sentAt"] = SENT_AT_PLACEHOLDER
+        body = orjson.dumps(msg, default=str)
+        if len(body) > self.max_bytes:
+            raise RowError(f"message is {len(body)} bytes, above the {self.max_bytes}-byte limit per message")
+        return mid, body, has_ts
+
+
+def _valid_utc(ts: str) -> bool:
+    """A UTC ISO time of years 1970..2999 whose date and time exist (the fast path of parse_timestamp)."""
+    try:
+        datetime.fromisoformat(ts)
+    except ValueError:
+        return False
+    return True
 
 
 def prepare_message(record: dict[str, Any], *, replay: str, unit: str, line: int,
                     integrations: dict[str, Any] | None = None,
                     max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[str, bytes, bool]:
     """``(messageId, body, has_timestamp)`` for one archived message; RowError when it cannot be sent."""
-    original_id = None
-    msg = dict(record)
-    odd = msg.keys() - _PLAIN_KEYS  # one set operation for the usual keys; the rest are looked at
-    for key in odd:
-        if not _role(key):
-            if len(_PLAIN_KEYS) < 10_000:
-                _PLAIN_KEYS.add(key)
-            continue
-        value = msg.pop(key)
-        if _role(key) == "messageid":
-            original_id = value
-    check_identity(msg)
-    has_ts = msg.get("timestamp") not in (None, "")
-    if has_ts:
-        parse_timestamp(msg["timestamp"])
-    else:
-        msg.pop("timestamp", None)
-    if integrations is not None:
-        msg["integrations"] = integrations
-    mid = message_id(replay, unit, original_id, line)
-    msg["messageId"] = mid
-    msg["sentAt"] = SENT_AT_PLACEHOLDER
-    body = orjson.dumps(msg, default=str)
-    if len(body) > max_bytes:
-        raise RowError(f"message is {len(body)} bytes, above the {max_bytes}-byte limit per message")
-    return mid, body, has_ts
+    return Preparer(replay, unit, integrations=integrations, max_bytes=max_bytes).prepare(record, line)
 
 
 # ---- Tracardi's /track ----------------------------------------------------------------------------

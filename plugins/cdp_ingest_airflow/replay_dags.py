@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 SETTING_KEYS = ("historical", "integrations", "max_batch_bytes", "max_batch_messages", "max_message_bytes",
                 "rate_limit", "concurrency", "max_retries", "backoff_seconds", "max_backoff_seconds",
-                "dedup_window", "source_id")
+                "dedup_window", "workers", "source_id")
 DAY_RE = r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2})?)?$"
 
 
