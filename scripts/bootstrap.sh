@@ -38,6 +38,8 @@ fi
 if [ ! -x .venv/bin/python ]; then
     uv venv -q -p "${PYTHON:-python3.11}" .venv
 fi
-uv pip install -q -p .venv/bin/python -r requirements.txt -r requirements-dev.txt
+# --compile-bytecode: this machine sets PYTHONDONTWRITEBYTECODE=1, so without .pyc files every process
+# (each Airflow task, CLI call and test subprocess) compiles Airflow from source: ~2.5 s more per start.
+uv pip install -q -p .venv/bin/python --compile-bytecode -r requirements.txt -r requirements-dev.txt
 uv pip install -q -p .venv/bin/python --no-deps -e .
 echo "bootstrap: ready (.venv, $(.venv/bin/python --version))"
