@@ -80,10 +80,10 @@ def variant_send(work: str, url: str) -> dict:
 
     d = next(Path(work).glob("*/plan.json")).parent
     plan = ReplayPlan(**orjson.loads((d / "plan.json").read_bytes())["plan"])
-    (d / "checkpoint.json").unlink(missing_ok=True)
+    (d / "checkpoint.jsonl").unlink(missing_ok=True)
     t0 = time.perf_counter()
     r = Replayer(SegmentSink(url, write_key=WRITE_KEY), _settings()).run(
-        d / "staged.parquet", digest=plan.digest, checkpoint_path=d / "checkpoint.json",
+        d / "staged.parquet", digest=plan.digest, checkpoint_path=d / "checkpoint.jsonl",
         error_path=d / "send-errors.csv")
     return {"messages": r.sent, "seconds": time.perf_counter() - t0, "requests": r.requests}
 

@@ -169,6 +169,31 @@ def test_worker_processes_plan_the_same_batches(tmp_path, monkeypatch):
     assert open(parallel.error_file).read() == open(serial.error_file).read()
 
 
+def test_checkpoint_log_survives_a_torn_entry_and_another_plan(tmp_path):
+    from cdp_ingest.replay import Checkpoint
+
+    path = tmp_path / "checkpoint.jsonl"
+    cp = Checkpoint("d1")
+    with cp.open_log(path) as fh:
+        for n in range(3):
+            cp.batch, cp.sent = n, 100 * (n + 1)
+            cp.append(fh)
+    with open(path, "ab") as fh:
+        fh.write(b'{"digest": "d1", "batch": 3, "se')  # killed in the middle of an entry
+    resumed = Checkpoint.load(path, "d1")
+    assert (resumed.batch, resumed.sent) == (2, 300)
+    with resumed.open_log(path) as fh:  # continues on a line of its own
+        resumed.batch, resumed.sent = 3, 400
+        resumed.append(fh)
+    assert (Checkpoint.load(path, "d1").batch, Checkpoint.load(path, "d1").sent) == (3, 400)
+    assert path.read_bytes().count(b"\n") == 5
+    other = Checkpoint.load(path, "d2")  # the log of another plan: start over, and the log with it
+    assert other.batch == -1
+    with other.open_log(path):
+        pass
+    assert path.read_bytes() == b""
+
+
 def test_settings_refuse_what_must_not_run():
     with pytest.raises(ReplayConfigError, match="not accepting historical timestamps"):
         ReplaySettings(name="x", historical=False).check()
@@ -245,7 +270,9 @@ def test_killed_replay_resumes_and_every_message_arrives_once(tmp_path, receiver
     proc.wait()
     partial = receiver.stats()["deliveries"]
     assert partial < n
-    checkpoint = json.loads(next((tmp_path / "work").glob("*/checkpoint.json")).read_text())
+    log_lines = next((tmp_path / "work").glob("*/checkpoint.jsonl")).read_bytes().splitlines()
+    checkpoint = json.loads(log_lines[-1])  # one entry per acknowledged batch, in order
+    assert [json.loads(x)["batch"] for x in log_lines] == list(range(checkpoint["batch"] + 1))
     assert 0 <= checkpoint["batch"] < n // batch - 1
 
     rerun = k.run_cli(*args)

@@ -107,7 +107,7 @@ class ReplayOperator(_StoreMixin, BaseOperator):
         work = Path(staged["plan"]["staged"]).parent
         try:
             result = Replayer(sink, settings).run(plan.staged or "", digest=plan.digest,
-                                                  checkpoint_path=work / "checkpoint.json",
+                                                  checkpoint_path=work / "checkpoint.jsonl",
                                                   error_path=work / "send-errors.csv", source_label=staged["path"])
             acc = accounting(plan, result)
             final_dir = Path(self.error_dir) if self.error_dir else work
