@@ -156,6 +156,35 @@ def mapped_to_stage_row(m: Mapped, prefix: str, import_id: str, ref: int) -> tup
     return index_for(prefix, m.kind, m.when), m.doc_id, orjson.dumps(doc, default=str)
 
 
+class LazyRow:
+    """A source row kept as (batch, position) until someone needs it as a dict (a store rejection)."""
+
+    __slots__ = ("batch", "i")
+
+    def __init__(self, batch: pa.RecordBatch, i: int):
+        self.batch, self.i = batch, i
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.batch.slice(self.i, 1).to_pylist()[0]
+
+
+def _as_row(row: dict[str, Any] | LazyRow | None) -> dict[str, Any]:
+    return row.as_dict() if isinstance(row, LazyRow) else row or {}
+
+
+def _batch_mapper(row_fn: RowFn) -> Any:
+    """The columnar mapper for a plain ``Mapper.map_row`` of an event mapping, or None."""
+    from cdp_ingest.fastmap import EventBatchMapper
+    from cdp_ingest.mapping import Mapper
+
+    owner = getattr(row_fn, "__self__", None)
+    if type(owner) is not Mapper or getattr(row_fn, "__func__", None) is not Mapper.map_row:
+        return None
+    if os.environ.get("CDP_ROW_MAPPING") == "1":  # the row-by-row path only (benchmarks, comparisons)
+        return None
+    return EventBatchMapper.compile(owner)
+
+
 class RowMapper:
     """Runs a row function over source rows: rejected rows go to the error CSV (created on the first
     one), accepted rows come out as ``(ref, Mapped, row)``. Counts rows_in / accepted / rejected."""
@@ -177,6 +206,57 @@ class RowMapper:
         if self._errors is None:
             self._errors = ErrorFileWriter(self.error_path, self.header)
         self._errors.write(row, reason)
+
+    def items(self, batches: Iterable, prefix: str, import_id: str
+              ) -> Iterator[tuple[int, str, str, str, bytes, dict[str, Any] | LazyRow]]:
+        """(ref, kind, index, id, body, row) per accepted row, in file order: what the stage and the bulk
+        load need. Event mappings go through ``fastmap.EventBatchMapper`` batch by batch (the row is then
+        a ``LazyRow``, made into a dict only if the store rejects it); the rows it leaves, and every other
+        mapping, through the row function."""
+        fast = _batch_mapper(self.row_fn)
+        if fast is None:
+            for ref, m, row in self.run(batches):
+                yield (ref, m.kind, *mapped_to_stage_row(m, prefix, import_id, ref), row)
+            return
+        row_fn, limit = self.row_fn, self.max_cell_bytes
+        for sb in batches:
+            batch = sb.batch
+            self.header = batch.schema.names
+            bad = sb.bad_rows
+            if limit is not None:
+                big = oversized_cells(batch, limit)
+                if big:
+                    bad = {**big, **bad}
+            fb = fast.map_batch(batch, sb.first_row, prefix, import_id, bad) if batch.num_rows else None
+            if fb is None:
+                for ref, m, row in self.run([sb]):
+                    yield (ref, m.kind, *mapped_to_stage_row(m, prefix, import_id, ref), row)
+                continue
+            slow = [i for i, ok in enumerate(fb.ok) if not ok]
+            slow_rows = dict(zip(slow, batch.take(slow).to_pylist(), strict=True)) if slow else {}
+            first, n = sb.first_row, batch.num_rows
+            self.rows_in += n
+            accepted = 0
+            for i, ok in enumerate(fb.ok):
+                ref = first + i
+                if ok:
+                    accepted += 1
+                    yield ref, "event", fb.indices[i], fb.ids[i], fb.bodies[i], LazyRow(batch, i)
+                    continue
+                row = slow_rows[i]
+                try:
+                    if i in bad:
+                        raise RowError(bad[i])
+                    m = row_fn(row, ref)
+                except RowError as e:
+                    self.reject(row, str(e))
+                    continue
+                accepted += 1
+                self.kinds.add(m.kind)
+                yield (ref, m.kind, *mapped_to_stage_row(m, prefix, import_id, ref), row)
+            self.accepted += accepted
+            if accepted > len(slow_rows):
+                self.kinds.add("event")
 
     def run(self, batches: Iterable) -> Iterator[tuple[int, Mapped, dict[str, Any]]]:
         row_fn, limit = self.row_fn, self.max_cell_bytes
@@ -223,12 +303,11 @@ def transform_unit(batches: Iterable, row_fn: RowFn, *, prefix: str, import_id: 
     refs, kinds, indices, ids, bodies, origs = (cols[k] for k in STAGE_SCHEMA.names)
     held = 0
     try:
-        for ref, m, row in rm.run(batches):
-            index, doc_id, body = mapped_to_stage_row(m, prefix, import_id, ref)
+        for ref, kind, index, doc_id, body, row in rm.items(batches, prefix, import_id):
             body = memoryview(body).tobytes()
-            orig = memoryview(orjson.dumps(row, default=str)).tobytes()
+            orig = memoryview(orjson.dumps(_as_row(row), default=str)).tobytes()
             refs.append(ref)
-            kinds.append(m.kind)
+            kinds.append(kind)
             indices.append(index)
             ids.append(doc_id)
             bodies.append(body)
@@ -258,7 +337,7 @@ def stream_unit(batches: Iterable, row_fn: RowFn, store: Store, *, kind: str, im
     now = now or datetime.now(UTC)
     rm = RowMapper(row_fn, error_path, max_cell_bytes)
     stats = LoadStats()
-    pending: dict[int, dict[str, Any]] = {}  # ref -> original row, only while its outcome is not back
+    pending: dict[int, dict[str, Any] | LazyRow] = {}  # ref -> original row, only while its outcome is not back
 
     def mapped() -> Iterator[tuple[int, Mapped]]:
         for ref, m, row in rm.run(batches):
@@ -270,8 +349,8 @@ def stream_unit(batches: Iterable, row_fn: RowFn, store: Store, *, kind: str, im
             yield ProfileRow(m.doc_id, ref, m.operations)
 
     def documents() -> Iterator[BulkItem]:
-        for ref, m in mapped():
-            index, doc_id, body = mapped_to_stage_row(m, store.prefix, import_id, ref)
+        for ref, _kind, index, doc_id, body, row in rm.items(batches, store.prefix, import_id):
+            pending[ref] = row
             yield BulkItem(index, doc_id, body, ref)
 
     outcomes = (store.merge_profiles(profile_rows(), import_id, now, stats=stats) if kind == "profile"
@@ -280,7 +359,7 @@ def stream_unit(batches: Iterable, row_fn: RowFn, store: Store, *, kind: str, im
         for o in outcomes:
             row = pending.pop(o.ref, None)
             if o.status == "failed":
-                rm.reject(row or {}, o.reason or "store rejected the row")
+                rm.reject(_as_row(row), o.reason or "store rejected the row")
     finally:
         error_file = rm.close()
     store.refresh(stats.indices)
