@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 import zlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -114,6 +114,13 @@ class LoadStats:
     retries: int = 0
     indices: set[str] = field(default_factory=set)
     updated: int = 0  # overwrite mode: rows that replaced a stored document
+
+    def add_counts(self, counts: dict[str, int]) -> None:
+        """Outcomes counted by status (Counter of ``Outcome.status``)."""
+        self.loaded += counts.get("loaded", 0)
+        self.updated += counts.get("updated", 0)
+        self.duplicates += counts.get("duplicate", 0)
+        self.failed += sum(n for st, n in counts.items() if st not in ("loaded", "updated", "duplicate"))
 
     def add(self, o: Outcome) -> None:
         if o.status == "loaded":
@@ -303,11 +310,12 @@ class Store:
         early: list[Outcome] = []
         replaces: dict[int, set[str]] = {}
         after = 0
+        seen, order = window._ids, window._order  # window.get / window.add, inlined (once per row)
         for it in chunk:
             if overwrite:
                 it.op = "index"
             if it.index.startswith(events):
-                prev = window.get(it.id)
+                prev = seen.get(it.id)
                 if prev is not None:
                     if not overwrite:
                         early.append(Outcome(it.ref, "duplicate", id=it.id))
@@ -316,8 +324,10 @@ class Store:
                         replaces.setdefault(it.ref, set()).add(prev[0])
                     if prev[1] != seq:  # in this very chunk the bulk request keeps the order itself
                         after = max(after, prev[1])
-                window.add(it.id, it.index, seq)
+                seen[it.id] = (it.index, seq)
+                order.append((seq, it.id))
             send.append(it)
+        window.indices.update({it.index for it in send if it.index.startswith(events)})
         return send, early, replaces, after
 
     @property
@@ -343,9 +353,8 @@ class Store:
     def _collect(self, fut: Future, stats: LoadStats) -> Iterator[Outcome]:
         outcomes, requests = fut.result()
         stats.requests += requests
-        for o in outcomes:
-            stats.add(o)
-            yield o
+        stats.add_counts(Counter(o.status for o in outcomes))
+        yield from outcomes
 
     def _oversized(self, size: int, what: str) -> str | None:
         if size <= self.max_document_bytes:
@@ -357,16 +366,17 @@ class Store:
         not sent but appended to ``too_big`` as failed outcomes (an empty chunk hands them over)."""
         chunk: list[BulkItem] = []
         size = 0
+        limit, chunk_docs, chunk_bytes = self.max_document_bytes, self.chunk_docs, self.chunk_bytes
         for item in items:
-            reason = self._oversized(len(item.source), "the document")
-            if reason:
-                too_big.append(Outcome(item.ref, "failed", reason, id=item.id))
-                if len(too_big) >= self.chunk_docs:
+            n = len(item.source)
+            if n > limit:
+                too_big.append(Outcome(item.ref, "failed", self._oversized(n, "the document"), id=item.id))
+                if len(too_big) >= chunk_docs:
                     yield []
                 continue
             chunk.append(item)
-            size += len(item.source) + len(item.index) + len(item.id) + 48
-            if len(chunk) >= self.chunk_docs or size >= self.chunk_bytes:
+            size += n + len(item.index) + len(item.id) + 48
+            if len(chunk) >= chunk_docs or size >= chunk_bytes:
                 yield chunk
                 chunk, size = [], 0
         if chunk or too_big:
@@ -375,11 +385,13 @@ class Store:
     @staticmethod
     def _payload(chunk: list[BulkItem]) -> bytes:
         parts: list[bytes] = []
+        heads: dict[tuple[str, str], bytes] = {}
+        dumps = orjson.dumps
         for it in chunk:
-            parts.append(b'{"%s":{"_index":"%s","_id":%s}}\n' % (it.op.encode(), it.index.encode(),
-                                                                   orjson.dumps(it.id)))
-            parts.append(it.source)
-            parts.append(b"\n")
+            head = heads.get((it.op, it.index))
+            if head is None:
+                head = heads[(it.op, it.index)] = b'{"%s":{"_index":"%s","_id":' % (it.op.encode(), it.index.encode())
+            parts += (head, dumps(it.id), b"}}\n", it.source, b"\n")
         return b"".join(parts)
 
     def _load_chunk(self, chunk: list[BulkItem], import_id: str | None, write_mode: str = "create",
