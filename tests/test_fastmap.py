@@ -10,6 +10,7 @@ import random
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 
 from cdp_ingest import sample
@@ -141,3 +142,24 @@ def test_profile_ids_equal_mapping_profile_id_for():
     for _ in range(2000):
         value = "".join(rnd.choice('abcé@.x\x1f"+ 1') for _ in range(rnd.randint(1, 24)))
         assert fast._profile_id(value) == profile_id_for(value)
+
+
+def test_staged_file_is_the_same_both_ways(tmp_path):
+    """transform_unit (the DAG's staged file): the same rows, bodies and original-row JSON either way."""
+    import pyarrow.parquet as pq
+
+    from cdp_ingest.pipeline import transform_unit
+
+    rows = [[f"e-{i}", str(1761955200 + i * 86400), "page-view", f"c{i % 3}@x.com", "s", f"/p/{i}", "sku",
+             "1.5", "2", 'say "hi"\\' if i % 4 else "tab\there"] for i in range(50)]
+    path = write(tmp_path / "ev.csv", HEADER, rows)
+    tables = []
+    for fast in (True, False):
+        mapper = Mapper(Mapping.load(DEMO), unit_key="u1", now=NOW)
+        row_fn = mapper.map_row if fast else (lambda row, ref, mapper=mapper: mapper.map_row(row, ref))
+        t = transform_unit(read_batches(str(path), batch_rows=16), row_fn, prefix="p-", import_id="imp",
+                           staged_path=tmp_path / f"staged-{fast}.parquet", error_path=tmp_path / f"err-{fast}.csv")
+        assert (t.rows_in, t.accepted, t.rejected, t.kinds) == (50, 50, 0, ["event"])
+        tables.append(pq.read_table(t.staged).to_pydict())
+    assert tables[0] == tables[1]
+    assert tables[0]["orig"][1] == orjson.dumps(dict(zip(HEADER, rows[1], strict=True)))

@@ -53,7 +53,7 @@ _IDENTITY_NS = ID_NAMESPACE.bytes + b"identity\x1f"  # deterministic_id("identit
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}  # RFC 4122 variant bits of byte 8
 
 
-def _json_strings(arr: pa.Array) -> tuple[pa.Array, pa.Array]:
+def json_strings(arr: pa.Array) -> tuple[pa.Array, pa.Array]:
     """(JSON string literals as orjson writes them, mask of the values that needed no control escape)."""
     clean = pc.invert(pc.match_substring_regex(arr, _CONTROL))
     if pc.any(pc.match_substring_regex(arr, _NEEDS_ESCAPE)).as_py():
@@ -189,7 +189,7 @@ class EventBatchMapper:
             ok = pc.and_(ok, pc.fill_null(mask, False))
 
         def strings(arr: pa.Array) -> pa.Array:
-            lit, clean = _json_strings(arr)
+            lit, clean = json_strings(arr)
             need(clean)
             return lit
 

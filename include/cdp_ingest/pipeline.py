@@ -156,16 +156,45 @@ def mapped_to_stage_row(m: Mapped, prefix: str, import_id: str, ref: int) -> tup
     return index_for(prefix, m.kind, m.when), m.doc_id, orjson.dumps(doc, default=str)
 
 
+class _BatchRows:
+    """The source rows of one batch for ``LazyRow``s: their JSON (``orjson.dumps(row)``) made for the
+    whole batch on first use, with Arrow compute (a row with a control character is left to orjson)."""
+
+    __slots__ = ("batch", "_json")
+
+    def __init__(self, batch: pa.RecordBatch):
+        self.batch = batch
+        self._json: list[bytes | None] | None = None
+
+    def json(self) -> list[bytes | None]:
+        if self._json is None:
+            from cdp_ingest.fastmap import json_strings
+
+            parts: list[Any] = []
+            clean = None
+            for name, col in zip(self.batch.schema.names, self.batch.columns, strict=True):
+                lit, ok = json_strings(col)
+                clean = ok if clean is None else pc.and_(clean, ok)
+                parts += [("," if parts else "{") + orjson.dumps(name).decode() + ":", lit]
+            rows = pc.binary_join_element_wise(*parts, "}", "")
+            self._json = pc.cast(pc.if_else(clean, rows, pa.scalar(None, pa.string())), pa.binary()).to_pylist()
+        return self._json
+
+
 class LazyRow:
-    """A source row kept as (batch, position) until someone needs it as a dict (a store rejection)."""
+    """A source row kept as (batch, position) until someone needs it as a dict (a store rejection)
+    or as JSON (the staged file's ``orig`` column)."""
 
-    __slots__ = ("batch", "i")
+    __slots__ = ("rows", "i")
 
-    def __init__(self, batch: pa.RecordBatch, i: int):
-        self.batch, self.i = batch, i
+    def __init__(self, rows: _BatchRows, i: int):
+        self.rows, self.i = rows, i
 
     def as_dict(self) -> dict[str, Any]:
-        return self.batch.slice(self.i, 1).to_pylist()[0]
+        return self.rows.batch.slice(self.i, 1).to_pylist()[0]
+
+    def as_json(self) -> bytes:
+        return self.rows.json()[self.i] or memoryview(orjson.dumps(self.as_dict(), default=str)).tobytes()
 
 
 def _as_row(row: dict[str, Any] | LazyRow | None) -> dict[str, Any]:
@@ -235,13 +264,14 @@ class RowMapper:
             slow = [i for i, ok in enumerate(fb.ok) if not ok]
             slow_rows = dict(zip(slow, batch.take(slow).to_pylist(), strict=True)) if slow else {}
             first, n = sb.first_row, batch.num_rows
+            rows = _BatchRows(batch)
             self.rows_in += n
             accepted = 0
             for i, ok in enumerate(fb.ok):
                 ref = first + i
                 if ok:
                     accepted += 1
-                    yield ref, "event", fb.indices[i], fb.ids[i], fb.bodies[i], LazyRow(batch, i)
+                    yield ref, "event", fb.indices[i], fb.ids[i], fb.bodies[i], LazyRow(rows, i)
                     continue
                 row = slow_rows[i]
                 try:
@@ -305,7 +335,7 @@ def transform_unit(batches: Iterable, row_fn: RowFn, *, prefix: str, import_id: 
     try:
         for ref, kind, index, doc_id, body, row in rm.items(batches, prefix, import_id):
             body = memoryview(body).tobytes()
-            orig = memoryview(orjson.dumps(_as_row(row), default=str)).tobytes()
+            orig = row.as_json() if isinstance(row, LazyRow) else memoryview(orjson.dumps(row, default=str)).tobytes()
             refs.append(ref)
             kinds.append(kind)
             indices.append(index)
