@@ -15,9 +15,12 @@ mapping and loading overlap; the benchmark and the embedded demo use it.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -50,6 +53,33 @@ STAGE_FLUSH_BYTES = 8 << 20  # ... and at most about this much serialised payloa
 # item ran a 1 GB-heap OpenSearch out of heap); the store also refuses documents over max_document_bytes.
 
 RowFn = Callable[[dict[str, str], int], Mapped]
+# While a step runs, the cyclic GC's first generation waits for this many new container objects instead
+# of 700: a load allocates millions of short-lived rows, items and outcomes (freed by reference counting,
+# none in cycles), and the default threshold ran a collection every few hundred rows — ~30 % of the
+# engine's CPU in a 1M-event load (20.6 -> 14.2 µs per row measured side by side).
+GC_THRESHOLD0 = 100_000
+_gc_lock = threading.Lock()
+_gc_users = 0
+_gc_saved: tuple[int, int, int] | None = None
+
+
+@contextlib.contextmanager
+def relaxed_gc() -> Iterator[None]:
+    """Raise the GC's first threshold (GC_THRESHOLD0) for the duration; nested/concurrent uses share it
+    and the last one out restores the process's setting."""
+    global _gc_users, _gc_saved
+    with _gc_lock:
+        if _gc_users == 0:
+            _gc_saved = gc.get_threshold()
+            gc.set_threshold(max(GC_THRESHOLD0, _gc_saved[0]), _gc_saved[1], _gc_saved[2])
+        _gc_users += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_users -= 1
+            if _gc_users == 0 and _gc_saved is not None:
+                gc.set_threshold(*_gc_saved)
 
 
 @dataclass
@@ -310,6 +340,7 @@ class RowMapper:
         return str(path) if path else None
 
 
+@relaxed_gc()
 def transform_unit(batches: Iterable, row_fn: RowFn, *, prefix: str, import_id: str, staged_path: str | Path,
                    error_path: str | Path, flush_bytes: int = STAGE_FLUSH_BYTES,
                    flush_rows: int = STAGE_ROWS, max_cell_bytes: int | None = MAX_CELL_BYTES,
@@ -358,6 +389,7 @@ def transform_unit(batches: Iterable, row_fn: RowFn, *, prefix: str, import_id: 
                            sorted(rm.kinds), write_mode)
 
 
+@relaxed_gc()
 def stream_unit(batches: Iterable, row_fn: RowFn, store: Store, *, kind: str, import_id: str,
                 error_path: str | Path, now: datetime | None = None,
                 max_cell_bytes: int | None = MAX_CELL_BYTES, write_mode: str = "create"
@@ -425,6 +457,7 @@ def staged_kinds(staged_path: str | Path) -> set[str]:
     return kinds
 
 
+@relaxed_gc()
 def load_unit(staged_path: str | Path, store: Store, *, import_id: str, error_path: str | Path,
               columns: list[str], now: datetime | None = None, write_mode: str | None = None) -> LoadResult:
     """Stream the staged file into the store. Profile operations are merged in file order first
