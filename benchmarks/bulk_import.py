@@ -6,10 +6,14 @@
 Variants (each runs in its own child process, so peak RSS is per variant):
   a  naive     csv.DictReader, one client.index() per row (the hand-written script style)
   b  helpers   the same documents through opensearch-py's plain helpers.bulk (defaults)
+  b2 streaming helpers.streaming_bulk, tuned: the ceiling's best chunk size, orjson as the client serializer
+  b3 parallel  helpers.parallel_bulk, tuned: the ceiling's best chunk size and thread count, orjson
   c  ceiling   pre-serialised NDJSON (made before the clock starts) sent with the best chunk
                size/concurrency of a small sweep: what the cluster accepts at most
   d  engine    cdp_ingest streamed (map + load overlapped), end to end from the CSV, with
                validation, error file, ledger and accounting
+  d0 rows      (events) the engine as (d) with the columnar mapping switched off (CDP_ROW_MAPPING=1):
+               every row through Mapper.map_row, as before cdp_ingest.fastmap
   d' staged    cdp_ingest as the Airflow tasks run it: transform to a staged file, then load
 Documents are built by the same mapping in a, b and d, so the variants differ in how they load.
 (a) is measured on the first --naive-rows rows only (at ~1-2k rows/s a full run takes many minutes).
@@ -88,6 +92,25 @@ def run_helpers(kind, csv_path, url, prefix, limit):
     return ok
 
 
+def run_helpers_tuned(kind, csv_path, url, prefix, limit, chunk, concurrency):
+    """helpers.streaming_bulk (concurrency 1) or helpers.parallel_bulk (concurrency threads), tuned: the
+    ceiling's best chunk size, orjson as the client's serializer, responses not raised per error."""
+    from opensearchpy import helpers
+
+    from cdp_ingest.store import make_client
+
+    client = make_client(url, timeout=120, pool_maxsize=max(4, concurrency))
+    actions = ({"_index": i, "_id": d, "_source": doc} for i, d, doc in _docs(kind, csv_path, prefix, limit))
+    if concurrency <= 1:
+        results = helpers.streaming_bulk(client, actions, chunk_size=chunk, max_chunk_bytes=8 << 20,
+                                         raise_on_error=False, raise_on_exception=False)
+    else:
+        results = helpers.parallel_bulk(client, actions, thread_count=concurrency, chunk_size=chunk,
+                                        max_chunk_bytes=8 << 20, queue_size=concurrency,
+                                        raise_on_error=False, raise_on_exception=False)
+    return sum(1 for ok, _ in results if ok)
+
+
 def run_ceiling(kind, ndjson_dir, url, prefix, limit, chunk, concurrency):
     """Send pre-made bulk bodies (files of ``chunk`` documents each) with ``concurrency`` threads."""
     from concurrent.futures import ThreadPoolExecutor
@@ -111,13 +134,13 @@ def run_ceiling(kind, ndjson_dir, url, prefix, limit, chunk, concurrency):
     return sum(counts), time.perf_counter() - t0
 
 
-def run_engine(kind, csv_path, url, prefix, stage: bool, work: str):
+def run_engine(kind, csv_path, url, prefix, stage: bool, work: str, concurrency: int = 2):
     from cdp_ingest.ledger import Ledger
     from cdp_ingest.pipeline import import_unit
     from cdp_ingest.readers import read_batches
     from cdp_ingest.store import Store, make_client
 
-    store = Store(make_client(url), prefix=prefix)
+    store = Store(make_client(url), prefix=prefix, concurrency=concurrency)
     store.ensure_templates()
     rep = import_unit(csv_path, lambda: read_batches(csv_path),
                       lambda iid: _mapper(kind, iid).map_row, store=store, ledger=Ledger(store), work_dir=work,
@@ -132,12 +155,15 @@ def child(args) -> None:
         n = run_naive(args.kind, args.csv, args.url, args.prefix, args.limit)
     elif args.variant == "helpers":
         n = run_helpers(args.kind, args.csv, args.url, args.prefix, args.limit)
+    elif args.variant == "helpers-tuned":
+        n = run_helpers_tuned(args.kind, args.csv, args.url, args.prefix, args.limit, args.chunk, args.concurrency)
     elif args.variant == "ceiling":
         n, secs = run_ceiling(args.kind, args.ndjson, args.url, args.prefix, args.limit, args.chunk,
                               args.concurrency)
         t0 = time.perf_counter() - secs
     else:
-        n, extra = run_engine(args.kind, args.csv, args.url, args.prefix, args.variant == "staged", args.work)
+        n, extra = run_engine(args.kind, args.csv, args.url, args.prefix, args.variant == "staged", args.work,
+                              args.concurrency or 2)
     secs = time.perf_counter() - t0
     sys.stdout.write(json.dumps({"docs": n, "seconds": secs, "peak_rss_mb": _vm_hwm_mb(),
                                  **({"report": extra} if extra else {})}) + "\n")
@@ -157,8 +183,13 @@ def measure(variant: str, kind: str, *, url: str, prefix: str, csv_path: Path, w
     cmd = [sys.executable, __file__, "--child", variant, "--kind", kind, "--url", url, "--prefix", prefix,
            "--csv", str(csv_path), "--work", str(work), "--limit", str(limit)]
     if ndjson:
-        cmd += ["--ndjson", str(ndjson), "--chunk", str(chunk), "--concurrency", str(concurrency)]
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        cmd += ["--ndjson", str(ndjson)]
+    if chunk or concurrency:
+        cmd += ["--chunk", str(chunk), "--concurrency", str(concurrency)]
+    env = dict(os.environ)
+    if variant == "engine-rows":  # the engine with the row-by-row mapping only (no fastmap): the "before"
+        env["CDP_ROW_MAPPING"] = "1"
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"variant {variant} failed (exit {r.returncode})")
     res = json.loads(r.stdout.strip().splitlines()[-1])
@@ -235,7 +266,7 @@ def main() -> int:
                 admin._request("DELETE", f"/{prefix}*")  # each variant starts from empty indices
                 r.update(kind=kind, variant=label, rows_in=exp.rows)
                 results.append(r)
-                print(f"  {label:34} {r['docs']:>9,d} docs {r['seconds']:8.1f} s {r['rows_per_s']:>9,.0f}/s "
+                print(f"  {label:46} {r['docs']:>9,d} docs {r['seconds']:8.1f} s {r['rows_per_s']:>9,.0f}/s "
                       f"peak RSS {r['peak_rss_mb']:6.0f} MB", flush=True)
                 return r
 
@@ -247,7 +278,12 @@ def main() -> int:
             best[0]["variant"] = f"c  raw bulk ceiling ({best[1]}x{best[2]})"
             one("naive", "a  per-row index() loop", limit=args.naive_rows)
             one("helpers", "b  helpers.bulk (defaults)")
+            one("helpers-tuned", f"b2 helpers.streaming_bulk ({best[1]}, orjson)", chunk=best[1], concurrency=1)
+            one("helpers-tuned", f"b3 helpers.parallel_bulk ({best[1]}x{best[2]}, orjson)", chunk=best[1],
+                concurrency=best[2])
             one("engine", "d  cdp_ingest (streamed)")
+            if kind == "events":
+                one("engine-rows", "d0 cdp_ingest (streamed, row-by-row mapping)")
             one("staged", "d' cdp_ingest (staged, as the DAG)")
         if args.big_factor and args.events:
             big = tmp / "events-big.csv"
@@ -261,7 +297,7 @@ def main() -> int:
             admin._request("DELETE", f"/{prefix}*")
             r.update(kind="events", variant=f"d  cdp_ingest (streamed), {args.big_factor}x file", rows_in=exp.rows)
             results.append(r)
-            print(f"  {r['variant']:34} {r['docs']:>9,d} docs {r['seconds']:8.1f} s {r['rows_per_s']:>9,.0f}/s "
+            print(f"  {r['variant']:46} {r['docs']:>9,d} docs {r['seconds']:8.1f} s {r['rows_per_s']:>9,.0f}/s "
                   f"peak RSS {r['peak_rss_mb']:6.0f} MB", flush=True)
             big.unlink()
     finally:
