@@ -47,15 +47,28 @@ def get_path(doc: dict, path: str, default: Any = None) -> Any:
     return node
 
 
+_PARENTS: dict[str, tuple[tuple[str, ...], str]] = {}  # path -> (parent keys, last key); paths repeat per row
+
+
+def _split(path: str) -> tuple[tuple[str, ...], str]:
+    hit = _PARENTS.get(path)
+    if hit is None:
+        *parents, last = path.split(".")
+        hit = (tuple(parents), last)
+        if len(_PARENTS) < 100_000:
+            _PARENTS[path] = hit
+    return hit
+
+
 def set_path(doc: dict, path: str, value: Any) -> None:
-    keys = path.split(".")
+    parents, last = _split(path)
     node = doc
-    for key in keys[:-1]:
+    for key in parents:
         nxt = node.get(key)
         if not isinstance(nxt, dict):
             nxt = node[key] = {}
         node = nxt
-    node[keys[-1]] = value
+    node[last] = value
 
 
 def delete_path(doc: dict, path: str) -> bool:

@@ -22,7 +22,6 @@ compare both paths on the same rows).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -33,8 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdp_ingest.coerce import FALSE_WORDS, INT32_MAX, INT32_MIN, MAX_EPOCH, TRUE_WORDS
-from cdp_ingest.documents import ID_NAMESPACE, SKELETONS, deterministic_id
-from cdp_ingest.mapping import Mapper, _safe_key
+from cdp_ingest.documents import SKELETONS, deterministic_id
+from cdp_ingest.mapping import Mapper, _safe_key, profile_id_for
 
 # Event skeleton keys that are empty objects no later step of map_row touches.
 FREE_ROOTS = frozenset({"properties", "traits", "context", "device", "os", "app", "utm", "hit", "data", "aux",
@@ -49,8 +48,6 @@ _MARK = "@@cdp-slot-%d@@"
 _SLOT_RE = re.compile(r'"@@cdp-slot-(\d+)@@"')
 _NULL = pa.scalar(None, pa.string())
 PROFILE_ID_CACHE = 200_000
-_IDENTITY_NS = ID_NAMESPACE.bytes + b"identity\x1f"  # deterministic_id("identity", value) = uuid5 of this + value
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}  # RFC 4122 variant bits of byte 8
 
 
 def json_strings(arr: pa.Array) -> tuple[pa.Array, pa.Array]:
@@ -92,17 +89,14 @@ class EventBatchMapper:
 
     def _profile_id(self, identity: str) -> str:
         """``mapping.profile_id_for`` with a larger cache of its own (files often hold more identities
-        than that one keeps) and the UUID made from the SHA-1 digest directly (uuid.uuid5's objects
-        cost ~2.5 µs per value)."""
+        than that one keeps)."""
         pid = self._profile_ids.get(identity)
         if pid is None:
             if not identity:
                 return ""
             if len(self._profile_ids) >= PROFILE_ID_CACHE:
                 self._profile_ids.clear()
-            h = hashlib.sha1(_IDENTITY_NS + identity.encode()).hexdigest()
-            pid = self._profile_ids[identity] = (f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-"
-                                                 f"{h[20:32]}")
+            pid = self._profile_ids[identity] = profile_id_for.__wrapped__(identity)
         return pid
 
     @classmethod

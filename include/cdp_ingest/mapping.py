@@ -27,6 +27,7 @@ with one failure description. It holds no per-file state, so rows can be mapped 
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import string
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ import orjson
 import yaml
 
 from cdp_ingest.coerce import COERCERS, DATE_PREFIX, MAX_TIME, MIN_TIME, parse_epoch_datetime
-from cdp_ingest.documents import KINDS, deterministic_id, iso, new_document
+from cdp_ingest.documents import ID_NAMESPACE, KINDS, deterministic_id, iso, new_document
 from cdp_ingest.errors import MappingError, RowError
 
 TYPES = ("STRING", "INTEGER", "LONG", "FLOAT", "BOOLEAN", "DATETIME")
@@ -56,11 +57,17 @@ TARGET_ROOTS = {
 }
 
 
+_IDENTITY_PREFIX = ID_NAMESPACE.bytes + b"identity\x1f"  # deterministic_id("identity", v) = uuid5(ns, this + v)
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}  # RFC 4122 variant bits of byte 8
+
+
 @functools.lru_cache(maxsize=65536)
 def profile_id_for(identity: str) -> str:
-    """The profile id every source derives from the same identity value (cached: identities repeat
-    across the rows of a file, and uuid5 is one of the costlier steps per row)."""
-    return deterministic_id("identity", identity)
+    """The profile id every source derives from the same identity value: ``deterministic_id("identity",
+    identity)``, made from the SHA-1 digest directly (uuid.uuid5's objects cost ~2.5 µs per value) and
+    cached (identities repeat across the rows of a file)."""
+    h = hashlib.sha1(_IDENTITY_PREFIX + identity.encode(), usedforsecurity=False).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def normalize_identity(value: str, steps: tuple[str, ...], column: str) -> str:

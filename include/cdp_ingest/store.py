@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 
-from cdp_ingest.documents import apply_operation, new_document, stamp
+from cdp_ingest.documents import apply_operation, new_document, set_path, stamp
 from cdp_ingest.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -584,7 +584,10 @@ class Store:
                     doc = found["_source"] if found else new_document("profile", r.profile_id, now_iso)
                     merged[r.profile_id] = doc
                 for op, path, value in r.operations:
-                    apply_operation(doc, op, path, value)
+                    if op == "$set":  # most operations: skip the dispatch
+                        set_path(doc, path, value)
+                    else:
+                        apply_operation(doc, op, path, value)
                 for extra_id in r.ids:
                     if extra_id not in doc["ids"]:
                         doc["ids"].append(extra_id)
