@@ -153,9 +153,10 @@ def test_local_day_of_the_interval_and_the_date_param():
 
 
 def test_mapped_group_outputs_are_always_a_list():
-    assert pd._as_list(None) == []
-    assert pd._as_list({"a": 1}) == [{"a": 1}]
-    assert pd._as_list(iter([{"a": 1}, {"b": 2}])) == [{"a": 1}, {"b": 2}]
+    assert pd.mapped_outputs(None) == []
+    assert pd.mapped_outputs({"a": 1}) == [{"a": 1}]
+    assert pd.mapped_outputs(iter([{"a": 1}, {"b": 2}])) == [{"a": 1}, {"b": 2}]
+    assert pd.mapped_outputs([{"a": 1}, None, {"b": 2}]) == [{"a": 1}, {"b": 2}]  # a skipped instance
 
 
 # ---- the deadline callback ---------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ from cdp_ingest.segment import (  # noqa: F401 - settings and errors are part of
     ReplayConfigError,
     ReplayError,
     ReplaySettings,
+    is_archive_name,
     prepare_message,
     tracardi_payloads,
 )
@@ -272,6 +273,7 @@ class ReplayPlan:
     digest: str = ""
     staged: str | None = None
     error_file: str | None = None
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -299,6 +301,7 @@ def plan_replay(records: Iterable[Record], settings: ReplaySettings, *, unit: st
                 error_path: str | Path, source_label: str = "") -> ReplayPlan:
     """Validate and rewrite every record, pack accepted messages into batches, stage them."""
     settings.check()
+    t0 = time.monotonic()
     staged_path = Path(staged_path)
     staged_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = staged_path.with_suffix(".partial")
@@ -379,6 +382,7 @@ def plan_replay(records: Iterable[Record], settings: ReplaySettings, *, unit: st
     plan.digest = digest.hexdigest()
     plan.staged = str(staged_path)
     plan.error_file = str(path) if path else None
+    plan.seconds = round(time.monotonic() - t0, 3)
     log.info("replay %s planned: rows_in=%s accepted=%s rejected=%s duplicates=%s missing_timestamp=%s "
              "batches=%s", settings.name, plan.rows_in, plan.accepted, plan.rejected, plan.duplicates,
              plan.missing_timestamp, plan.batches)
@@ -867,7 +871,6 @@ def _plan_settings(s: ReplaySettings) -> dict[str, Any]:
 def list_archive(location: str, *, storage_options: dict | None = None) -> list[str]:
     """The archive files under ``location`` (a file, a folder or an object-store prefix), in name order:
     ``*.gz``, ``*.json``, ``*.jsonl``, ``*.ndjson``, ``*.csv`` (Segment's S3 layout is date folders of .gz)."""
-    suffixes = ARCHIVE_SUFFIXES
     if location.startswith(("http://", "https://")):
         return [location]
     if "://" not in location:
@@ -878,13 +881,11 @@ def list_archive(location: str, *, storage_options: dict | None = None) -> list[
             from cdp_ingest.errors import FileLevelError
 
             raise FileLevelError("no_data_file", f"archive not found: {location}")
-        return sorted(str(f) for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(suffixes)
-                      and not f.name.startswith("."))
+        return sorted(str(f) for f in p.rglob("*") if f.is_file() and is_archive_name(f.name))
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(location, **(storage_options or {}))
     proto = location.split("://", 1)[0]
     if fs.isfile(root):
         return [location]
-    return sorted(f"{proto}://{f}" for f in fs.find(root) if f.lower().endswith(suffixes)
-                  and not f.rsplit("/", 1)[-1].startswith((".", "_")))
+    return sorted(f"{proto}://{f}" for f in fs.find(root) if is_archive_name(f.rsplit("/", 1)[-1]))

@@ -33,6 +33,8 @@ def add_parser(sub: Any) -> None:
     rp.add_argument("--max-batch-messages", type=int, default=2500)
     rp.add_argument("--max-batch-bytes", type=int, default=500 * 1024)
     rp.add_argument("--concurrency", type=int, default=2)
+    rp.add_argument("--workers", type=int, default=2,
+                    help="processes that parse and rewrite big JSON-lines archives while planning (1 = none)")
     rp.add_argument("--mapping", help="YAML message mapping for CSV archives")
     rp.add_argument("--not-historical", action="store_true",
                     help="the destination does not accept historical timestamps (the replay is refused)")
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         settings = ReplaySettings(name=args.name, destination=args.destination, historical=not args.not_historical,
                                   integrations=integrations, rate_limit=args.rate_limit,
                                   max_batch_messages=args.max_batch_messages, max_batch_bytes=args.max_batch_bytes,
-                                  concurrency=args.concurrency).check()
+                                  concurrency=args.concurrency, workers=args.workers).check()
         sink = None if args.dry_run else make_sink(args.destination, args.endpoint, write_key=args.write_key,
                                                     source_id=args.source_id)
         files = list_archive(args.archive)

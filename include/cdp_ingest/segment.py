@@ -48,6 +48,12 @@ _STRIPPED = {"sentat", "messageid", "projectid"}
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$")
 
 
+def is_archive_name(name: str) -> bool:
+    """Whether a file name (no folder) is an archive file to replay: ``ARCHIVE_SUFFIXES``, not hidden
+    (``.``) and not a marker or temporary file (``_``)."""
+    return name.lower().endswith(ARCHIVE_SUFFIXES) and not name.startswith((".", "_"))
+
+
 class ReplayError(IngestError):
     """The replay cannot go on (destination refused auth, retries exhausted, bad configuration)."""
 

@@ -1,5 +1,5 @@
 """The DAG class of the project's DAG factories: Airflow's DAG, with ``test()`` usable on DAGs that
-carry deadline alerts.
+carry deadline alerts; and ``mapped_outputs`` for the tasks that sum up a mapped task group.
 
 Airflow 3.3.2's ``DAG.test()`` (behind ``airflow dags test``) builds its scheduler copy with
 ``deserialize_dag(serialize_dag(self))``, which holds the deadline alert *definitions*; when the run
@@ -25,3 +25,11 @@ class ImportDAG(DAG):
             return super().test(*args, **kwargs)
         finally:
             self.deadline = alerts
+
+
+def mapped_outputs(value: Any) -> list[dict[str, Any]]:
+    """The pulled outputs of a task in a mapped task group, as a list: Airflow 3.3 hands over the bare
+    value when the group was expanded once, and a skipped instance's output is None (left out)."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, dict) else [v for v in value if v]

@@ -51,7 +51,7 @@ from airflow.sdk import (
 )
 
 from cdp_ingest_airflow import activity_hooks
-from cdp_ingest_airflow.dag_base import ImportDAG
+from cdp_ingest_airflow.dag_base import ImportDAG, mapped_outputs
 from cdp_ingest_airflow.defaults import DEFAULT_ARGS
 from cdp_ingest_airflow.notify import WEBHOOK_CONN_ID, on_task_failure, post_webhook, send_to_connection
 from cdp_ingest_airflow.operators import BulkIndexOperator, staging_root
@@ -375,14 +375,6 @@ async def partition_deadline_missed(context: dict[str, Any] | None = None, *, so
     return {**payload, "notified": True}
 
 
-def _as_list(value: Any) -> list[dict[str, Any]]:
-    """The pulled outputs of a task in a mapped task group: a list, except that Airflow 3.3 hands over
-    the bare value when the group was expanded once."""
-    if value is None:
-        return []
-    return [value] if isinstance(value, dict) else list(value)
-
-
 # ---- the DAG --------------------------------------------------------------------------------------
 def _doc(src: dict[str, Any]) -> str:
     deadline = (f"by **{src['load_deadline']} {src['timezone']}** on the day after the partition day; a "
@@ -498,7 +490,7 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
         @task(task_id="record_accounting", trigger_rule="none_failed")
         def record_accounting(partition: dict[str, Any], loaded: list[dict[str, Any]] | None = None,
                               staged: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-            return record_day(src, partition, _as_list(staged), _as_list(loaded))
+            return record_day(src, partition, mapped_outputs(staged), mapped_outputs(loaded))
 
         partition = resolve()
         files = list_files(partition)

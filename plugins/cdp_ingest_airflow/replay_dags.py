@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 from airflow.sdk import DAG, Param, PokeReturnValue, task, task_group
 
+from cdp_ingest_airflow.dag_base import mapped_outputs
 from cdp_ingest_airflow.defaults import DEFAULT_ARGS
 from cdp_ingest_airflow.notify import WEBHOOK_CONN_ID, on_task_failure, post_webhook
 from cdp_ingest_airflow.operators import staging_root
@@ -115,7 +116,7 @@ def archive_location(rp: dict[str, Any], params: dict[str, Any] | None) -> str:
 
 def list_units(rp: dict[str, Any], params: dict[str, Any] | None) -> list[str]:
     """The archive files to replay (sorted); for ``store:`` one unit for the time window."""
-    from cdp_ingest.segment import ARCHIVE_SUFFIXES
+    from cdp_ingest.segment import is_archive_name
 
     location = archive_location(rp, params)
     if location == "store:":
@@ -128,8 +129,7 @@ def list_units(rp: dict[str, Any], params: dict[str, Any] | None) -> list[str]:
         return [str(location)]
     if not base.exists():
         return []
-    files = [p for p in base.rglob("*") if p.is_file() and p.name.lower().endswith(ARCHIVE_SUFFIXES)
-             and not p.name.startswith((".", "_"))]
+    files = [p for p in base.rglob("*") if p.is_file() and is_archive_name(p.name)]
     return sorted(p.as_uri() if "://" in location else str(p) for p in files)
 
 
@@ -254,12 +254,6 @@ def archive_wait_failed(context: dict[str, Any], *, rp: dict[str, Any]) -> None:
         log.warning("could not record the replay wait timeout", exc_info=True)
 
 
-def _as_list(value: Any) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, dict) else [v for v in value if v]
-
-
 # ---- the DAG --------------------------------------------------------------------------------------
 def _doc(rp: dict[str, Any]) -> str:
     source = ("the events already in this store (`<prefix>event-*`) for the window in params `start`/`end`"
@@ -345,7 +339,7 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
         @task(task_id="finalize", trigger_rule="none_failed")
         def finalize(replayed: list[dict[str, Any]] | None = None,
                      planned: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-            return summarize(rp, _as_list(planned), _as_list(replayed))
+            return summarize(rp, mapped_outputs(planned), mapped_outputs(replayed))
 
         units = list_archive_units()
         wait_for_archive() >> units
