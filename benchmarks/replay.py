@@ -9,8 +9,12 @@ receiver (scripts/replay_receiver.py --noop: checks auth and size, reads the bod
   send      the engine's replay step alone (ReplayOperator's work): stream the staged plan, stamp sentAt,
             POST, checkpoint after every batch
   engine    the whole replay from the .gz archive: parse, validate, rewrite, plan, send, accounting
+            (planning in 2 worker processes, the default; ``engine-1w``: in-process)
+  floor     not a replay: gunzip + orjson.loads + orjson.dumps of every message, nothing else, in one
+            process: the least any engine that parses and rewrites each message pays in Python here
   big       the engine on an archive --big-factor times larger (memory must stay flat)
-Prints a table and writes benchmarks/results/replay.json.
+Peak RSS is the whole process tree of the variant (the replay process and its planning workers),
+sampled every 50 ms. Prints a table and writes benchmarks/results/replay.json.
 """
 
 from __future__ import annotations
@@ -51,10 +55,10 @@ def write_archive(path: Path, n: int) -> None:
 
 
 # ---- variants (child processes) ---------------------------------------------------------------------
-def _settings():
+def _settings(workers: int = 2):
     from cdp_ingest.replay import ReplaySettings
 
-    return ReplaySettings(name="bench", concurrency=2)
+    return ReplaySettings(name="bench", concurrency=2, workers=workers)
 
 
 def variant_ceiling(work: str, url: str) -> dict:
@@ -88,31 +92,66 @@ def variant_send(work: str, url: str) -> dict:
     return {"messages": r.sent, "seconds": time.perf_counter() - t0, "requests": r.requests}
 
 
-def variant_engine(archive: str, work: str, url: str) -> dict:
+def variant_engine(archive: str, work: str, url: str, workers: str = "2") -> dict:
     from cdp_ingest.replay import SegmentSink, replay_unit
 
     t0 = time.perf_counter()
-    rep = replay_unit(archive, _settings(), SegmentSink(url, write_key=WRITE_KEY), work_dir=work)
+    rep = replay_unit(archive, _settings(int(workers)), SegmentSink(url, write_key=WRITE_KEY), work_dir=work)
     c = rep.counts()
     return {"messages": c["sent"], "seconds": time.perf_counter() - t0, "rows_in": c["rows_in"],
-            "batches": c["batches"]}
+            "batches": c["batches"], "plan_seconds": rep.plan.seconds,
+            "send_seconds": rep.result.seconds if rep.result else None}
+
+
+def variant_floor(archive: str) -> dict:
+    import orjson
+
+    loads, dumps = orjson.loads, orjson.dumps
+    n = 0
+    t0 = time.perf_counter()
+    with gzip.open(archive, "rb") as fh:
+        rest = b""
+        while block := fh.read(1 << 20):
+            lines = (rest + block).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                if line:
+                    dumps(loads(line))
+                    n += 1
+    return {"messages": n, "seconds": time.perf_counter() - t0}
 
 
 def child(argv: list[str]) -> None:
     import resource
 
     name, *args = argv
-    out = {"ceiling": variant_ceiling, "send": variant_send, "engine": variant_engine}[name](*args)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = {"ceiling": variant_ceiling, "send": variant_send, "engine": variant_engine,
+           "floor": variant_floor}[name](*args)
+    out["main_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     sys.stdout.write(json.dumps(out) + "\n")
 
 
 def run_child(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True,
-                          check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"variant {args[0]} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """One variant in a child process; its whole process tree's RSS is sampled while it runs."""
+    import psutil
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, __file__, "--child", *args], stdout=out, stderr=err, text=True)
+        root, peak = psutil.Process(proc.pid), 0
+        while proc.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"variant {args[0]} failed:\n{err.read()[-3000:]}")
+        result = json.loads(out.read().strip().splitlines()[-1])
+    result["peak_rss_mb"] = max(peak / (1 << 20), result["main_peak_rss_mb"])
+    return result
 
 
 def main() -> None:
@@ -136,8 +175,10 @@ def main() -> None:
         sys.stderr.write(f"archive: {args.messages} messages, {archive.stat().st_size >> 20} MB gz, "
                          f"{time.perf_counter() - t0:.0f} s to write\n")
         rows["engine"] = run_child("engine", str(archive), str(tmp / "work"), url)
+        rows["engine-1w"] = run_child("engine", str(archive), str(tmp / "work-1w"), url, "1")
         rows["send"] = run_child("send", str(tmp / "work"), url)
         rows["ceiling"] = run_child("ceiling", str(tmp / "work"), url)
+        rows["floor"] = run_child("floor", str(archive))
         if args.big_factor:
             big = tmp / "big.jsonl.gz"
             write_archive(big, args.messages * args.big_factor)
@@ -146,13 +187,15 @@ def main() -> None:
         receiver.stop()
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
     ceiling = rows["ceiling"]["messages"] / rows["ceiling"]["seconds"]
-    lines = [f"{'variant':<10}{'messages':>12}{'seconds':>10}{'msg/s':>12}{'x ceiling':>11}{'peak RSS MB':>13}"]
+    lines = [f"{'variant':<10}{'messages':>12}{'seconds':>9}{'plan s':>8}{'msg/s':>12}{'x ceiling':>11}"
+             f"{'peak RSS MB':>13}"]
     for name, r in rows.items():
         rate = r["messages"] / r["seconds"]
         r["rate"] = rate
         r["ratio_to_ceiling"] = rate / ceiling
-        lines.append(f"{name:<10}{r['messages']:>12,}{r['seconds']:>10.1f}{rate:>12,.0f}{rate / ceiling:>11.2f}"
-                     f"{r['peak_rss_mb']:>13.0f}")
+        plan_s = f"{r['plan_seconds']:.1f}" if r.get("plan_seconds") is not None else "-"
+        lines.append(f"{name:<10}{r['messages']:>12,}{r['seconds']:>9.1f}{plan_s:>8}{rate:>12,.0f}"
+                     f"{rate / ceiling:>11.2f}{r['peak_rss_mb']:>13.0f}")
     sys.stdout.write("\n".join(lines) + "\n")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "replay.json").write_text(json.dumps({
