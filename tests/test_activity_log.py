@@ -84,6 +84,17 @@ def test_record_keeps_one_entry_per_unit_with_a_timeline_counts_and_filters(stor
     assert [d["day"] for d in chart["replay"]] == [(today - timedelta(days=i)).isoformat() for i in (2, 1, 0)]
     assert chart["csv"][-1]["loaded"] == 0
 
+    # an overwrite-mode re-import: its replaced rows are counted and shown as updated
+    from cdp_ingest_airflow.activity_ui import render_list
+
+    log.record(source="csv", unit="fix.csv", account="demo", status="done", rows_in=5, loaded=1, updated=3,
+               rejected=1, duplicates=0)
+    [fix] = [r for r in view_entries(store, source="csv") if r["unit"] == "fix.csv"]
+    assert (fix["loaded"], fix["updated"], fix["rejected"]) == (1, 3, 1)
+    page = render_list([fix], base="/", filters={}, accounts=[], charts={})
+    assert "1 loaded · 3 updated" in page
+    assert "updated" not in render_list([done], base="/", filters={}, accounts=[], charts={}).split("<tbody")[-1]
+
 
 def test_an_index_from_before_gets_the_new_fields_and_its_entries_count_as_sftp(store):
     """Entries written by the SFTP-only version (no source/unit, old mapping) are still listed and filtered."""

@@ -77,7 +77,7 @@ STATUS_LABELS = {WAITING: "waiting for manifest", WAITING_FOR: "waiting", PICKED
                  PROCESSING: "processing", DONE: "done", FAILED: "failed", TIMED_OUT: "timed out"}
 LEDGER_STATUS = {"loading": PROCESSING, "committed": DONE, "failed": FAILED}
 SOURCES = ("csv", "sftp", "partition", "replay", "dataset")  # known families; others are accepted
-COUNTS = ("rows_in", "loaded", "rejected", "duplicates")
+COUNTS = ("rows_in", "loaded", "updated", "rejected", "duplicates")  # updated: overwrite-mode replacements
 MAX_EVENTS = 200
 # Fields never shown by the console (the client's contact address is only used for notifications).
 PRIVATE_FIELDS = ("client_email", "sftp_conn_id", "error_file_conn_id")

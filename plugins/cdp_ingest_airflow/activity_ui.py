@@ -186,7 +186,8 @@ def render_list(rows: list[dict[str, Any]], *, base: str, filters: dict[str, Any
         status = _status(r.get("status"))
         if r.get("missing") and r.get("status") in ("waiting", "timed_out", "waiting_for_manifest"):
             status += f'<div class="msg">missing: {_e(r["missing"])}</div>'
-        counts = (f'{_num(r.get("rows_in"))} in<br>{_num(r.get("loaded"))} loaded<br>'
+        updated = f' · {_num(r.get("updated"))} updated' if r.get("updated") else ""
+        counts = (f'{_num(r.get("rows_in"))} in<br>{_num(r.get("loaded"))} loaded{updated}<br>'
                   f'{_num(r.get("rejected"))} rejected · {_num(r.get("duplicates"))} dup'
                   if any(r.get(c) is not None for c in COUNTS) else "")
         links = [f'<a href="{_e(detail)}">details</a>']
