@@ -9,7 +9,7 @@ receiver (scripts/replay_receiver.py --noop: checks auth and size, reads the bod
   send      the engine's replay step alone (ReplayOperator's work): stream the staged plan, stamp sentAt,
             POST, checkpoint after every batch
   engine    the whole replay from the .gz archive: parse, validate, rewrite, plan, send, accounting
-            (planning in 2 worker processes, the default; ``engine-1w``: in-process)
+            (planning in-process, the default; ``engine-2w``: with 2 planning worker processes)
   floor     not a replay: gunzip + orjson.loads + orjson.dumps of every message, nothing else, in one
             process: the least any engine that parses and rewrites each message pays in Python here
   big       the engine on an archive --big-factor times larger (memory must stay flat)
@@ -55,7 +55,7 @@ def write_archive(path: Path, n: int) -> None:
 
 
 # ---- variants (child processes) ---------------------------------------------------------------------
-def _settings(workers: int = 2):
+def _settings(workers: int = 1):
     from cdp_ingest.replay import ReplaySettings
 
     return ReplaySettings(name="bench", concurrency=2, workers=workers)
@@ -92,7 +92,7 @@ def variant_send(work: str, url: str) -> dict:
     return {"messages": r.sent, "seconds": time.perf_counter() - t0, "requests": r.requests}
 
 
-def variant_engine(archive: str, work: str, url: str, workers: str = "2") -> dict:
+def variant_engine(archive: str, work: str, url: str, workers: str = "1") -> dict:
     from cdp_ingest.replay import SegmentSink, replay_unit
 
     t0 = time.perf_counter()
@@ -175,7 +175,7 @@ def main() -> None:
         sys.stderr.write(f"archive: {args.messages} messages, {archive.stat().st_size >> 20} MB gz, "
                          f"{time.perf_counter() - t0:.0f} s to write\n")
         rows["engine"] = run_child("engine", str(archive), str(tmp / "work"), url)
-        rows["engine-1w"] = run_child("engine", str(archive), str(tmp / "work-1w"), url, "1")
+        rows["engine-2w"] = run_child("engine", str(archive), str(tmp / "work-2w"), url, "2")
         rows["send"] = run_child("send", str(tmp / "work"), url)
         rows["ceiling"] = run_child("ceiling", str(tmp / "work"), url)
         rows["floor"] = run_child("floor", str(archive))

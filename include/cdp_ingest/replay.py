@@ -748,7 +748,7 @@ class Replayer:
         # Parquet decoding releases the GIL), so the senders are not idle while the next row group is read
         cp_log = cp.open_log(checkpoint_path)
         with (cp_log, ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="replay") as pool,
-              _ReadAhead(read_plan(staged_path, start_after=cp.batch, with_ids=False), depth=64) as planned):
+              _ReadAhead(read_plan(staged_path, start_after=cp.batch, with_ids=False), depth=16) as planned):
             try:
                 for batch in planned:
                     limiter.wait(len(batch.refs))

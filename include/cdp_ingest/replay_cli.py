@@ -33,8 +33,9 @@ def add_parser(sub: Any) -> None:
     rp.add_argument("--max-batch-messages", type=int, default=2500)
     rp.add_argument("--max-batch-bytes", type=int, default=500 * 1024)
     rp.add_argument("--concurrency", type=int, default=2)
-    rp.add_argument("--workers", type=int, default=2,
-                    help="processes that parse and rewrite big JSON-lines archives while planning (1 = none)")
+    rp.add_argument("--workers", type=int, default=1,
+                    help="processes that parse and rewrite big JSON-lines archives while planning (1 = in-process; "
+                         "more only pays on machines with spare cores)")
     rp.add_argument("--mapping", help="YAML message mapping for CSV archives")
     rp.add_argument("--not-historical", action="store_true",
                     help="the destination does not accept historical timestamps (the replay is refused)")

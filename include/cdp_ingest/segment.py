@@ -78,7 +78,7 @@ class ReplaySettings:
     backoff_seconds: float = 1.0
     max_backoff_seconds: float = 60.0
     dedup_window: int = 200_000
-    workers: int = 2  # processes that parse and rewrite a big JSON-lines archive while planning; 1 = none
+    workers: int = 1  # processes that parse and rewrite a big JSON-lines archive while planning; 1 = in-process
 
     def check(self) -> ReplaySettings:
         """Refuse, before anything is read or sent, what must not run."""
