@@ -167,12 +167,6 @@ def check_identity(msg: dict[str, Any]) -> None:
         raise RowError("alias: userId and previousId are required")
 
 
-def message_id(replay: str, unit: str, original_id: Any, line: int) -> str:
-    """Deterministic: the same replay of the same archived message always gets the same id
-    (a UUID-shaped BLAKE2b digest of replay name, source unit and original id or line)."""
-    return Preparer(replay, unit).message_id(original_id, line)
-
-
 _FAST_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|\+00:00)")
 
 
@@ -187,6 +181,8 @@ class Preparer:
         self._prefix = f"replay\x1f{replay}\x1f{unit}\x1f".encode()
 
     def message_id(self, original_id: Any, line: int) -> str:
+        """Deterministic: the same replay of the same archived message always gets the same id (a
+        UUID-shaped BLAKE2b digest of replay name, source unit and original id or line)."""
         key = f"id:{original_id}" if original_id not in (None, "") else f"line:{line}"
         h = hashlib.blake2b(self._prefix + key.encode(), digest_size=16).hexdigest()
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
