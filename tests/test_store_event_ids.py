@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from store_kit import crash_on_send
 
 from cdp_ingest.errors import StoreError
 from cdp_ingest.ledger import Ledger, SourceUnit
@@ -115,21 +116,11 @@ def test_retry_of_a_crashed_import_counts_its_own_writes_as_loaded(store, tmp_pa
                        prefix=store.prefix, import_id=entry.import_id, staged_path=tmp_path / "s.parquet",
                        error_path=tmp_path / "t-err.csv")
     assert (t.rows_in, t.rejected) == (75, 0)
-    calls = itertools.count()
-    original = store._send_bulk
-
-    def dying_send(payload: bytes):
-        if next(calls) == 6:
-            raise StoreError("worker lost its connection")
-        return original(payload)
-
-    store._send_bulk = dying_send
-    with pytest.raises(StoreError):
+    with crash_on_send(store, 7), pytest.raises(StoreError):
         load_unit(t.staged, store, import_id=entry.import_id, error_path=tmp_path / "l-err.csv", columns=t.columns)
     ledger.fail(entry, "crashed")
     assert 0 < len(_docs(store)) < 60
 
-    store._send_bulk = original
     retry = ledger.begin(SourceUnit.from_file(str(src)), kind="event", source="test")
     assert retry.import_id == entry.import_id
     ld = load_unit(t.staged, store, import_id=retry.import_id, error_path=tmp_path / "l-err.csv", columns=t.columns)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from store_kit import crash_on_send
 
 from cdp_ingest import sample
 from cdp_ingest.errorfile import FAILURE_COLUMN, read_error_file
@@ -167,23 +168,13 @@ def test_crash_mid_load_then_retry_gives_exactly_the_right_documents(store, tmp_
     t = transform_unit(read_batches(src), Mapper(m, unit_key=entry.import_id, now=NOW).map_row,
                        prefix=store.prefix, import_id=entry.import_id, staged_path=tmp_path / "s.parquet",
                        error_path=tmp_path / "t-err.csv")
-    calls = itertools.count()
-    original = store._send_bulk
-
-    def dying_send(payload: bytes):
-        if next(calls) == 3:
-            raise StoreError("worker lost its connection")  # like a worker killed mid-load
-        return original(payload)
-
-    store._send_bulk = dying_send
-    with pytest.raises(StoreError):
+    with crash_on_send(store, 4), pytest.raises(StoreError):  # like a worker killed mid-load
         load_unit(t.staged, store, import_id=entry.import_id, error_path=tmp_path / "l-err.csv", columns=t.columns)
     ledger.fail(entry, "crashed")
     store.refresh([f"{store.prefix}event-*"])
     partial = store.count(f"{store.prefix}event-*")
     assert 0 < partial < exp.good
 
-    store._send_bulk = original
     retry = ledger.begin(SourceUnit.from_file(str(src)), kind="event", source="test")
     assert retry.import_id == entry.import_id and retry.attempts == 2
     ld = load_unit(t.staged, store, import_id=retry.import_id, error_path=tmp_path / "l-err.csv", columns=t.columns)

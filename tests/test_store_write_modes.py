@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from store_kit import crash_on_send
 
 from cdp_ingest.errors import AccountingError, MappingError, StoreError
 from cdp_ingest.ledger import Accounting, Ledger, SourceUnit
@@ -125,18 +126,8 @@ def test_overwrite_import_crashed_and_retried_balances_and_keeps_one_copy(store,
     t = transform_unit(read_batches(src), Mapper(m, unit_key=entry.import_id, now=NOW).map_row,
                        prefix=store.prefix, import_id=entry.import_id, staged_path=tmp_path / "s.parquet",
                        error_path=tmp_path / "t-err.csv", write_mode=m.write_mode)
-    calls = itertools.count()
-    original = store._send_bulk
-
-    def dying_send(payload: bytes):
-        if next(calls) == 5:
-            raise StoreError("worker lost its connection")
-        return original(payload)
-
-    store._send_bulk = dying_send
-    with pytest.raises(StoreError):
+    with crash_on_send(store, 6), pytest.raises(StoreError):
         load_unit(t.staged, store, import_id=entry.import_id, error_path=tmp_path / "l.csv", columns=t.columns)
-    store._send_bulk = original
     ld = load_unit(t.staged, store, import_id=entry.import_id, error_path=tmp_path / "l.csv", columns=t.columns)
     assert ld.loaded + ld.updated == 40 and (ld.duplicates, ld.failed) == (0, 0)
     assert ld.updated >= 1 and ld.loaded >= 10  # e30-e39 are new; e0-e29 replaced (some by the crashed try)
