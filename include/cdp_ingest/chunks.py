@@ -295,3 +295,58 @@ def chunk_batches(path: str | os.PathLike, chunk: Chunk | dict[str, Any], *, hea
 def _renumber(description: str, local_row: int, shift: int) -> str:
     prefix = f"row {local_row}:"
     return f"row {local_row + shift}:{description[len(prefix):]}" if description.startswith(prefix) else description
+
+
+# ---- the import steps, per chunk ------------------------------------------------------------------
+def transform_chunk(path: str | os.PathLike, chunk: Chunk | dict[str, Any], row_fn: Any, *, header_end: int,
+                    size: int | None, prefix: str, import_id: str, work_dir: str | Path,
+                    max_cell_bytes: int | None, write_mode: str = "create") -> Any:
+    """``pipeline.transform_unit`` over one chunk: ``staged-<k>.parquet`` and ``transform-errors-<k>.csv``
+    in ``work_dir`` (one import's chunks share the folder). Returns the ``TransformResult``."""
+    from cdp_ingest.pipeline import transform_unit
+
+    c = chunk if isinstance(chunk, Chunk) else Chunk(**chunk)
+    work = Path(work_dir)
+    return transform_unit(chunk_batches(path, c, header_end=header_end, size=size), row_fn, prefix=prefix,
+                          import_id=import_id, staged_path=work / f"staged-{c.index}.parquet",
+                          error_path=work / f"transform-errors-{c.index}.csv", max_cell_bytes=max_cell_bytes,
+                          write_mode=write_mode)
+
+
+@dataclass
+class ChunkOutcome:
+    """What one chunk of a file contributed: its transform counts and its load counts and error files."""
+
+    index: int
+    rows_in: int
+    rejected: int
+    loaded: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    updated: int = 0
+    transform_errors: str | None = None
+    load_errors: str | None = None
+
+
+def file_accounting(outcomes: list[ChunkOutcome], n_chunks: int) -> Any:
+    """The file's accounting, summed over its chunks: each chunk exactly once, all of them present."""
+    from cdp_ingest.ledger import Accounting
+
+    got = sorted(o.index for o in outcomes)
+    if got != list(range(n_chunks)):
+        missing = sorted(set(range(n_chunks)) - set(got))
+        twice = sorted({i for i in got if got.count(i) > 1})
+        raise ValueError(f"chunks not loaded: {missing or 'none'}; reported more than once: {twice or 'none'}")
+    acc = Accounting()
+    for o in outcomes:
+        acc = acc + Accounting(o.rows_in, o.loaded, o.rejected + o.failed, o.duplicates, o.updated)
+    return acc
+
+
+def merge_chunk_errors(final_path: str | Path, outcomes: list[ChunkOutcome]) -> str | None:
+    """The file's one error CSV: every chunk's transform errors in chunk (= row) order, then every chunk's
+    load errors in chunk order — the order of an unchunked import's (transform errors, then load errors)."""
+    from cdp_ingest.pipeline import merge_error_files
+
+    ordered = sorted(outcomes, key=lambda o: o.index)
+    return merge_error_files(final_path, *[o.transform_errors for o in ordered], *[o.load_errors for o in ordered])

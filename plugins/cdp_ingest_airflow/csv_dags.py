@@ -1,7 +1,9 @@
 """DAG factory for scheduled CSV imports from the landing folder (config/csv_imports.yaml).
 
 Shape per import: wait_for_files (sensor) → for profile, then session, then event:
-list_files → stage (transform, mapped per file) → validate → load (BulkIndexOperator) → archive.
+list_files → plan (per file: fingerprint, ledger entry, row-aligned chunks of ``chunk_mb``) → stage
+(transform, mapped per chunk) → validate (per file) → load (mapped per chunk) → commit (per file, once
+all its chunks loaded) → archive. A file no bigger than one chunk (the default: 256 MB) is one chunk.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ import yaml
 from airflow.sdk import DAG, Param, PokeReturnValue, TaskGroup, task
 
 from cdp_ingest_airflow.defaults import DEFAULT_ARGS
-from cdp_ingest_airflow.operators import BulkIndexOperator, StageFileOperator
+from cdp_ingest_airflow.operators import (
+    CommitChunkedFilesOperator,
+    LoadChunksOperator,
+    PlanCsvFilesOperator,
+    StageChunkOperator,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS = ROOT / "include" / "cdp_ingest" / "mappings"
@@ -67,6 +74,10 @@ Tracardi-shaped documents and bulk-loads them into the store of connection `{cfg
 Rejected rows go to `errors/<file>.<import>.errors.csv` (original columns + `Failure Description`).
 Imported files move to `processed/<date>/`; a file already imported is skipped (ledger), unless the
 run's `force` param is set. `dry_run` stages and validates without loading.
+
+Files bigger than `chunk_mb` ({cfg.get('chunk_mb', 'default')} MB; env `CDP_CSV_CHUNK_MB` overrides) are
+split at row boundaries into chunks that separate `stage` and `load` task instances share; the file is
+still one import: one ledger entry, one error file, committed once by `commit`.
 """
 
 
@@ -74,6 +85,9 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
     folder = cfg["folder"]
     conn_id = cfg.get("store_conn_id", "cdp_opensearch")
     ratio = float(cfg.get("max_reject_ratio", 0.5))
+    chunk_mb = cfg.get("chunk_mb")
+    if chunk_mb is not None and not float(chunk_mb) > 0:
+        raise ValueError(f"csv import {name}: chunk_mb must be > 0, not {chunk_mb!r}")
     units = cfg["units"]
     unknown = set(units) - set(KIND_ORDER)
     if unknown:
@@ -111,32 +125,34 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
                     return find_files(folder, pattern)
 
                 files = list_files(unit["pattern"])
-                staged = StageFileOperator.partial(
-                    task_id="stage", mapping_path=mapping, store_conn_id=conn_id, account=name,
-                    force="{{ params.force }}",
-                ).expand(source_path=files)
+                plan = PlanCsvFilesOperator(
+                    task_id="plan", source_paths=files, mapping_path=mapping, store_conn_id=conn_id, account=name,
+                    force="{{ params.force }}", chunk_mb=chunk_mb,
+                )
+                staged = StageChunkOperator.partial(
+                    task_id="stage", mapping_path=mapping, store_conn_id=conn_id,
+                ).expand(chunk=plan.output)
 
                 @task(task_id="validate")
-                def validate(result: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
-                    from airflow.exceptions import AirflowSkipException
+                def validate(results: list[dict[str, Any]], params: dict[str, Any] | None = None
+                             ) -> list[dict[str, Any]]:
+                    from cdp_ingest_airflow.operators import validate_chunks
 
-                    from cdp_ingest_airflow import activity_hooks
+                    return validate_chunks(list(results), max_reject_ratio=ratio, store_conn_id=conn_id,
+                                           dry_run=bool(params and params.get("dry_run")))
 
-                    checked = activity_hooks.validated(result, max_reject_ratio=ratio, store_conn_id=conn_id)
-                    if params and params.get("dry_run"):
-                        raise AirflowSkipException(f"dry run: {result['path']} staged and validated, not loaded")
-                    return checked
-
-                validated = validate.expand(result=staged.output)
-                loaded = BulkIndexOperator.partial(
-                    task_id="load", store_conn_id=conn_id, error_dir=str(landing_root() / folder / "errors"),
-                ).expand(staged=validated)
+                validated = validate(staged.output)
+                loaded = LoadChunksOperator.partial(task_id="load", store_conn_id=conn_id).expand(item=validated)
+                committed = CommitChunkedFilesOperator(
+                    task_id="commit", files=plan.output["files"], loaded=loaded.output, store_conn_id=conn_id,
+                    error_dir=str(landing_root() / folder / "errors"), trigger_rule="all_done",
+                )
 
                 @task(task_id="archive")
                 def archive_files(results: list[dict[str, Any]], ds: str | None = None) -> list[str]:
                     return archive(list(results), folder, ds or "unknown-day")
 
-                archive_files(loaded.output)
+                archive_files(committed.output)
             previous >> group
             previous = group
     return dag
