@@ -47,7 +47,7 @@ def write_inputs(base: Path) -> dict[str, sample.Expected]:
     }
 
 
-def run(no_retries: bool = False):
+def run(no_retries: bool = False, **conf):
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(ROOT / "dags" / "csv_import.py"))
@@ -56,7 +56,7 @@ def run(no_retries: bool = False):
     if no_retries:  # the injected failure should fail the run now, not after minutes of retry delays
         for t in dag.tasks:
             t.retries = 0
-    return dag.test()
+    return dag.test(run_conf=conf or None)
 
 
 def restore(backup: Path, landing: Path) -> None:
@@ -168,3 +168,32 @@ def test_a_chunk_load_that_dies_part_way_then_a_rerun_ends_exact(landing, airflo
     ids = [r["insert_id"] for r in rows]
     assert ids == sorted(ids)  # the chunks' error rows merged in file order
     assert not list((landing / "events").glob("*.csv")) and list((landing / "processed").rglob("tracker.csv"))
+
+
+@pytest.mark.slow
+def test_dry_run_and_force_with_chunks(landing, airflow_db, opensearch, monkeypatch):
+    (landing / "events").mkdir(parents=True)
+    exp = sample.write_events(landing / "events" / "tracker.csv", 400, profiles=50, sessions=20)
+    monkeypatch.setenv("CDP_CSV_CHUNK_MB", SMALL_MB)
+    store = use_prefix(monkeypatch, opensearch, "t-chunkparams-")
+
+    # dry run: every chunk staged and validated, nothing loaded, committed or archived
+    assert run(dry_run=True).state == "success"
+    entry = ledger(store)["event"]
+    assert entry["status"] == "loading" and entry["rows_in"] == 0
+    assert store.count(f"{store.prefix}event-*") == 0 and (landing / "events" / "tracker.csv").exists()
+
+    assert run().state == "success"  # the real run resumes the same import
+    first = ledger(store)["event"]
+    assert (first["import_id"], first["status"], first["loaded"]) == (entry["import_id"], "committed", exp.good)
+
+    # force: the archived file dropped again is re-imported under a new generation: its writes are duplicates
+    [archived] = (landing / "processed").rglob("tracker.csv")
+    shutil.copy2(archived, landing / "events" / "tracker.csv")
+    assert run(force=True).state == "success"
+    again = ledger(store)["event"]
+    assert again["import_id"].endswith("-1") and again["extra"]["chunks"] >= 3
+    assert (again["rows_in"], again["loaded"], again["rejected"], again["duplicates"]) == (
+        exp.rows, 0, exp.bad, exp.good + exp.duplicates)
+    store.refresh([f"{store.prefix}*"])
+    assert store.count(f"{store.prefix}event-*") == exp.good
