@@ -100,6 +100,25 @@ def test_generated_file_matches_and_mostly_takes_the_columnar_path(tmp_path, mon
     assert len(calls) == exp.bad  # only the rows it rejects go through map_row (for their messages)
 
 
+def test_reader_batches_larger_than_a_slice_keep_row_numbers_and_read_errors(tmp_path, monkeypatch):
+    """The columnar path maps reader batches in slices of pipeline.FAST_ROWS rows: row numbers, the
+    reader's bad rows (here: wrong field counts) and rejects in later slices stay where they belong."""
+    import cdp_ingest.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "FAST_ROWS", 64)
+    path = tmp_path / "events.csv"
+    exp = sample.write_events(path, 1000, profiles=100, sessions=200)
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[701:701] = ["e-x1,1764547200,search,z@x.com,s-1,a,b,1,1,too,many\n",  # rows 701 and 703 (second
+                      "e-x2,1764547200,search,z@x.com,s-1,a,b,1,1,ok\n",  # reader batch, fourth slice) have
+                      "e-x3,1764547200,search,z@x.com,s-1,a,b,1,1,too,many\n"]  # a field too many
+    path.write_text("".join(lines), encoding="utf-8")
+    items, counts, errors = same(Mapping.load(DEMO), path, tmp_path, batch_rows=500)
+    assert counts[:3] == (exp.rows + 3, exp.rows - exp.bad + 1, exp.bad + 2)
+    assert [ref for ref, _kind, _index, doc_id, _body in items if doc_id == "e-x2"] == [702]
+    assert errors.count("expected 10 fields, found 11") == 2
+
+
 def test_another_mapping_defaults_nested_targets_and_types(tmp_path):
     mapping = Mapping.from_dict({
         "kind": "event", "source_id": "s2", "identity": ["email", "phone"], "time": {"column": "ts"},
