@@ -119,6 +119,16 @@ def test_chunked_files_give_the_documents_counts_and_error_files_of_one_chunk(la
         assert counts[0] == counts[1] == (b[kind]["import_id"], "committed", exp.rows, exp.good, exp.bad,
                                           exp.duplicates)
         assert a[kind]["extra"].get("chunks", 1) >= 3 and "chunks" not in b[kind]["extra"]
+    from cdp_ingest_airflow.activity import view_entries
+
+    for store in (chunked, whole):  # one activity entry per file, chunked or not, with the file's counts
+        units = {r["unit"]: r for r in view_entries(store, source="csv")}
+        assert set(units) == {"crm.csv", "web.csv", "tracker.csv"}
+        for r in units.values():
+            e = ledger(store)[r["type"]]
+            assert (r["status"], r["rows_in"], r["loaded"], r["rejected"], r["duplicates"]) == (
+                "done", e["rows_in"], e["loaded"], e["rejected"], e["duplicates"])
+            assert [s["step"] for s in r["events"]] == ["transform", "staged", "load", "committed"]
     docs_chunked, docs_whole = documents(chunked), documents(whole)
     assert len(docs_whole) == sum(e.good for e in expected.values())
     assert docs_chunked == docs_whole  # same ids, same bodies, same metadata.aux.cdp (import_id, row)

@@ -258,6 +258,7 @@ class PlanCsvFilesOperator(_StoreMixin, BaseOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from cdp_ingest.chunks import chunk_bytes_from, plan_csv
+        from cdp_ingest.errors import FileLevelError
         from cdp_ingest.ledger import Ledger
         from cdp_ingest.mapping import Mapping
         from cdp_ingest.readers import read_csv_header
@@ -276,7 +277,12 @@ class PlanCsvFilesOperator(_StoreMixin, BaseOperator):
         files: list[dict[str, Any]] = []
         chunks: list[dict[str, Any]] = []
         for path in paths:
-            plan = plan_csv(path, chunk_bytes)
+            try:
+                plan = plan_csv(path, chunk_bytes)
+            except FileLevelError as e:  # listed, then gone (or unreadable) before it was read: no unit to begin
+                self.log.warning("%s cannot be planned: %s", path, e.code)
+                files.append({"path": path, "status": "failed", "message": str(e), "n_chunks": 0})
+                continue
             entry = ledger.begin(plan.unit, kind=mapping.kind, source=f"file:{self.mapping_path}",
                                  account=self.account, force=force)
             ref = unit_ref(source="csv", unit=Path(path).name, account=self.account, entry_id=entry.import_id,
