@@ -7,7 +7,14 @@ One DAG run imports one manifest, the oldest ready one (upload order). The tasks
 * ``ManifestParseOperator`` → the *ticket*: ``status`` (``new`` | ``resume_committed`` |
   ``already_imported`` | ``done_before``), manifest/data file names, ``type``, the local copies in the
   staging dir, ``unit_id``/``import_id`` of the ledger entry;
-* ``stage_rows`` → the staged dict ``BulkIndexOperator`` loads.
+* ``stage_rows`` → the staged dict ``ManifestLoadOperator`` (a ``BulkIndexOperator``) loads.
+
+Without ``CDP_STAGING_URL`` the tasks of a run share one working folder (the parse task's, under
+``CDP_STAGING_DIR``), so they need one host or a shared ``CDP_STAGING_DIR``. With it, every file one
+task writes and a later one reads goes through object storage (``staging.publish``/``fetch``): the
+downloaded data file and the manifest (the ticket's ``local_path``/``manifest_copy`` are then URLs),
+the staged Parquet file and the error CSVs; each task works in its own folder under its own
+``CDP_STAGING_DIR``, leaves nothing there, and finalize removes the import's objects.
 
 File-level problems (bad manifest, reused manifest name, no data file, unreadable, too large) are
 recorded in the activity log and fail the task at once (``AirflowFailException``: retrying cannot
@@ -35,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, BaseSensorOperator, PokeReturnValue
 
-from cdp_ingest_airflow.operators import staging_root
+from cdp_ingest_airflow.operators import BulkIndexOperator, staging_root
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -182,6 +189,24 @@ def _iso_now() -> str:
     return iso(datetime.now(UTC)) or ""
 
 
+def _work_dir(account: str, act_id: str, ticket: Mapping[str, Any] | None = None) -> Path:
+    """This task's working folder for one manifest: without ``CDP_STAGING_URL`` the parse task's (every
+    task of the run works there), with it a folder under this task's own ``CDP_STAGING_DIR``."""
+    from cdp_ingest_airflow.staging import staging_url
+
+    if not staging_url() and ticket and ticket.get("work_dir"):
+        return Path(ticket["work_dir"])
+    return staging_root() / "sftp" / account / act_id
+
+
+def _drop_if_handed_over(work: Path) -> None:
+    """With ``CDP_STAGING_URL`` a task's working folder is scratch: what later tasks need was published."""
+    from cdp_ingest_airflow.staging import staging_url
+
+    if staging_url():
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def processing_time(context: Mapping[str, Any]) -> datetime:
     """The run's processing time: its logical date (run_after for runs without one), never the clock."""
     when = context.get("logical_date")
@@ -321,6 +346,8 @@ class ManifestParseOperator(BaseOperator):
         except Exception as e:
             activity.update(act_id, error_code=RETRYABLE, message=f"internal error: {type(e).__name__}")
             raise
+        finally:
+            _drop_if_handed_over(_work_dir(self.account, act_id))
 
     def _parse(self, context: Context, sensed: dict[str, Any], entry: dict[str, Any],
                activity: ActivityLog) -> dict[str, Any]:
@@ -332,7 +359,7 @@ class ManifestParseOperator(BaseOperator):
         from cdp_ingest_airflow.notifiers import notify
 
         name, act_id = sensed["manifest"], entry["id"]
-        work = staging_root() / "sftp" / self.account / act_id
+        work = _work_dir(self.account, act_id)
         with _sftp_hook(self.sftp_conn_id).get_managed_conn() as sftp:
             manifest_path = sftp_path(self.folder, name)
             if stat_file(sftp, manifest_path) is None:
@@ -394,9 +421,28 @@ class ManifestParseOperator(BaseOperator):
             raise
         activity.update(act_id, unit_id=ledger_entry.unit_id, import_id=ledger_entry.import_id, size=size,
                         status="processing", started_at=_iso_now())
+        ticket.update(_publish_inputs(ticket))
         self.log.info("manifest %s: %s file %s paired and fetched; import %s", name, manifest.type,
                       manifest.file_name, ledger_entry.import_id)
         return ticket
+
+
+def _publish_inputs(ticket: dict[str, Any]) -> dict[str, Any]:
+    """With ``CDP_STAGING_URL``: the data file and the manifest copy go to object storage for the transform
+    task (wherever it runs); their URLs replace the local paths in the ticket. All or nothing."""
+    from cdp_ingest_airflow.staging import publish, remove, staging_url
+
+    if not staging_url():
+        return {}
+    done: dict[str, Any] = {}
+    try:
+        for key in ("local_path", "manifest_copy"):
+            done[key] = publish(ticket[key], ticket["import_id"])
+    except Exception:
+        for location in done.values():
+            remove(location)
+        raise
+    return done
 
 
 def _as_dict(value: Any) -> dict[str, Any]:
@@ -418,13 +464,10 @@ def _ticket_base(entry: dict[str, Any]) -> dict[str, Any]:
 
 def stage_rows(ticket: dict[str, Any], *, store_conn_id: str, now: datetime) -> dict[str, Any]:
     """Interpret every row with the manifest, stage accepted rows as Parquet, rejected rows as the error
-    CSV. Returns the staged dict of ``BulkIndexOperator`` (``status: skipped`` when nothing to load)."""
-    from cdp_ingest.errors import FileLevelError
-    from cdp_ingest.ledger import Ledger
-    from cdp_ingest.manifest import parse_manifest
-    from cdp_ingest.pipeline import transform_unit
-    from cdp_ingest.readers import read_batches
-    from cdp_ingest.sftp_rows import READ_BATCH_ROWS, SftpRowMapper
+    CSV. Returns the staged dict of ``BulkIndexOperator`` (``status: skipped`` when nothing to load).
+    With ``CDP_STAGING_URL`` the data file and manifest are fetched from there and the staged file and
+    error CSV published there."""
+    from cdp_ingest_airflow.staging import publish, staging_url
 
     base = {"import_id": ticket.get("import_id"), "unit_id": ticket.get("unit_id"),
             "path": f"{ticket['account']}/{ticket.get('file_name')}", "kind": ticket.get("type")}
@@ -432,14 +475,45 @@ def stage_rows(ticket: dict[str, Any], *, store_conn_id: str, now: datetime) -> 
         return {**base, "status": "skipped", "rows_in": 0}
     store = _store(store_conn_id)
     activity = _activity(store_conn_id)
-    manifest = parse_manifest(Path(ticket["manifest_copy"]).read_bytes(), ticket["manifest"])
-    mapper = SftpRowMapper(manifest, unit_key=ticket["unit_id"], now=now, source_id=f"sftp:{ticket['account']}")
-    work = Path(ticket["work_dir"])
+    work = _work_dir(ticket["account"], ticket["activity_id"], ticket)
     try:
-        result = transform_unit(read_batches(ticket["local_path"], "csv", batch_rows=READ_BATCH_ROWS),
+        return _stage_rows(ticket, base, work, store=store, activity=activity, now=now)
+    except Exception:
+        # the rows rejected before a failure still reach the client: finalize attaches them (locally it
+        # finds them in the shared working folder)
+        partial = work / "transform-errors.csv"
+        if staging_url() and partial.exists():
+            try:
+                publish(partial, ticket["import_id"])
+            except Exception:
+                log.warning("could not hand over the partial error file of %s", base["path"], exc_info=True)
+        raise
+    finally:
+        _drop_if_handed_over(work)
+
+
+def _stage_rows(ticket: dict[str, Any], base: dict[str, Any], work: Path, *, store: Store, activity: ActivityLog,
+                now: datetime) -> dict[str, Any]:
+    from cdp_ingest.errors import FileLevelError
+    from cdp_ingest.ledger import Ledger
+    from cdp_ingest.manifest import parse_manifest
+    from cdp_ingest.pipeline import transform_unit
+    from cdp_ingest.readers import read_batches
+    from cdp_ingest.sftp_rows import READ_BATCH_ROWS, SftpRowMapper
+    from cdp_ingest_airflow.staging import fetch, open_staged, publish
+
+    try:
+        with open_staged(ticket["manifest_copy"]) as fh:
+            manifest = parse_manifest(fh.read(), ticket["manifest"])
+        mapper = SftpRowMapper(manifest, unit_key=ticket["unit_id"], now=now,
+                               source_id=f"sftp:{ticket['account']}")
+        data = fetch(ticket["local_path"], work)  # handed over through object storage: a local copy first
+        result = transform_unit(read_batches(data, "csv", batch_rows=READ_BATCH_ROWS),
                                 mapper.map_row, prefix=store.prefix, import_id=ticket["import_id"],
                                 staged_path=work / "staged.parquet", error_path=work / "transform-errors.csv",
                                 max_cell_bytes=store.max_cell_bytes)
+        result.staged = publish(result.staged, ticket["import_id"])
+        result.error_file = publish(result.error_file, ticket["import_id"])
     except FileLevelError as e:
         ledger = Ledger(store)
         entry = ledger.get(ticket["unit_id"])
@@ -459,6 +533,44 @@ def stage_rows(ticket: dict[str, Any], *, store_conn_id: str, now: datetime) -> 
     return {**base, **result.to_dict(), "status": "staged"}
 
 
+# ---------------------------------------------------------------------------------------------- load step
+
+
+class ManifestLoadOperator(BulkIndexOperator):
+    """``BulkIndexOperator`` whose merged error CSV reaches ``finalize`` wherever that runs.
+
+    Without ``CDP_STAGING_URL`` it is ``BulkIndexOperator`` unchanged (the error CSV stays in the shared
+    working folder). With it, the load works in ``<CDP_STAGING_DIR>/<import_id>`` of its own host; the
+    merged error CSV (also one merged before a failed commit) is published and that folder removed.
+    """
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from cdp_ingest_airflow.staging import is_remote, location, publish, staging_url
+
+        staged = _as_dict(self.staged)
+        if not staging_url() or staged.get("status") == "skipped":
+            return super().execute(context)
+        import_id = staged["import_id"]
+        work = staging_root() / import_id  # where BulkIndexOperator fetches, loads and merges
+        try:
+            out = super().execute(context)
+            error_file = out.get("error_file")
+            if error_file and not is_remote(error_file):
+                # committed by an earlier try on another host: that try published it under the same name
+                out["error_file"] = (publish(error_file, import_id) if Path(error_file).exists()
+                                     else location(import_id, Path(error_file).name))
+            return out
+        except Exception:
+            for merged in sorted(work.glob("*.errors.csv")):
+                try:
+                    publish(merged, import_id)
+                except Exception:
+                    self.log.warning("could not hand over the error file of %s", staged.get("path"), exc_info=True)
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------------------- finalize step
 
 
@@ -472,12 +584,14 @@ def finalize_import(*, account: str, folder: str, sensed: dict[str, Any] | None,
     """Report the outcome of one manifest: write the error CSV back to ``errors/``, move the files to
     ``processed/`` (done) or ``failed/``, close the activity entry and notify. Idempotent, so a retry
     after a crash finishes the job. Raises ``AirflowFailException`` after reporting a failure, so the
-    run shows as failed."""
+    run shows as failed. With ``CDP_STAGING_URL`` the error CSV is fetched from object storage and, once
+    reported, every object of the import is removed there."""
     from cdp_ingest.documents import iso
     from cdp_ingest.ledger import Ledger
     from cdp_ingest.sftp_rows import activity_id, archive_folder, error_file_name
     from cdp_ingest_airflow.activity import ActivityLog
     from cdp_ingest_airflow.notifiers import notify
+    from cdp_ingest_airflow.staging import fetch, is_remote, listing, location, remove_all, staging_url
 
     if not sensed:
         raise ValueError("finalize needs the sensor's result")
@@ -487,7 +601,9 @@ def finalize_import(*, account: str, folder: str, sensed: dict[str, Any] | None,
     activity = ActivityLog(store)
     entry = activity.get(act_id) or {"id": act_id, "account": account, "folder": folder, "manifest": name}
     status = (ticket or {}).get("status")
-    work = Path((ticket or {}).get("work_dir") or staging_root() / "sftp" / account / act_id)
+    work = _work_dir(account, act_id, ticket)
+    # the import whose staged objects are this manifest's to remove (not another import's, already_imported)
+    own_import = (ticket or {}).get("import_id") if status in ("new", "resume_committed") else None
     counts: dict[str, Any] = {}
     local_error: str | None = None
     if status == "done_before":
@@ -499,6 +615,8 @@ def finalize_import(*, account: str, folder: str, sensed: dict[str, Any] | None,
             counts = {"rows_in": ledger_entry.rows_in, "loaded": ledger_entry.loaded,
                       "rejected": ledger_entry.rejected, "duplicates": ledger_entry.duplicates}
             local_error = ledger_entry.error_file
+            if local_error and not Path(local_error).exists() and staging_url():  # loaded on another host
+                local_error = location(ticket["import_id"], Path(local_error).name)
         else:
             counts = {"rows_in": 0, "loaded": 0, "rejected": 0, "duplicates": 0, "already_imported": True,
                       "message": f"identical content already imported by import {ticket.get('import_id')}"}
@@ -512,7 +630,17 @@ def finalize_import(*, account: str, folder: str, sensed: dict[str, Any] | None,
             entry["error_code"] = RETRYABLE
             entry["message"] = "internal error while importing the file; it was retried and still failed"
         partial = sorted(work.glob("*.errors.csv")) or sorted(work.glob("transform-errors.csv"))
+        if not partial and own_import:  # handed over through object storage
+            published = listing(own_import)
+            partial = ([u for u in published if u.endswith(".errors.csv")]
+                       or [u for u in published if u.endswith("/transform-errors.csv")])
         local_error = str(partial[0]) if partial else None
+    if local_error and is_remote(local_error):
+        try:
+            local_error = fetch(local_error, work)
+        except FileNotFoundError:
+            log.warning("the error file of %s is no longer in the staging storage", name)
+            local_error = None
     if local_error and not Path(local_error).exists():
         local_error = None
     if local_error:  # the client gets it under the name it has in errors/
@@ -553,6 +681,11 @@ def finalize_import(*, account: str, folder: str, sensed: dict[str, Any] | None,
                             finished_at=entry.get("finished_at") or iso(finished), seconds=seconds)
     notify("succeeded" if outcome == "done" else "failed", entry, activity=activity, error_file=local_error,
            fallback_email=contact_email, smtp_conn_id=smtp_conn_id, webhook_conn_id=webhook_conn_id)
+    if own_import and staging_url():
+        try:
+            remove_all(own_import)
+        except Exception:  # reported already; a leftover object does not stop a rerun (publish overwrites)
+            log.warning("could not remove the staged objects of import %s", own_import, exc_info=True)
     shutil.rmtree(work, ignore_errors=True)
     log.info("manifest %s: %s, archived to %s", name, outcome, archived_to)
     if outcome == "failed":

@@ -5,7 +5,7 @@ Each run imports the oldest ready manifest of the account folder (upload order; 
 keeps the order across runs):
 
     wait_for_manifest (sensor) → parse_manifest (ManifestParseOperator) → transform → validate
-    → load (BulkIndexOperator) → finalize (error CSV to errors/, archive, activity log, notification)
+    → load (ManifestLoadOperator) → finalize (error CSV to errors/, archive, activity log, notification)
 
 ``finalize`` runs even when an earlier step failed (not when the sensor found nothing) so every
 picked-up manifest ends done or failed, archived, logged and notified. Deadline alerts send the
@@ -27,9 +27,8 @@ from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference, ta
 from cdp_ingest_airflow.activity_hooks import sftp_wait_timed_out
 from cdp_ingest_airflow.dag_base import ImportDAG
 from cdp_ingest_airflow.defaults import DEFAULT_ARGS
-from cdp_ingest_airflow.manifest_operator import ManifestParseOperator, ManifestSensor
+from cdp_ingest_airflow.manifest_operator import ManifestLoadOperator, ManifestParseOperator, ManifestSensor
 from cdp_ingest_airflow.notifiers import on_run_failure, still_processing
-from cdp_ingest_airflow.operators import BulkIndexOperator
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS: dict[str, Any] = {
@@ -153,7 +152,7 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
             return validate_stage(staged, max_reject_ratio=1.0)
 
         staged = validate(transform(parse.output))
-        load = BulkIndexOperator(task_id="load", staged=staged, store_conn_id=cfg["store_conn_id"])
+        load = ManifestLoadOperator(task_id="load", staged=staged, store_conn_id=cfg["store_conn_id"])
 
         @task(task_id="finalize", trigger_rule="none_skipped")
         def finalize(ti: Any = None, logical_date: Any = None, dag_run: Any = None) -> dict[str, Any]:

@@ -6,6 +6,10 @@ an Airflow connection, with ``ObjectStoragePath``), the transform task *publishe
 file and its error CSV there and the XCom result carries their URLs; the load task *fetches* them into
 its own ``CDP_STAGING_DIR`` first. So transform and load may run on different Celery workers and hosts
 without a shared file system. Local paths pass through unchanged.
+
+SFTP manifest imports hand over more: the parse task publishes the downloaded data file and the
+manifest, the load task its merged error CSV (finalize sends it to the client); finalize then removes
+everything under ``<CDP_STAGING_URL>/<import_id>/`` (``remove_all``).
 """
 
 from __future__ import annotations
@@ -48,6 +52,38 @@ def publish(local: str | Path | None, import_id: str) -> str | None:
     local.unlink()
     log.info("staged %s as %s (%s bytes)", local.name, location, size)
     return location
+
+
+def location(import_id: str, name: str) -> str | None:
+    """Where ``publish`` puts a file called ``name`` of ``import_id`` (None without a staging URL)."""
+    url = staging_url()
+    return f"{url}/{import_id}/{name}" if url else None
+
+
+def listing(import_id: str) -> list[str]:
+    """The URLs of every object published for ``import_id`` (none without a staging URL)."""
+    url = staging_url()
+    if not url:
+        return []
+    folder = _path(f"{url}/{import_id}/")
+    invalidate = getattr(folder.fs, "invalidate_cache", None)
+    if invalidate is not None:  # another process or host may have written since this one listed
+        invalidate()
+    try:
+        names = sorted(p.name for p in folder.iterdir())
+    except FileNotFoundError:
+        return []
+    return [f"{url}/{import_id}/{name}" for name in names if name]
+
+
+def remove_all(import_id: str) -> int:
+    """Remove every object published for ``import_id``; returns how many there were."""
+    found = listing(import_id)
+    for loc in found:
+        remove(loc)
+    if found:
+        log.info("removed %s staged object(s) of import %s", len(found), import_id)
+    return len(found)
 
 
 def fetch(location: str | None, local_dir: str | Path) -> str | None:
