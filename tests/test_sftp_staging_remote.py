@@ -11,7 +11,7 @@ import csv
 import io
 import os
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -83,6 +83,7 @@ def run_on_hosts(acc: Account, hosts: Hosts, when: datetime, *, retries: int | N
     if retries is not None:
         for task in dag.tasks:
             task.retries = retries
+            task.retry_delay = timedelta(0)
     return dag.test(logical_date=when)
 
 
@@ -193,3 +194,38 @@ def test_failed_load_on_another_host_leaves_nothing_and_the_rerun_loads_everythi
     acc.store.refresh([f"{acc.prefix}event-*"])
     assert acc.store.count(f"{acc.prefix}event-*") == 40
     assert again.keys() == [] and again.left_behind() == []
+
+
+def test_load_retried_on_another_host_after_its_commit(remote, tmp_path, monkeypatch):
+    """The load commits, then fails removing its staged objects; the retry runs on another host, finds
+    the import committed and hands over the error CSV the failed try published. The run succeeds with
+    the committed counts, the client gets the error file, and finalize empties the bucket."""
+    from cdp_ingest_airflow import staging
+
+    acc, s3, bucket = remote
+    text, reasons = events_file(30)
+    acc.write("orders.csv", text)
+    acc.write("orders.manifest", manifest_bytes("orders.csv", "event", acc.client_email, COLUMNS))
+    acc.upload("orders.csv", "orders.manifest")
+    real_remove, calls = staging.remove, []
+
+    def remove_fails_once(location):
+        calls.append(location)
+        if len(calls) == 1:
+            raise OSError("staging storage unreachable")
+        return real_remove(location)
+
+    monkeypatch.setattr(staging, "remove", remove_fails_once)
+    hosts = Hosts(tmp_path / "hosts", bucket, s3)
+    assert run_on_hosts(acc, hosts, LD, retries=1).state == "success"
+    assert hosts.started == [*TASKS[:5], "load", "finalize"]  # the load twice, on two hosts
+    iid = acc.entry("orders.manifest")["import_id"]
+    assert calls[0] == f"s3://{bucket}/staged/{iid}/staged.parquet"  # after the commit
+    assert f"{iid}/orders.{iid}.errors.csv" in hosts.bucket_before["finalize"]
+    e = acc.entry("orders.manifest")
+    assert (e["status"], e["rows_in"], e["loaded"], e["rejected"], e["duplicates"]) == ("done", 34, 30, 4, 0)
+    acc.store.refresh([f"{acc.prefix}event-*"])
+    assert acc.store.count(f"{acc.prefix}event-*") == 30
+    errors = list(csv.DictReader(io.StringIO((acc.folder / "errors" / "orders.errors.csv").read_text())))
+    assert [r[FAILURE_COLUMN] for r in errors] == reasons
+    assert hosts.keys() == [] and hosts.left_behind() == []

@@ -601,6 +601,12 @@ def finalize_import(*, account: str, folder: str, sensed: dict[str, Any] | None,
     activity = ActivityLog(store)
     entry = activity.get(act_id) or {"id": act_id, "account": account, "folder": folder, "manifest": name}
     status = (ticket or {}).get("status")
+    if status == "new" and loaded and loaded.get("status") != "committed":
+        # a load try that committed, then failed (before removing its staged files, say), is retried:
+        # the retry finds the entry committed and returns the staged dict with the ledger's counts
+        committed = Ledger(store).get(ticket["unit_id"]) if ticket else None
+        if committed is not None and committed.committed and committed.import_id == ticket.get("import_id"):
+            status = "resume_committed"
     work = _work_dir(account, act_id, ticket)
     # the import whose staged objects are this manifest's to remove (not another import's, already_imported)
     own_import = (ticket or {}).get("import_id") if status in ("new", "resume_committed") else None
