@@ -133,6 +133,9 @@ _EVENT: dict[str, Any] = {
     "context": {}, "request": {}, "config": {}, "tags": {"values": [], "count": 0}, "aux": {}, "device": {},
     "os": {}, "app": {}, "hit": {}, "data": {}, "journey": {"state": None},
 }
+# A new profile's insert/update times in a document made before its merge (fastmap.ProfileBatchMapper);
+# the merge puts its own time there (both come before any mapped value, as the first two occurrences).
+NOW_MARK = b'"@@cdp-now@@"'
 SKELETONS = {"profile": _PROFILE, "session": _SESSION, "event": _EVENT}
 # orjson.loads of the serialised skeleton is ~10x faster than copy.deepcopy, and this runs per row.
 _SKELETON_JSON = {kind: orjson.dumps(doc) for kind, doc in SKELETONS.items()}

@@ -1,4 +1,4 @@
-"""Columnar event mapping: a whole CSV batch mapped and serialised with Arrow compute.
+"""Columnar event and profile mapping: a whole CSV batch mapped and serialised with Arrow compute.
 
 ``Mapper.map_row`` interprets the mapping field by field for every row and builds a dict that
 orjson serialises; at ~16 µs per row that Python work was the engine's largest share of CPU, taken
@@ -18,12 +18,16 @@ It only takes what it can reproduce exactly; everything else goes to ``map_row``
   sends that row alone through ``map_row``, which maps it or rejects it with its usual message.
 The documents are byte for byte what ``map_row`` + ``pipeline.mapped_to_stage_row`` produce (tests
 compare both paths on the same rows).
+
+``ProfileBatchMapper`` does the same for profile mappings (see its docstring): the operations
+``map_row`` gives, byte for byte, plus the whole document a new profile gets, which the store's merge
+writes as it is when the profile is not stored yet (tests/test_fastmap_profiles.py).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdp_ingest.coerce import FALSE_WORDS, INT32_MAX, INT32_MIN, MAX_EPOCH, TRUE_WORDS
-from cdp_ingest.documents import SKELETONS, deterministic_id
+from cdp_ingest.documents import NOW_MARK, SKELETONS, deterministic_id
+from cdp_ingest.errors import RowError
 from cdp_ingest.mapping import Mapper, _safe_key, profile_id_for
 
 # Event skeleton keys that are empty objects no later step of map_row touches.
@@ -64,6 +69,47 @@ def _mapped(values: list, fn) -> pa.Array:
     return pc.take(pa.array([fn(v) for v in enc.dictionary.to_pylist()], pa.string()), enc.indices)
 
 
+def _leaf_literal(leaf: tuple[str, Any], col: dict[str, pa.Array], need: Callable[[pa.Array], None],
+                  strings: Callable[[pa.Array], pa.Array], n: int) -> Any:
+    """A mapped value as JSON text for a whole batch (array or scalar), or None = key absent in every row.
+    ``need(mask)`` marks the rows it cannot reproduce; ``strings`` makes JSON string literals."""
+    what, x = leaf
+    if what == "const":
+        return orjson.dumps(x, default=str).decode() if x is not None else None
+    if what == "unmapped":
+        text = col[x]
+        return pc.if_else(pc.equal(text, ""), _NULL, strings(text))
+    rule = x
+    text = col[rule.column]
+    empty = pc.equal(text, "")
+    if rule.required and rule.default is None:
+        need(pc.invert(empty))
+    dflt = orjson.dumps(rule.default, default=str).decode() if rule.default is not None else None
+    need(pc.invert(pc.starts_with(text, "$D_")))
+    if rule.type == "STRING":
+        lit = strings(text)
+    elif rule.type in ("INTEGER", "LONG"):
+        good = pc.match_substring_regex(text, _INT_RE)
+        num = pc.cast(pc.if_else(good, text, "0"), pa.int64())
+        if rule.type == "INTEGER":
+            good = pc.and_(good, pc.and_(pc.greater_equal(num, INT32_MIN), pc.less_equal(num, INT32_MAX)))
+        need(pc.or_(empty, good))
+        lit = pc.cast(num, pa.string())
+    elif rule.type == "FLOAT":
+        good = pc.match_substring_regex(text, _FLOAT_RE)
+        need(pc.or_(empty, good))
+        nums = pc.cast(pc.if_else(good, text, "0"), pa.float64()).to_pylist()
+        lit = pa.array(orjson.dumps(nums).decode()[1:-1].split(","), pa.string()) if n else pa.array(
+            [], pa.string())
+    else:  # BOOLEAN
+        def word(v: str) -> str | None:
+            t = v.strip().lower()
+            return "true" if t in TRUE_WORDS else "false" if t in FALSE_WORDS else None
+        lit = _mapped(text, word)
+        need(pc.or_(empty, pc.is_valid(lit)))
+    return pc.if_else(empty, pa.scalar(dflt, pa.string()), lit)
+
+
 @dataclass
 class FastBatch:
     """A mapped batch: ``ok[i]`` says row i was mapped here; the lists hold its index, id and body."""
@@ -79,17 +125,13 @@ class _Node:
         self.children: dict[str, _Node | tuple[str, Any]] = {}  # key -> node, or ("col"|"unmapped"|"const", x)
 
 
-class EventBatchMapper:
-    """Maps whole batches for one event ``Mapper`` (see module doc); ``compile`` it per mapping."""
+class _ProfileIds:
+    """``mapping.profile_id_for`` with a larger cache of its own (files often hold more identities than
+    that one keeps)."""
 
-    def __init__(self, mapper: Mapper):
-        self.mapper = mapper
-        self._plans: dict[tuple[str, ...], Any] = {}
-        self._profile_ids: dict[str, str] = {}
+    _profile_ids: dict[str, str]
 
     def _profile_id(self, identity: str) -> str:
-        """``mapping.profile_id_for`` with a larger cache of its own (files often hold more identities
-        than that one keeps)."""
         pid = self._profile_ids.get(identity)
         if pid is None:
             if not identity:
@@ -98,6 +140,17 @@ class EventBatchMapper:
                 self._profile_ids.clear()
             pid = self._profile_ids[identity] = profile_id_for.__wrapped__(identity)
         return pid
+
+
+class EventBatchMapper(_ProfileIds):
+    """Maps whole batches for one event ``Mapper`` (see module doc); ``compile`` it per mapping."""
+
+    kind = "event"
+
+    def __init__(self, mapper: Mapper):
+        self.mapper = mapper
+        self._plans: dict[tuple[str, ...], Any] = {}
+        self._profile_ids: dict[str, str] = {}
 
     @classmethod
     def compile(cls, mapper: Mapper) -> EventBatchMapper | None:
@@ -234,41 +287,7 @@ class EventBatchMapper:
 
         # the mapped values, as JSON objects for each free-form bag
         def value(leaf: tuple[str, Any]) -> Any:  # JSON text (array or scalar) or None = key absent
-            what, x = leaf
-            if what == "const":
-                return orjson.dumps(x, default=str).decode() if x is not None else None
-            if what == "unmapped":
-                text = col[x]
-                return pc.if_else(pc.equal(text, ""), _NULL, strings(text))
-            rule = x
-            text = col[rule.column]
-            empty = pc.equal(text, "")
-            if rule.required and rule.default is None:
-                need(pc.invert(empty))
-            dflt = orjson.dumps(rule.default, default=str).decode() if rule.default is not None else None
-            need(pc.invert(pc.starts_with(text, "$D_")))
-            if rule.type == "STRING":
-                lit = strings(text)
-            elif rule.type in ("INTEGER", "LONG"):
-                good = pc.match_substring_regex(text, _INT_RE)
-                num = pc.cast(pc.if_else(good, text, "0"), pa.int64())
-                if rule.type == "INTEGER":
-                    good = pc.and_(good, pc.and_(pc.greater_equal(num, INT32_MIN), pc.less_equal(num, INT32_MAX)))
-                need(pc.or_(empty, good))
-                lit = pc.cast(num, pa.string())
-            elif rule.type == "FLOAT":
-                good = pc.match_substring_regex(text, _FLOAT_RE)
-                need(pc.or_(empty, good))
-                nums = pc.cast(pc.if_else(good, text, "0"), pa.float64()).to_pylist()
-                lit = pa.array(orjson.dumps(nums).decode()[1:-1].split(","), pa.string()) if n else pa.array(
-                    [], pa.string())
-            else:  # BOOLEAN
-                def word(v: str) -> str | None:
-                    t = v.strip().lower()
-                    return "true" if t in TRUE_WORDS else "false" if t in FALSE_WORDS else None
-                lit = _mapped(text, word)
-                need(pc.or_(empty, pc.is_valid(lit)))
-            return pc.if_else(empty, pa.scalar(dflt, pa.string()), lit)
+            return _leaf_literal(leaf, col, need, strings, n)
 
         def obj(node: _Node) -> Any:  # "k":v,... of the present keys (or null when none is)
             parts = []
@@ -322,3 +341,273 @@ class EventBatchMapper:
             if 0 <= i < n:
                 ok_list[i] = False
         return FastBatch(ok_list, index.to_pylist(), ids, bodies.to_pylist())
+
+
+# ---- profiles -------------------------------------------------------------------------------------------
+# A profile row is staged as {"ops": [...]} (pipeline.mapped_to_stage_row). A row mapped here is staged as
+# {"new": <the whole document a new profile gets from this row alone>, "ops": [...]}: the merge writes
+# "new" as it is when the profile is not stored yet and no other row of its chunk touches it, and applies
+# the operations otherwise. Its insert/update times are NOW_MARK until the merge fills them in.
+NEW_HEAD = b'{"new":'
+OPS_CUT = b',"ops":['
+
+
+def split_profile_body(body: bytes) -> tuple[bytes | None, bytes]:
+    """(new document or None, operations JSON) of a staged profile body. The operations come last and
+    hold no object keys, so the last ``,"ops":[`` is theirs."""
+    if not body.startswith(NEW_HEAD):
+        return None, body
+    cut = body.rfind(OPS_CUT)
+    return body[len(NEW_HEAD):cut], body[cut + len(OPS_CUT) - 1:-1]
+
+
+class ProfileBatchMapper(_ProfileIds):
+    """Maps whole batches for one profile ``Mapper``: the profile id, the operations ``map_row`` gives
+    and the document a new profile gets, for every clean row (see ``split_profile_body``).
+
+    Takes: kind ``profile``; any field types, ``validate`` and ``DATETIME`` fields (those through the
+    mapper's own ``_value``, once per distinct value), ``derived`` templates of plain ``{column}``
+    fields, ``identity_normalize``; defaults that are not objects or lists. Targets must not sit inside
+    another target or under a skeleton value that is not an object, and the targets under a new object
+    must be listed together (key order). Rows are left to ``map_row`` as in ``EventBatchMapper``."""
+
+    kind = "profile"
+
+    def __init__(self, mapper: Mapper, derived: dict[str, list[tuple[str, str | None]]]):
+        self.mapper = mapper
+        self.derived = derived  # target -> [(literal text, column or None)]
+        self._plans: dict[tuple[str, ...], Any] = {}
+        self._profile_ids: dict[str, str] = {}
+
+    @classmethod
+    def compile(cls, mapper: Mapper) -> ProfileBatchMapper | None:
+        import string
+
+        m = mapper.m
+        if m.kind != "profile":
+            return None
+        for v in m.defaults.values():
+            if isinstance(v, dict | list):
+                return None
+        derived: dict[str, list[tuple[str, str | None]]] = {}
+        for target, template in m.derived.items():
+            parts: list[tuple[str, str | None]] = []
+            for literal, name, spec, conv in string.Formatter().parse(template):
+                if name is not None and (spec or conv or not re.fullmatch(r"[^.\[\]{}!:]+", name or "")):
+                    return None  # attribute/index lookups, conversions and format specs: map_row's
+                parts.append((literal, name))
+            derived[target] = parts
+        return cls(mapper, derived)
+
+    def _plan(self, names: tuple[str, ...]) -> Any:
+        if names in self._plans:
+            return self._plans[names]
+        m = self.mapper.m
+        seq: list[tuple[tuple[str, ...], tuple[str, Any]]] = []
+        plan = None
+        if all(r.column in names for r in m.fields) and all(c in names for c in m.identity):
+            seq = [(tuple(r.target.split(".")), ("col", r)) for r in m.fields]
+            if m.unmapped != "ignore":
+                mapped = m.source_columns()
+                seq.extend((tuple(f"{m.unmapped}.{_safe_key(c)}".split(".")), ("unmapped", c))
+                           for c in names if c not in mapped)
+            seq.extend((tuple(t.split(".")), ("derived", t)) for t in m.derived)
+            seq.extend((tuple(t.split(".")), ("const!", v)) for t, v in m.defaults.items())
+            plan = self._tree(seq)
+        self._plans[names] = plan if plan is None else (seq, plan)
+        return self._plans[names]
+
+    @staticmethod
+    def _tree(seq: list[tuple[tuple[str, ...], tuple[str, Any]]]) -> dict[str, _Node] | None:
+        skeleton = SKELETONS["profile"]
+        paths = [p for p, _ in seq]
+        if len(set(paths)) != len(paths):
+            return None
+        for p in paths:
+            node: Any = skeleton
+            for n in range(1, len(p)):
+                pre = p[:n]
+                if pre in paths:  # a target inside another
+                    return None
+                if isinstance(node, dict) and p[n - 1] in node:
+                    node = node[p[n - 1]]
+                    if not isinstance(node, dict):
+                        return None  # set_path would replace a skeleton value by an object
+                    continue
+                node = None  # a new object: its targets must be listed together
+                at = [j for j, q in enumerate(paths) if q[:n] == pre]
+                if at != list(range(at[0], at[-1] + 1)):
+                    return None
+        roots: dict[str, _Node] = {}
+        for path, leaf in seq:
+            tree = roots.setdefault(path[0], _Node())
+            for key in path[1:-1]:
+                nxt = tree.children.setdefault(key, _Node())
+                assert isinstance(nxt, _Node)
+                tree = nxt
+            tree.children[path[-1]] = leaf
+        return roots
+
+    def map_batch(self, batch: pa.RecordBatch, first_row: int, prefix: str, import_id: str,
+                  skip: Collection[int] = ()) -> FastBatch | None:
+        names = tuple(batch.schema.names)
+        if not all(pa.types.is_string(t) for t in batch.schema.types):
+            return None
+        planned = self._plan(names)
+        if planned is None:
+            return None
+        seq, tree = planned
+        mp = self.mapper
+        m = mp.m
+        n = batch.num_rows
+        col = {name: batch.column(i) for i, name in enumerate(names)}
+        ok = pa.array([True] * n)
+
+        def need(mask: pa.Array) -> None:
+            nonlocal ok
+            ok = pc.and_(ok, pc.fill_null(mask, False))
+
+        def strings(arr: pa.Array) -> pa.Array:
+            lit, clean = json_strings(arr)
+            need(clean)
+            return lit
+
+        def python(rule: Any) -> pa.Array:  # validate / DATETIME: the mapper's own _value per distinct value
+            def one(text: str) -> str | None:
+                try:
+                    v = mp._value(rule, text)
+                except RowError:
+                    return None
+                return "null" if v is None else orjson.dumps(v, default=str).decode()
+            lit = _mapped(col[rule.column], one)
+            need(pc.is_valid(lit))
+            return pc.if_else(pc.equal(lit, "null"), _NULL, lit)
+
+        def derived(target: str) -> Any:  # template.format_map(_Blank(row)).strip()
+            args: list[Any] = []
+            for literal, name in self.derived[target]:
+                if literal:
+                    args.append(literal)
+                if name is not None:
+                    args.append(col[name] if name in col else "")
+            if not any(isinstance(a, pa.Array) for a in args):
+                return orjson.dumps("".join(args).strip()).decode()
+            text = pc.binary_join_element_wise(*args, "") if len(args) > 1 else args[0]
+            return strings(_mapped(text, str.strip))
+
+        cache: dict[int, Any] = {}
+
+        def value(leaf: tuple[str, Any]) -> Any:
+            key = id(leaf)
+            if key not in cache:
+                what, x = leaf
+                if what == "const!":  # a default: set even when it is None
+                    cache[key] = orjson.dumps(x, default=str).decode()
+                elif what == "derived":
+                    cache[key] = derived(x)
+                elif what == "col" and (x.validate or x.type == "DATETIME"):
+                    cache[key] = python(x)
+                else:
+                    cache[key] = _leaf_literal(leaf, col, need, strings, n)
+            return cache[key]
+
+        # the identity and the profile id
+        if m.identity_normalize:
+            from cdp_ingest.mapping import normalize_identity
+
+            def norm(column: str) -> pa.Array:
+                steps = m.identity_normalize.get(column)
+
+                def one(v: str) -> str | None:
+                    if not v:
+                        return None
+                    if not steps:
+                        return v
+                    try:
+                        return normalize_identity(v, steps, column) or None
+                    except RowError:
+                        return "\x00"  # rejects the row (map_row says why)
+                return _mapped(col[column], one)
+            ident = pc.coalesce(*[norm(c) for c in m.identity])
+            need(pc.not_equal(ident, "\x00"))
+        else:
+            ident = pc.coalesce(*[pc.if_else(pc.equal(col[c], ""), _NULL, col[c]) for c in m.identity])
+        need(pc.is_valid(ident))
+        need(pc.less(pc.utf8_length(ident), 1024))
+        ids_arr = _mapped(pc.fill_null(ident, ""), self._profile_id)
+        ids = ids_arr.to_pylist()
+
+        # the operations, in map_row's order
+        elements = []
+        for path, leaf in seq:
+            v = value(leaf)
+            if v is None:
+                continue
+            head = '["$set",' + orjson.dumps(".".join(path)).decode() + ","
+            elements.append(head + v + "]" if isinstance(v, str) else pc.binary_join_element_wise(head, v, "]", ""))
+        if elements:
+            joined = pc.binary_join_element_wise("", *elements, ",", null_handling="skip")
+            ops: Any = pc.binary_join_element_wise("[", pc.utf8_slice_codeunits(joined, 1), "]", "")
+        else:
+            ops = "[]"
+
+        # the new document: the skeleton with the values set into it
+        def render(skel: dict | None, node: _Node) -> Any:  # object JSON text, or None/null = absent
+            parts: list[Any] = []
+            for key, sv in (skel or {}).items():
+                kj = orjson.dumps(key).decode() + ":"
+                child = node.children.get(key)
+                const = kj + orjson.dumps(sv).decode()
+                if child is None:
+                    parts.append(const)
+                    continue
+                v = render(sv, child) if isinstance(child, _Node) else value(child)
+                if v is None:
+                    parts.append(const)
+                elif isinstance(v, str):
+                    parts.append(kj + v)
+                else:
+                    parts.append(pc.coalesce(pc.binary_join_element_wise(kj, v, ""), pa.scalar(const)))
+            for key, child in node.children.items():
+                if skel is not None and key in skel:
+                    continue
+                v = render(None, child) if isinstance(child, _Node) else value(child)
+                if v is None:
+                    continue
+                kj = orjson.dumps(key).decode() + ":"
+                parts.append(kj + v if isinstance(v, str) else pc.binary_join_element_wise(kj, v, ""))
+            if not parts:
+                return None if skel is None else "{}"
+            if not any(isinstance(p, pa.Array) for p in parts):
+                return "{" + ",".join(parts) + "}"
+            joined = pc.binary_join_element_wise("", *parts, ",", null_handling="skip")
+            inner = pc.utf8_slice_codeunits(joined, 1)
+            whole = pc.if_else(pc.equal(inner, ""), _NULL, pc.binary_join_element_wise("{", inner, "}", ""))
+            # a skeleton object is always there (empty, or with what the rows set); a new one only with a value
+            return whole if skel is None else pc.coalesce(whole, pa.scalar(orjson.dumps(skel).decode()))
+
+        slots: list[Any] = []
+
+        def slot(x: Any) -> str:
+            slots.append(x)
+            return _MARK % (len(slots) - 1)
+
+        doc = orjson.loads(orjson.dumps(SKELETONS["profile"]))
+        id_json = strings(ids_arr)
+        doc["id"] = slot(id_json)
+        doc["ids"] = slot(pc.binary_join_element_wise("[", id_json, "]", ""))
+        doc["metadata"]["time"]["insert"] = doc["metadata"]["time"]["update"] = slot(NOW_MARK.decode())
+        doc["metadata"]["aux"]["cdp"] = {"import_id": import_id,
+                                         "row": slot(pc.cast(pa.array(range(first_row, first_row + n), pa.int64()),
+                                                             pa.string()))}
+        for root, node in tree.items():
+            doc[root] = slot(render(doc[root], node))
+        text = orjson.dumps(doc).decode()
+        pieces: list[Any] = [slots[int(x)] if k % 2 else x for k, x in enumerate(_SLOT_RE.split(text))]
+        pieces = [NEW_HEAD.decode(), *pieces, OPS_CUT.decode()[:-1], ops, "}"]
+        bodies = pc.cast(pc.binary_join_element_wise(*pieces, ""), pa.binary())
+        ok_list = ok.to_pylist()
+        for i in skip:
+            if 0 <= i < n:
+                ok_list[i] = False
+        return FastBatch(ok_list, [f"{prefix}profile"] * n, ids, bodies.to_pylist())

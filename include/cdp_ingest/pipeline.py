@@ -236,8 +236,8 @@ def _as_row(row: dict[str, Any] | LazyRow | None) -> dict[str, Any]:
 
 
 def _batch_mapper(row_fn: RowFn) -> Any:
-    """The columnar mapper for a plain ``Mapper.map_row`` of an event mapping, or None."""
-    from cdp_ingest.fastmap import EventBatchMapper
+    """The columnar mapper for a plain ``Mapper.map_row`` of an event or profile mapping, or None."""
+    from cdp_ingest.fastmap import EventBatchMapper, ProfileBatchMapper
     from cdp_ingest.mapping import Mapper
 
     owner = getattr(row_fn, "__self__", None)
@@ -245,7 +245,7 @@ def _batch_mapper(row_fn: RowFn) -> Any:
         return None
     if os.environ.get("CDP_ROW_MAPPING") == "1":  # the row-by-row path only (benchmarks, comparisons)
         return None
-    return EventBatchMapper.compile(owner)
+    return EventBatchMapper.compile(owner) or ProfileBatchMapper.compile(owner)
 
 
 def _slices(batches: Iterable, rows: int) -> Iterator[Any]:
@@ -287,7 +287,7 @@ class RowMapper:
     def items(self, batches: Iterable, prefix: str, import_id: str
               ) -> Iterator[tuple[int, str, str, str, bytes, dict[str, Any] | LazyRow]]:
         """(ref, kind, index, id, body, row) per accepted row, in file order: what the stage and the bulk
-        load need. Event mappings go through ``fastmap.EventBatchMapper`` batch by batch (the row is then
+        load need. Event and profile mappings go through ``fastmap`` batch by batch (the row is then
         a ``LazyRow``, made into a dict only if the store rejects it); the rows it leaves, and every other
         mapping, through the row function."""
         fast = _batch_mapper(self.row_fn)
@@ -295,7 +295,7 @@ class RowMapper:
             for ref, m, row in self.run(batches):
                 yield (ref, m.kind, *mapped_to_stage_row(m, prefix, import_id, ref), row)
             return
-        row_fn, limit = self.row_fn, self.max_cell_bytes
+        row_fn, limit, kind = self.row_fn, self.max_cell_bytes, fast.kind
         for sb in _slices(batches, FAST_ROWS):
             batch = sb.batch
             self.header = batch.schema.names
@@ -319,7 +319,7 @@ class RowMapper:
                 ref = first + i
                 if ok:
                     accepted += 1
-                    yield ref, "event", fb.indices[i], fb.ids[i], fb.bodies[i], LazyRow(rows, i)
+                    yield ref, kind, fb.indices[i], fb.ids[i], fb.bodies[i], LazyRow(rows, i)
                     continue
                 row = slow_rows[i]
                 try:
@@ -334,7 +334,7 @@ class RowMapper:
                 yield (ref, m.kind, *mapped_to_stage_row(m, prefix, import_id, ref), row)
             self.accepted += accepted
             if accepted > len(slow_rows):
-                self.kinds.add("event")
+                self.kinds.add(kind)
 
     def run(self, batches: Iterable) -> Iterator[tuple[int, Mapped, dict[str, Any]]]:
         row_fn, limit = self.row_fn, self.max_cell_bytes
@@ -425,8 +425,13 @@ def stream_unit(batches: Iterable, row_fn: RowFn, store: Store, *, kind: str, im
             yield ref, m
 
     def profile_rows() -> Iterator[ProfileRow]:
-        for ref, m in mapped():
-            yield ProfileRow(m.doc_id, ref, m.operations)
+        if _batch_mapper(row_fn) is None:
+            for ref, m in mapped():
+                yield ProfileRow(m.doc_id, ref, m.operations)
+            return
+        for ref, _kind, _index, pid, body, row in rm.items(batches, store.prefix, import_id):
+            pending[ref] = row
+            yield staged_profile_row(pid, ref, body)
 
     def documents() -> Iterator[BulkItem]:
         for ref, _kind, index, doc_id, body, row in rm.items(batches, store.prefix, import_id):
@@ -451,6 +456,17 @@ def stream_unit(batches: Iterable, row_fn: RowFn, store: Store, *, kind: str, im
 
 
 # ---- load -----------------------------------------------------------------------------------------
+def staged_profile_row(profile_id: str, ref: int, body: bytes) -> ProfileRow:
+    """A staged profile body as a ``ProfileRow``: ``{"ops": [...]}``, or from the columnar mapping
+    ``{"new": <document>, "ops": [...]}`` (its operations are parsed only if the merge needs them)."""
+    from cdp_ingest.fastmap import split_profile_body
+
+    new, ops = split_profile_body(body)
+    if new is None:
+        return ProfileRow(profile_id, ref, [tuple(op) for op in orjson.loads(body)["ops"]])
+    return ProfileRow(profile_id, ref, None, new=new, ops_json=ops)
+
+
 def read_stage(staged_path: str | Path, batch_rows: int = STAGE_ROWS,
                columns: list[str] | None = None) -> Iterator[dict[str, list]]:
     """The staged rows as column dicts of at most ``batch_rows`` rows, one row group at a time.
@@ -502,7 +518,7 @@ def load_unit(staged_path: str | Path, store: Store, *, import_id: str, error_pa
             for ref, kind, pid, body, orig in zip(b["ref"], b["kind"], b["id"], b["body"], b["orig"], strict=True):
                 if kind == "profile":
                     pending[ref] = orig
-                    yield ProfileRow(pid, ref, [tuple(op) for op in orjson.loads(body)["ops"]])
+                    yield staged_profile_row(pid, ref, body)
 
     def documents(kind: str) -> Iterator[BulkItem]:
         for b in read_stage(staged_path):

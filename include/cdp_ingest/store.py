@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 
-from cdp_ingest.documents import apply_operation, new_document, set_path, stamp
+from cdp_ingest.documents import NOW_MARK, apply_operation, new_document, set_path, stamp
 from cdp_ingest.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -552,7 +552,7 @@ class Store:
             chunk: list[ProfileRow] = []
             for row in itertools.chain(rows, [None]):
                 if row is not None:
-                    reason = self._oversized(len(orjson.dumps(row.operations, default=str)), "the row's profile data")
+                    reason = self._oversized(row.ops_size(), "the row's profile data")
                     if reason:
                         o = Outcome(row.ref, "failed", reason, id=row.profile_id)
                         stats.add(o)
@@ -582,18 +582,27 @@ class Store:
         out: list[Outcome] = []
         requests = 0
         todo = rows
+        now_mark = orjson.dumps(now_iso)
         for attempt in range(self.max_retries + 1):
             ids = list(dict.fromkeys(r.profile_id for r in todo))
             resp = self._request("POST", "/_mget", body={"docs": [{"_index": index, "_id": i} for i in ids]})
             current = {d["_id"]: d for d in resp["docs"] if d.get("found")}
             merged: dict[str, dict] = {}
+            bodies: dict[str, bytes] = {}  # in the order the profiles come, written as they are
+            rows_of = Counter(r.profile_id for r in todo) if any(r.new is not None for r in todo) else None
             for r in todo:
+                if (r.new is not None and rows_of is not None and rows_of[r.profile_id] == 1 and not r.ids
+                        and r.profile_id not in current):
+                    # a new profile, only this row: the document the columnar mapping made for it
+                    bodies[r.profile_id] = r.new.replace(NOW_MARK, now_mark, 2)
+                    continue
                 doc = merged.get(r.profile_id)
                 if doc is None:
                     found = current.get(r.profile_id)
                     doc = found["_source"] if found else new_document("profile", r.profile_id, now_iso)
                     merged[r.profile_id] = doc
-                for op, path, value in r.operations:
+                    bodies[r.profile_id] = b""
+                for op, path, value in r.ops():
                     if op == "$set":  # most operations: skip the dispatch
                         set_path(doc, path, value)
                     else:
@@ -603,7 +612,8 @@ class Store:
                         doc["ids"].append(extra_id)
                 doc["metadata"]["time"]["update"] = now_iso
                 stamp(doc, import_id, r.ref)
-            bodies = {pid: orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS) for pid, doc in merged.items()}
+            for pid, doc in merged.items():
+                bodies[pid] = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
             too_big = {pid: why for pid, b in bodies.items() if (why := self._oversized(len(b), "the merged profile"))}
             if too_big:  # the profile keeps its stored state; the rows that would grow it past the limit fail
                 out.extend(Outcome(r.ref, "failed", too_big[r.profile_id], id=r.profile_id)
@@ -612,7 +622,7 @@ class Store:
                 if not todo:
                     return out, requests
             lines: list[bytes] = []
-            order = [pid for pid in merged if pid not in too_big]
+            order = [pid for pid in bodies if pid not in too_big]
             for pid in order:
                 found = current.get(pid)
                 if found:
@@ -660,12 +670,29 @@ class Store:
 
 @dataclass(slots=True)
 class ProfileRow:
-    """One source row's operations on one profile (SPEC §2 ``$set/$add/$remove/$delete``)."""
+    """One source row's operations on one profile (SPEC §2 ``$set/$add/$remove/$delete``).
+
+    Rows from the columnar mapping (``fastmap.ProfileBatchMapper``) carry their operations as JSON
+    (``ops_json``, parsed only when needed) and ``new``: the whole document a new profile gets from
+    this row alone, with ``fastmap.NOW_MARK`` for its insert/update times."""
 
     profile_id: str
     ref: int
-    operations: list[tuple[str, str, Any]]
+    operations: list[tuple[str, str, Any]] | None
     ids: list[str] = field(default_factory=list)
+    new: bytes | None = None
+    ops_json: bytes | None = None
+
+    def ops(self) -> list:
+        if self.operations is None:
+            self.operations = orjson.loads(self.ops_json or b"[]")
+        return self.operations
+
+    def ops_size(self) -> int:
+        """Bytes of the operations as JSON (the size limit's measure)."""
+        if self.ops_json is not None:
+            return len(self.ops_json)
+        return len(orjson.dumps(self.operations, default=str))
 
 
 def _is_own(cdp: dict, import_id: str | None, ref: int) -> bool:

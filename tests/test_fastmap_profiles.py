@@ -1,0 +1,226 @@
+"""The columnar profile mapping (cdp_ingest.fastmap.ProfileBatchMapper) against Mapper.map_row.
+
+Unit part: over the same CSV, every row must come out with the same profile id and the same operations
+(byte for byte), its "new" document must be what the store's merge builds for a new profile from those
+operations, and the counts and the error CSV must be the same.
+Store part (real OpenSearch): a file imported with and without the columnar mapping, streamed and staged,
+first into empty indices and then again over the stored profiles, leaves the same profile documents.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import random
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from cdp_ingest.documents import NOW_MARK, apply_operation, new_document, stamp
+from cdp_ingest.fastmap import ProfileBatchMapper, split_profile_body
+from cdp_ingest.ledger import Ledger
+from cdp_ingest.mapping import Mapper, Mapping
+from cdp_ingest.pipeline import RowMapper, import_unit
+from cdp_ingest.readers import read_batches
+from cdp_ingest.store import Store, make_client
+
+NOW = datetime(2026, 11, 23, 5, 6, 7, 123456, tzinfo=UTC)
+DEMO = Path(__file__).resolve().parents[1] / "include" / "cdp_ingest" / "mappings" / "demo-profiles.yaml"
+HEADER = ["email", "first_name", "last_name", "phone", "birthday", "loyalty_points", "newsletter", "country",
+          "segment"]
+OTHER = {  # identity fallback with normalisation, defaults (one of them null), a new nested object, types
+    "kind": "profile", "identity": ["email", "phone"],
+    "identity_normalize": {"email": ["trim", "lower"], "phone": ["e164"]},
+    "unmapped": "traits",
+    "fields": {"email": {"target": "data.contact.email"},
+               "phone": {"target": "data.contact.phone", "validate": "phone"},
+               "street": "data.contact.address.street", "city": {"target": "data.contact.address.city"},
+               "score": {"target": "traits.score", "type": "FLOAT", "default": 0},
+               "vip": {"target": "data.preferences.vip", "type": "BOOLEAN"},
+               "seen": {"target": "aux.seen", "type": "DATETIME"},
+               "visits": {"target": "stats.visits", "type": "INTEGER", "required": True}},
+    "derived": {"data.pii.name": "{first} {last}", "data.pii.label": "<{missing}>", "data.pii.const": " fixed "},
+    "defaults": {"data.job.company": "ACME", "data.job.title": None},
+}
+OTHER_HEADER = ["email", "phone", "street", "city", "score", "vip", "seen", "visits", "first", "last", "Note X"]
+
+
+def write(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def merged_new(pid: str, ref: int, ops: list, import_id: str) -> bytes:
+    """What Store._merge_chunk writes for a profile that is not stored yet, from one row."""
+    doc = new_document("profile", pid, "NOW")
+    for op, path, value in ops:
+        apply_operation(doc, op, path, value)
+    doc["metadata"]["time"]["update"] = "NOW"
+    stamp(doc, import_id, ref)
+    return orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
+
+
+def compare(mapping: Mapping, path: Path, tmp: Path, batch_rows: int = 7) -> tuple[int, int, int]:
+    runs = []
+    for fast in (True, False):
+        mapper = Mapper(mapping, unit_key="u1", now=NOW)
+        row_fn = mapper.map_row if fast else (lambda row, ref, mapper=mapper: mapper.map_row(row, ref))
+        rm = RowMapper(row_fn, tmp / f"errors-{fast}.csv", max_cell_bytes=200)
+        items = list(rm.items(read_batches(str(path), batch_rows=batch_rows), "p-", "imp-1"))
+        error_file = rm.close()
+        runs.append((items, (rm.rows_in, rm.accepted, rm.rejected),
+                     Path(error_file).read_text(encoding="utf-8") if error_file else None))
+    (fast_items, fast_counts, fast_errors), (row_items, row_counts, row_errors) = runs
+    assert fast_counts == row_counts
+    assert fast_errors == row_errors
+    assert len(fast_items) == len(row_items)
+    columnar = 0
+    for a, b in zip(fast_items, row_items, strict=True):
+        assert a[:4] == b[:4]  # ref, kind, index, profile id
+        new, ops = split_profile_body(a[4])
+        if new is None:  # left to map_row: the same staged body
+            assert a[4] == b[4]
+            continue
+        columnar += 1
+        row_ops = b[4][len(b'{"ops":'):-1]
+        assert ops == row_ops
+        assert new.replace(NOW_MARK, b'"NOW"', 2) == merged_new(b[3], b[0], orjson.loads(row_ops), "imp-1")
+    return (*fast_counts[1:], columnar)
+
+
+def test_demo_mapping_edge_cases_match_the_row_path(tmp_path):
+    rows = [
+        ["ada@x.com", "Ada", "Lovelace", "+49301000000", "1960-01-10", "12", "Y", "PL", "silver"],
+        ["b@x.com", "", "", "", "", "", "", "", ""],  # only the identity: name derives to ""
+        ["not-an-email", "A", "B", "+49301000001", "1960-01-10", "1", "N", "DE", "x"],
+        ["c@x.com", " Zoë ", "Ünal\u3000", "+49 (30) 1000-002", "$D_86400", "2147483648", "maybe", "FR", "y"],
+        ["d@x.com", 'Q"uote\\', "tab\there", "+1", "1970-01-01T00:00:00Z", "-5", "yes", "", ""],
+        ["", "No", "Identity", "", "", "", "", "", ""],
+        ["e@x.com", "E", "E", "", "not a date", "7", "", "", ""],
+        ["f@x.com", "$D_5", "F", "", "86400", "007", "TRUE", "", "gold"],
+        ["g" * 1030 + "@x.com", "G", "G", "", "", "", "", "", ""],
+        ["h@x.com", "H", "H", "", "2001-09-09T01:46:40+02:00", "", " no ", "\u2028", ""],
+        ["i@x.com", "\u00a0I\u00a0", "", "", "", "", "", "", ""],
+    ]
+    accepted, rejected, columnar = compare(Mapping.load(DEMO), write(tmp_path / "p.csv", HEADER, rows), tmp_path)
+    assert (accepted, rejected) == (5, 6)  # bad email, int32 overflow, bad phone, no identity, bad date, long cell
+    assert columnar >= 3  # most accepted rows took the columnar path (the others were compared too)
+
+
+def test_another_mapping_with_normalised_identities_defaults_and_new_objects(tmp_path):
+    rnd = random.Random(11)
+    rows = [[rnd.choice(["", "A@X.com ", " a@x.com", "b@y.org", "c@y.org", "bad email"]),
+             rnd.choice(["", "+49 30 1234567", "0049301234567", "+48221234567", "12"]),
+             rnd.choice(["", "Main St 1", 'Q"']), rnd.choice(["", "Berlin"]),
+             rnd.choice(["", "1.5", "3", "0.25", "x"]), rnd.choice(["", "Y", "no", "1", "maybe"]),
+             rnd.choice(["", "1700000000", "2025-01-01", "2025-01-01T10:00:00+01:00", "x"]),
+             rnd.choice(["5", "0", "17", "", "99999999999"]), rnd.choice(["", "Ann", " Bo "]),
+             rnd.choice(["", "Lee"]), rnd.choice(["", "note"])]
+            for _ in range(500)]
+    mapping = Mapping.from_dict(OTHER, name="other")
+    accepted, rejected, columnar = compare(mapping, write(tmp_path / "o.csv", OTHER_HEADER, rows), tmp_path,
+                                           batch_rows=64)
+    assert accepted > 60 and rejected > 60 and columnar > 40
+
+
+@pytest.mark.parametrize("change", [
+    {"derived": {"data.pii.name": "{first!r}"}}, {"derived": {"data.pii.name": "{first:>9}"}},
+    {"derived": {"data.pii.name": "{first.upper}"}},
+    {"defaults": {"traits.tags": ["a"]}},
+])
+def test_mappings_it_cannot_reproduce_stay_on_the_row_path(change):
+    raw = {**OTHER, **change}
+    assert ProfileBatchMapper.compile(Mapper(Mapping.from_dict(raw), unit_key="u", now=NOW)) is None
+
+
+@pytest.mark.parametrize("fields", [
+    {"email": "data.contact.email", "first": "segments.first"},  # under a skeleton list
+    {"email": "data.contact.email", "first": "data.x.a", "last": "traits.b", "city": "data.x.c"},  # a new
+    {"email": "data.contact.email", "first": "traits.a", "last": "traits.a.b"},  # object split; one inside another
+])
+def test_targets_it_cannot_order_like_map_row_stay_on_the_row_path(fields):
+    fast = ProfileBatchMapper.compile(Mapper(Mapping.from_dict(
+        {"kind": "profile", "identity": ["email"], "fields": fields}), unit_key="u", now=NOW))
+    assert fast is not None and fast._plan(tuple(OTHER_HEADER)) is None
+
+
+# ---- against the store ------------------------------------------------------------------------------------
+_prefixes = itertools.count()
+
+
+@pytest.fixture
+def stores(opensearch):
+    made = []
+
+    def make() -> Store:
+        s = Store(make_client(opensearch.info["url"]), prefix=f"t-fprof{next(_prefixes)}-", chunk_docs=300)
+        s.ensure_templates()
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s._request("DELETE", f"/{s.prefix}*")
+
+
+def profiles(store: Store) -> dict[str, dict]:
+    store.refresh([store.index("profile")])
+    resp = store._request("POST", f"/{store.index('profile')}/_search", body={"size": 10_000})
+    docs = {}
+    for hit in resp["hits"]["hits"]:
+        doc = hit["_source"]
+        for key in ("insert", "update"):  # the merge's own clock
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}", doc["metadata"]["time"][key])
+            doc["metadata"]["time"][key] = None
+        doc["metadata"]["aux"]["cdp"]["import_id"] = None  # each import has its own
+        docs[hit["_id"]] = doc
+    return docs
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("stage", [False, True], ids=["streamed", "staged"])
+def test_imports_leave_the_same_profiles_both_ways(stores, tmp_path, monkeypatch, stage):
+    """New profiles (the columnar documents), a profile repeated within a chunk and, on the second
+    file, profiles already stored (their operations applied to the stored documents)."""
+    rnd = random.Random(7)
+    first = [[f"c{i}@x.com", rnd.choice(["Ada", "Bo", ""]), "L", rnd.choice(["", "+49301000000"]), "1960-01-10",
+              str(i), rnd.choice(["Y", "N", ""]), "PL", rnd.choice(["gold", ""])] for i in range(400)]
+    first += [["c5@x.com", "Again", "", "", "", "99", "", "", "x"], ["bad", "", "", "", "", "", "", "", ""]]
+    second = [[f"c{i}@x.com", "New", "", "", "", str(i + 1), "", "DE", ""] for i in range(0, 600, 3)]
+    results = {}
+    columnar = []
+    real = ProfileBatchMapper.map_batch
+    monkeypatch.setattr(ProfileBatchMapper, "map_batch",
+                        lambda self, *a, **kw: (fb := real(self, *a, **kw)) and columnar.append(sum(fb.ok)) or fb)
+    for fast in (True, False):
+        if fast:
+            monkeypatch.delenv("CDP_ROW_MAPPING", raising=False)
+        else:
+            monkeypatch.setenv("CDP_ROW_MAPPING", "1")
+        store = stores()
+        reports = []
+        for n, rows in enumerate((first, second)):
+            path = write(tmp_path / f"{fast}-{n}.csv", HEADER, rows)
+            m = Mapping.load(DEMO)
+            rep = import_unit(str(path), lambda path=path: read_batches(path, batch_rows=150),
+                              lambda iid, m=m: Mapper(m, unit_key=iid, now=NOW).map_row, store=store,
+                              ledger=Ledger(store), work_dir=tmp_path / f"work-{fast}", kind="profile",
+                              source="t", stage=stage)
+            reports.append((rep.rows_in, rep.loaded, rep.rejected, rep.duplicates))
+        results[fast] = (reports, profiles(store))
+    assert sum(columnar) >= 550  # the fast run mapped (nearly) all rows columnar; the other run none
+    assert results[True][0] == results[False][0] == [(402, 401, 1, 0), (200, 200, 0, 0)]
+    fast_docs, row_docs = results[True][1], results[False][1]
+    assert len(fast_docs) == 400 + 200 - 134
+    assert fast_docs == row_docs
+    again = next(d for d in fast_docs.values() if d["data"]["contact"]["email"] == "c5@x.com")
+    assert again["data"]["pii"]["firstname"] == "Again" and again["data"]["loyalty"]["points"] == 99
+    updated = next(d for d in fast_docs.values() if d["data"]["contact"]["email"] == "c3@x.com")
+    assert updated["data"]["pii"]["firstname"] == "New" and updated["data"]["contact"]["address"]["country"] == "DE"
+    assert updated["data"]["pii"]["lastname"] == "L"  # kept from the first file
