@@ -10,12 +10,12 @@ from __future__ import annotations
 import csv
 import io
 import os
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sftp_kit import Account, make_account, manifest_bytes
+from staging_kit import staging_bucket
 
 from cdp_ingest.errorfile import FAILURE_COLUMN
 
@@ -63,16 +63,9 @@ class Hosts:
 
 @pytest.fixture
 def remote(tmp_path, monkeypatch, opensearch, sftp_server, smtp_sink, webhook, airflow_db, s3_server):
-    import boto3
-
     acc = make_account(tmp_path, monkeypatch, opensearch=opensearch, sftp_server=sftp_server, smtp_sink=smtp_sink,
                        webhook=webhook)
-    s3 = boto3.client("s3", endpoint_url=s3_server.info["endpoint_url"], aws_access_key_id="testing",
-                      aws_secret_access_key="testing", region_name="us-east-1")
-    bucket = f"cdp-sftp-staging-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(Bucket=bucket)
-    monkeypatch.setenv("CDP_STAGING_URL", f"s3://{bucket}/staged/")
-    monkeypatch.setenv("CDP_STAGING_CONN_ID", "cdp_s3")
+    s3, bucket = staging_bucket(s3_server, monkeypatch, "cdp-sftp-staging", prefix="staged")
     return acc, s3, bucket
 
 

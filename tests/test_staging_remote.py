@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from staging_kit import staging_bucket
 from test_partition_e2e import _states, ev, insert_id, parquet, partition_env  # noqa: F401 (a fixture)
 
 from cdp_ingest import sample
@@ -21,16 +22,9 @@ MAPPINGS = Path(__file__).resolve().parents[1] / "include" / "cdp_ingest" / "map
 
 
 def test_stage_and_load_on_different_hosts_through_s3(tmp_path, monkeypatch, opensearch, s3_server):
-    import boto3
-
     from cdp_ingest_airflow.operators import BulkIndexOperator, StageFileOperator, validate_stage
 
-    s3 = boto3.client("s3", endpoint_url=s3_server.info["endpoint_url"], aws_access_key_id="testing",
-                      aws_secret_access_key="testing", region_name="us-east-1")
-    bucket = f"cdp-staging-{os.getpid()}"
-    s3.create_bucket(Bucket=bucket)
-    monkeypatch.setenv("CDP_STAGING_URL", f"s3://{bucket}/imports/")
-    monkeypatch.setenv("CDP_STAGING_CONN_ID", "cdp_s3")
+    s3, bucket = staging_bucket(s3_server, monkeypatch, "cdp-staging")
     monkeypatch.setenv("CDP_STAGING_DIR", str(tmp_path / "host-a"))
     conn = json.loads(os.environ["AIRFLOW_CONN_CDP_OPENSEARCH"])
     conn["extra"]["index_prefix"] = "t-s3stage-"
