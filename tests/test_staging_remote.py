@@ -48,6 +48,10 @@ def test_stage_and_load_on_different_hosts_through_s3(tmp_path, monkeypatch, ope
         assert (out["loaded"], out["rejected"], out["duplicates"]) == (exp.good, exp.bad, exp.duplicates)
         assert len(read_error_file(out["error_file"])) == exp.bad  # the transform's rejects came from S3
         assert s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0  # handed over, then removed
+        again = BulkIndexOperator(task_id="load", staged=staged, error_dir=str(tmp_path / "errors")).execute({})
+        assert again["status"] == "committed"  # a retry after the commit reports it, with the ledger's counts
+        assert (again["loaded"], again["rejected"], again["duplicates"], again["error_file"]) == (
+            out["loaded"], out["rejected"], out["duplicates"], out["error_file"])
         store = Store(make_client(opensearch.info["url"]), prefix="t-s3stage-")
         store.refresh(["t-s3stage-event-*"])
         assert store.count("t-s3stage-event-*") == exp.good

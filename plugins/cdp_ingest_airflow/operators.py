@@ -185,7 +185,7 @@ class BulkIndexOperator(_StoreMixin, BaseOperator):
             self.log.info("%s already committed by an earlier try", staged["path"])
             record_step(activity, ref, "done", step="committed", **entry.accounting.__dict__,
                         error_file=entry.error_file)
-            return {**staged, **entry.accounting.__dict__, "error_file": entry.error_file}
+            return {**staged, "status": "committed", **entry.accounting.__dict__, "error_file": entry.error_file}
         record_step(activity, ref, "processing", step="load")
         from cdp_ingest_airflow.staging import fetch, is_remote, remove
 
@@ -234,6 +234,12 @@ def _chunk_note(chunk: dict[str, Any], n_chunks: int) -> str | None:
     return f"chunk {chunk['index'] + 1}/{n_chunks}" if n_chunks > 1 else None
 
 
+def _max_map_length() -> int:
+    from airflow.sdk.configuration import conf
+
+    return conf.getint("core", "max_map_length", fallback=1024)
+
+
 class PlanCsvFilesOperator(_StoreMixin, BaseOperator):
     """Fingerprint each CSV file, open (or resume) its ledger entry and cut it into chunks of about
     ``chunk_mb`` MB (``cdp_ingest.chunks.plan_csv``: one pass over the file; ``CDP_CSV_CHUNK_MB`` overrides).
@@ -257,7 +263,7 @@ class PlanCsvFilesOperator(_StoreMixin, BaseOperator):
         self.force = force
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        from cdp_ingest.chunks import chunk_bytes_from, plan_csv
+        from cdp_ingest.chunks import chunk_bytes_from, coarsen, fit_map_length, plan_csv
         from cdp_ingest.errors import FileLevelError
         from cdp_ingest.ledger import Ledger
         from cdp_ingest.mapping import Mapping
@@ -276,6 +282,7 @@ class PlanCsvFilesOperator(_StoreMixin, BaseOperator):
         force = str(self.force).lower() == "true"
         files: list[dict[str, Any]] = []
         chunks: list[dict[str, Any]] = []
+        planned: list[tuple[dict[str, Any], Any]] = []
         for path in paths:
             try:
                 plan = plan_csv(path, chunk_bytes)
@@ -304,12 +311,18 @@ class PlanCsvFilesOperator(_StoreMixin, BaseOperator):
                 self.log.warning("%s cannot be imported: %s", path, e.__class__.__name__)
                 files.append({**base, "status": "failed", "message": f"{e.__class__.__name__}: {e}"})
                 continue
-            note = f"{n} chunks of ~{chunk_bytes:,} bytes" if n > 1 else plan.note
-            record_step(activity, ref, "processing", step="transform", note=note)
-            self.log.info("%s: %s chunk(s)%s", path, n, f" ({plan.note})" if plan.note else "")
             files.append({**base, "status": "planned"})
-            chunks += [{**base, "chunk": c.to_dict(), "header_end": plan.header_end, "size": plan.unit.size}
-                       for c in plan.chunks]
+            planned.append((files[-1], plan))
+        # every chunk is a mapped task instance: all files together stay within Airflow's max_map_length
+        fitted = fit_map_length([len(p.chunks) for _, p in planned], _max_map_length())
+        for (f, plan), n in zip(planned, fitted, strict=True):
+            cut = coarsen(plan.chunks, n)
+            f["n_chunks"] = f["activity"]["chunks"] = len(cut)
+            note = f"{len(cut)} chunks of ~{plan.unit.size // len(cut):,} bytes" if len(cut) > 1 else plan.note
+            record_step(activity, f["activity"], "processing", step="transform", note=note)
+            self.log.info("%s: %s chunk(s)%s", f["path"], len(cut), f" ({plan.note})" if plan.note else "")
+            chunks += [{**f, "chunk": c.to_dict(), "header_end": plan.header_end, "size": plan.unit.size}
+                       for c in cut]
         context["ti"].xcom_push(key="files", value=files)
         return chunks
 
@@ -411,7 +424,7 @@ def validate_chunks(staged: list[dict[str, Any]], *, max_reject_ratio: float, st
     if refused:
         raise ValueError("; ".join(refused))
     if dry_run:
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         raise AirflowSkipException(f"dry run: {len(by_file)} file(s) staged and validated, not loaded")
     return items
@@ -484,15 +497,20 @@ class CommitChunkedFilesOperator(_StoreMixin, BaseOperator):
     commit the ledger entry once; then drop the staged files. A file with a chunk that did not load is
     marked failed (it resumes under the same import_id next run). Runs when the loads are done, failed or
     not, so one file's failure does not hold back the others; fails itself if any file failed. Returns
-    one result per file (``committed`` | ``skipped``) for the archive step."""
+    one result per file (``committed`` | ``skipped``) for the archive step. The files come as ``files`` or,
+    in the DAG, from the XCom ``files`` of ``plan_task_id``."""
 
     template_fields: Sequence[str] = ("files", "loaded")
     ui_color = "#fdf0e8"
 
-    def __init__(self, *, files: list[dict[str, Any]] | str, loaded: Any, store_conn_id: str = "cdp_opensearch",
+    def __init__(self, *, loaded: Any, files: list[dict[str, Any]] | str | None = None,
+                 plan_task_id: str | None = None, store_conn_id: str = "cdp_opensearch",
                  index_prefix: str | None = None, error_dir: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if (files is None) == (plan_task_id is None):
+            raise ValueError("give either files or plan_task_id (whose XCom 'files' lists them)")
         self.files = files
+        self.plan_task_id = plan_task_id
         self.loaded = loaded
         self.store_conn_id = store_conn_id
         self.index_prefix = index_prefix
@@ -504,10 +522,16 @@ class CommitChunkedFilesOperator(_StoreMixin, BaseOperator):
 
         params = context.get("params") or {}
         if params.get("dry_run"):
-            from airflow.exceptions import AirflowSkipException
+            from airflow.sdk.exceptions import AirflowSkipException
 
             raise AirflowSkipException("dry run: nothing was loaded, nothing to commit")
         files = self.files
+        if self.plan_task_id is not None:  # pulled here: under all_done a plan that never ran has none
+            files = context["ti"].xcom_pull(task_ids=self.plan_task_id, key="files")
+            if files is None:
+                from airflow.sdk.exceptions import AirflowSkipException
+
+                raise AirflowSkipException(f"{self.plan_task_id} did not run: nothing to commit")
         if isinstance(files, str):
             import json
 
