@@ -141,3 +141,25 @@ def test_chunk_size_setting(monkeypatch):
     with pytest.raises(ValueError):
         chunk_bytes_from(-1) if monkeypatch.delenv("CDP_CSV_CHUNK_MB") is None else None
     assert Chunk(**Chunk(1, 10, 20, 3, 2).to_dict()) == Chunk(1, 10, 20, 3, 2)
+
+
+def test_coarsen_joins_neighbouring_chunks_and_fit_map_length_keeps_within_the_limit(tmp_path):
+    from cdp_ingest.chunks import coarsen, fit_map_length
+
+    path = tmp_path / "tricky.csv"
+    path.write_bytes(TRICKY.encode())
+    plan = plan_csv(path, 1)
+    assert len(plan.chunks) == 6
+    whole = rows_of(read_batches(path, batch_rows=3))
+    for n in (1, 2, 4, 6, 9):
+        joined = coarsen(plan.chunks, n)
+        assert len(joined) == min(n, 6) if n != 4 else len(joined) <= 4
+        assert [c.index for c in joined] == list(range(len(joined)))
+        assert [c.start for c in joined[1:]] == [c.end for c in joined[:-1]] and joined[-1].end == plan.chunks[-1].end
+        rows = [r for c in joined for r in rows_of(chunk_batches(path, c, header_end=plan.header_end, batch_rows=3))]
+        assert rows == whole and sum(c.rows for c in joined) == 6
+    assert fit_map_length([3, 2, 1], 1024) == [3, 2, 1]
+    assert fit_map_length([900, 300, 1], 1024) == [723, 300, 1]
+    assert fit_map_length([600, 600, 600, 5], 1024) == [339, 339, 339, 5]
+    with pytest.raises(ValueError):
+        fit_map_length([1] * 5, 4)

@@ -207,3 +207,24 @@ def test_dry_run_and_force_with_chunks(landing, airflow_db, opensearch, monkeypa
         exp.rows, 0, exp.bad, exp.good + exp.duplicates)
     store.refresh([f"{store.prefix}*"])
     assert store.count(f"{store.prefix}event-*") == exp.good
+
+
+def test_a_file_that_fails_its_plan_fails_the_run_and_later_kinds_wait(landing, airflow_db, opensearch, monkeypatch):
+    (landing / "profiles").mkdir(parents=True)
+    (landing / "events").mkdir(parents=True)
+    (landing / "profiles" / "crm.csv").write_text("first_name,last_name\nAda,Lovelace\n")  # no identity column
+    sample.write_events(landing / "events" / "tracker.csv", 50, profiles=5, sessions=5)
+    store = use_prefix(monkeypatch, opensearch, "t-chunkplanfail-")
+    dr = run(no_retries=True)
+    states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+    assert dr.state == "failed"
+    assert states["profile.plan"] == "success" and states["profile.commit"] == "failed"
+    # sessions and events wait (profiles first): their plan never ran, their commit (all_done) skipped instead
+    # of failing, and their archive passes the failure on to the next kind
+    for kind in ("session", "event"):
+        assert (states[f"{kind}.plan"], states[f"{kind}.commit"], states[f"{kind}.archive"]) == (
+            "upstream_failed", "skipped", "upstream_failed")
+    entries = ledger(store)
+    assert set(entries) == {"profile"} and entries["profile"]["status"] == "failed"
+    assert "email" in entries["profile"]["message"]
+    assert (landing / "events" / "tracker.csv").exists() and (landing / "profiles" / "crm.csv").exists()

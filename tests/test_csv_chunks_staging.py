@@ -59,6 +59,11 @@ def test_chunks_stage_load_and_commit_on_different_hosts_through_s3(tmp_path, mo
 
     try:
         host("planner")
+        monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "2")  # more chunks than a run may map: joined
+        ti = TaskInstance()
+        few = PlanCsvFilesOperator(task_id="plan", source_paths=[str(src)], mapping_path=mapping).execute({"ti": ti})
+        assert len(few) == 2 == ti.xcom["files"][0]["n_chunks"] and few[1]["chunk"]["end"] == src.stat().st_size
+        monkeypatch.delenv("AIRFLOW__CORE__MAX_MAP_LENGTH")
         ti = TaskInstance()
         chunks = PlanCsvFilesOperator(task_id="plan", source_paths=[str(src)], mapping_path=mapping,
                                       account="demo").execute({"ti": ti})

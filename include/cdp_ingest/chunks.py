@@ -350,3 +350,36 @@ def merge_chunk_errors(final_path: str | Path, outcomes: list[ChunkOutcome]) -> 
 
     ordered = sorted(outcomes, key=lambda o: o.index)
     return merge_error_files(final_path, *[o.transform_errors for o in ordered], *[o.load_errors for o in ordered])
+
+
+def coarsen(chunks: list[Chunk], at_most: int) -> list[Chunk]:
+    """The same file in at most ``at_most`` chunks: runs of consecutive chunks joined (their boundaries
+    are record boundaries already, so no second pass over the file)."""
+    if at_most < 1:
+        raise ValueError("at_most must be >= 1")
+    if len(chunks) <= at_most:
+        return chunks
+    per = -(-len(chunks) // at_most)
+    out = []
+    for i in range(0, len(chunks), per):
+        run = chunks[i:i + per]
+        rows = -1 if any(c.rows < 0 for c in run) else sum(c.rows for c in run)
+        out.append(Chunk(len(out), run[0].start, run[-1].end, run[0].first_row, rows))
+    return out
+
+
+def fit_map_length(counts: list[int], limit: int) -> list[int]:
+    """Chunks per file so that all files together are at most ``limit`` mapped tasks (Airflow's
+    ``max_map_length``): one cap for every file, the largest that fits; every file keeps one."""
+    if len(counts) > limit:
+        raise ValueError(f"{len(counts)} files are more than the {limit} mapped tasks a run may have")
+    if sum(counts) <= limit:
+        return list(counts)
+    lo, hi = 1, max(counts)  # the largest per-file cap that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(min(n, mid) for n in counts) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return [min(n, lo) for n in counts]

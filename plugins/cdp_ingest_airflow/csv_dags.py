@@ -143,16 +143,19 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
 
                 validated = validate(staged.output)
                 loaded = LoadChunksOperator.partial(task_id="load", store_conn_id=conn_id).expand(item=validated)
-                committed = CommitChunkedFilesOperator(
-                    task_id="commit", files=plan.output["files"], loaded=loaded.output, store_conn_id=conn_id,
+                committed = CommitChunkedFilesOperator(  # all_done: one file's failed load holds back no other
+                    task_id="commit", plan_task_id=plan.task_id, loaded=loaded.output, store_conn_id=conn_id,
                     error_dir=str(landing_root() / folder / "errors"), trigger_rule="all_done",
                 )
+                plan >> committed
 
                 @task(task_id="archive")
                 def archive_files(results: list[dict[str, Any]], ds: str | None = None) -> list[str]:
                     return archive(list(results), folder, ds or "unknown-day")
 
-                archive_files(committed.output)
+                # a plan that did not run skips commit (all_done), and this makes archive upstream_failed, not
+                # skipped: the next kind must not start after a failed one
+                plan >> archive_files(committed.output)
             previous >> group
             previous = group
     return dag
