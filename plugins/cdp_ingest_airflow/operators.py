@@ -317,7 +317,9 @@ class PlanCsvFilesOperator(_StoreMixin, BaseOperator):
         fitted = fit_map_length([len(p.chunks) for _, p in planned], _max_map_length())
         for (f, plan), n in zip(planned, fitted, strict=True):
             cut = coarsen(plan.chunks, n)
-            f["n_chunks"] = f["activity"]["chunks"] = len(cut)
+            f["n_chunks"] = len(cut)
+            if len(cut) > 1:  # shown on the file's activity entry; a one-chunk file's entry is as it always was
+                f["activity"]["chunks"] = len(cut)
             note = f"{len(cut)} chunks of ~{plan.unit.size // len(cut):,} bytes" if len(cut) > 1 else plan.note
             record_step(activity, f["activity"], "processing", step="transform", note=note)
             self.log.info("%s: %s chunk(s)%s", f["path"], len(cut), f" ({plan.note})" if plan.note else "")
