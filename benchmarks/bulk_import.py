@@ -186,7 +186,9 @@ def measure(variant: str, kind: str, *, url: str, prefix: str, csv_path: Path, w
         cmd += ["--ndjson", str(ndjson)]
     if chunk or concurrency:
         cmd += ["--chunk", str(chunk), "--concurrency", str(concurrency)]
-    env = dict(os.environ)
+    from airflow_env import MEMORY_ENV
+
+    env = {**os.environ, **MEMORY_ENV}  # every variant with the allocator settings the Airflow tasks run with
     if variant == "engine-rows":  # the engine with the row-by-row mapping only (no fastmap): the "before"
         env["CDP_ROW_MAPPING"] = "1"
     r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)

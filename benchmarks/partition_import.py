@@ -129,8 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(json.dumps(generate(Path(args.generate_into), args.rows, args.files)) + "\n")
         return 0
 
+    from airflow_env import MEMORY_ENV, airflow_env
+
+    if any(os.environ.get(k) != v for k, v in MEMORY_ENV.items()):  # read at process start: run as a task would
+        os.execve(sys.executable, [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])],
+                  {**os.environ, **MEMORY_ENV})
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from airflow_env import airflow_env
     from devservices import Harness
 
     run_dir = Path(args.run_dir)

@@ -82,7 +82,9 @@ MAX_IDENTITY = 1024
 # The same window as coerce.parse_epoch_datetime: anything outside is almost always a unit mistake.
 MIN_TS = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TS = datetime(3000, 1, 1, tzinfo=UTC)
-BATCH_ROWS = 10_000  # rows become Python objects one batch at a time: this bounds the transform's memory
+# Rows become Python objects one batch at a time: this bounds the transform's memory (four maps per row:
+# 10,000-row batches peaked ~80 MB higher than 2,000-row ones over a 25,000-row file, at the same CPU time).
+BATCH_ROWS = 2_000
 
 _STR_MAP = pa.map_(pa.string(), pa.string())
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

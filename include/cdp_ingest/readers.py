@@ -729,7 +729,9 @@ def _iter_parquet(
                 raise FileLevelError(
                     "unreadable", f"column(s) not in the file: {', '.join(repr(c) for c in missing)}"
                 )
-        batches = pf.iter_batches(batch_size=batch_rows, columns=columns)
+        # One thread: a task has a core at most, and the decoding threads' allocations stayed in RSS
+        # (a 25,000-row partition file's transform peaked ~50 MB higher with them, at the same CPU time).
+        batches = pf.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False)
         first_row = 1
         while True:
             try:
