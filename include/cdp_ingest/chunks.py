@@ -360,7 +360,7 @@ def coarsen(chunks: list[Chunk], at_most: int) -> list[Chunk]:
     if len(chunks) <= at_most:
         return chunks
     per = -(-len(chunks) // at_most)
-    out = []
+    out: list[Chunk] = []
     for i in range(0, len(chunks), per):
         run = chunks[i:i + per]
         rows = -1 if any(c.rows < 0 for c in run) else sum(c.rows for c in run)
