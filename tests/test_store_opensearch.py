@@ -211,8 +211,14 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b'{"error":"busy"}')
             return
-        req = urllib.request.Request(self.upstream + self.path, data=body, method="POST",
-                                     headers={"Content-Type": self.headers.get("Content-Type")})
+        self._forward("POST", body)
+
+    def do_GET(self):  # the load's list of stored months
+        self._forward("GET", None)
+
+    def _forward(self, method: str, body: bytes | None) -> None:
+        req = urllib.request.Request(self.upstream + self.path, data=body, method=method,
+                                     headers={"Content-Type": self.headers.get("Content-Type") or "application/json"})
         with urllib.request.urlopen(req) as r:
             data = r.read()
             self.send_response(r.status)

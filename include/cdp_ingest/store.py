@@ -197,6 +197,7 @@ class Store:
         self.id_window = id_window  # event ids a load remembers before it refreshes (see module doc)
         self._sleep = sleep
         self._lock = threading.Lock()
+        self._event_indices: set[str] = set()  # event indices that exist (create mode's id check)
         self._retries = 0  # cumulative retries (requests and items), read into LoadStats
 
     # ---- names and templates ---------------------------------------------------------------------
@@ -269,6 +270,10 @@ class Store:
         pending: deque[tuple[int, Future]] = deque()
         too_big: list[Outcome] = []
         window = _IdWindow()
+        listed = self._request("GET", f"/_cat/indices/{self._event_prefix}*", ok_statuses=(404,),
+                               params={"h": "index", "format": "json", "expand_wildcards": "open,closed"})
+        with self._lock:  # the months stored when the load starts; _claim adds the ones it writes to
+            self._event_indices = {row["index"] for row in listed or [] if isinstance(row, dict)}
         kept = 0  # ids still in the window after the last expiry (chunks in flight)
         # The refresh runs in its own thread, so chunks keep being mapped and sent meanwhile (done in the
         # main loop it stalled the load ~0.3 s per refresh); once it is back, the ids of the chunks that
@@ -337,22 +342,28 @@ class Store:
                 seen[it.id] = (it.index, seq)
                 order.append((seq, it.id))
             send.append(it)
-        window.indices.update({it.index for it in send if it.index.startswith(events)})
+        months = {it.index for it in send if it.index.startswith(events)}
+        window.indices.update(months)
+        if not months <= self._event_indices:
+            with self._lock:
+                self._event_indices = self._event_indices | months
         return send, early, replaces, after
 
     @property
     def _event_prefix(self) -> str:
         return f"{self.prefix}event-"
 
-    def _find_events(self, ids: list[str]) -> dict[str, list[tuple[str, dict]]]:
-        """id → [(index, metadata.aux.cdp)] of the stored events with these ids, in any month."""
+    def _find_events(self, ids: list[str], exclude: str | None = None) -> dict[str, list[tuple[str, dict]]]:
+        """id → [(index, metadata.aux.cdp)] of the stored events with these ids, in any month (but the
+        ``exclude`` index)."""
         found: dict[str, list[tuple[str, dict]]] = {}
         unique = list(dict.fromkeys(ids))
+        target = f"{self._event_prefix}*" + (f",-{exclude}" if exclude else "")
         for start in range(0, len(unique), 4000):
             part = unique[start:start + 4000]
             body = {"size": 2 * len(part), "track_total_hits": False, "query": {"ids": {"values": part}},
                     "_source": ["metadata.aux.cdp"]}
-            resp = self._request("POST", f"/{self._event_prefix}*/_search", body=body,
+            resp = self._request("POST", f"/{target}/_search", body=body,
                                  params={"filter_path": "hits.hits._index,hits.hits._id,hits.hits._source",
                                          "ignore_unavailable": "true", "allow_no_indices": "true"})
             for h in ((resp or {}).get("hits") or {}).get("hits") or []:
@@ -415,9 +426,22 @@ class Store:
         replaces = replaces if replaces is not None else {}
         own: set[int] = set()  # overwrite: stored by this import's earlier attempt from the same row
         existed: set[int] = set()  # overwrite: a stored copy (another import's or row's) is replaced
-        event_ids = [it.id for it in chunk if it.index.startswith(events)]
-        found = self._find_events(event_ids) if event_ids else {}
-        requests += bool(event_ids)
+        if overwrite:  # every stored copy counts (updated or this import's own): search all months
+            event_ids = [it.id for it in chunk if it.index.startswith(events)]
+            found = self._find_events(event_ids) if event_ids else {}
+            requests += bool(event_ids)
+        else:  # create: a copy in the same month answers the write itself (409), so only other months
+            by_index: dict[str, list[str]] = {}
+            for it in chunk:
+                if it.index.startswith(events):
+                    by_index.setdefault(it.index, []).append(it.id)
+            found = {}
+            with self._lock:
+                known = set(self._event_indices)
+            for ix, ids in by_index.items():
+                if known - {ix}:  # no other month exists (that this load knows of): nothing to find
+                    found.update(self._find_events(ids, exclude=ix))
+                    requests += 1
         if found:  # stored already (any month): this import's own earlier write, or a duplicate
             unsent: list[BulkItem] = []
             for it in chunk:
