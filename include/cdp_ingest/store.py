@@ -11,7 +11,9 @@ Design (measured in benchmarks/bulk_import.py):
   counted as a duplicate. A 409 whose stored copy carries the same ``import_id`` and row was written
   by an earlier attempt of this very import (a retry after a crash) and counts as loaded.
 - One document per event id across all monthly indices: before a chunk of events is sent, one ``ids``
-  query over ``<prefix>event-*`` finds the chunk's ids that are already stored (in any month), and an
+  query over ``<prefix>event-*`` finds the chunk's ids that are already stored (in any month; in
+  ``create`` mode only the other months are searched, the chunk's own month answers the create with a
+  409, and no search is made while no other month exists), and an
   in-load window holds the ids this load has sent but a search may not see yet (until the window is
   full, the load refreshes what it wrote and forgets what is visible). An id stored in another month
   is a duplicate, not a second document; one stored by this import's earlier attempt (same
