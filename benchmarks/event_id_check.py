@@ -28,7 +28,7 @@ def child(mode: str, url: str, prefix: str, csv_path: str, work: str) -> None:
     from cdp_ingest.store import Store
 
     if mode in ("off", "warm-up"):
-        Store._find_events = lambda self, ids: {}  # type: ignore[method-assign]
+        Store._find_events = lambda self, ids, exclude=None: {}  # type: ignore[method-assign]
         Store._claim = lambda self, chunk, window, seq, wm: (chunk, [], {}, 0)  # type: ignore[method-assign]
     import bulk_import
 
