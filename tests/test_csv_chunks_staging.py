@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from staging_kit import staging_bucket
 
 from cdp_ingest import sample
 from cdp_ingest.errorfile import read_error_file
@@ -30,8 +31,6 @@ class TaskInstance:
 
 
 def test_chunks_stage_load_and_commit_on_different_hosts_through_s3(tmp_path, monkeypatch, opensearch, s3_server):
-    import boto3
-
     from cdp_ingest_airflow.operators import (
         CommitChunkedFilesOperator,
         LoadChunksOperator,
@@ -40,12 +39,7 @@ def test_chunks_stage_load_and_commit_on_different_hosts_through_s3(tmp_path, mo
         validate_chunks,
     )
 
-    s3 = boto3.client("s3", endpoint_url=s3_server.info["endpoint_url"], aws_access_key_id="testing",
-                      aws_secret_access_key="testing", region_name="us-east-1")
-    bucket = f"cdp-chunks-{os.getpid()}"
-    s3.create_bucket(Bucket=bucket)
-    monkeypatch.setenv("CDP_STAGING_URL", f"s3://{bucket}/imports/")
-    monkeypatch.setenv("CDP_STAGING_CONN_ID", "cdp_s3")
+    s3, bucket = staging_bucket(s3_server, monkeypatch, "cdp-chunks")
     monkeypatch.setenv("CDP_CSV_CHUNK_MB", "0.02")  # ~20 KB: the file is several chunks
     conn = json.loads(os.environ["AIRFLOW_CONN_CDP_OPENSEARCH"])
     conn["extra"]["index_prefix"] = "t-s3chunks-"

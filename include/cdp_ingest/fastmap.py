@@ -125,6 +125,19 @@ class _Node:
         self.children: dict[str, _Node | tuple[str, Any]] = {}  # key -> node, or ("col"|"unmapped"|"const", x)
 
 
+def _grow(seq: list[tuple[tuple[str, ...], tuple[str, Any]]]) -> dict[str, _Node]:
+    """The target paths as trees (root key -> node), leaves in the order given."""
+    roots: dict[str, _Node] = {}
+    for path, leaf in seq:
+        node = roots.setdefault(path[0], _Node())
+        for key in path[1:-1]:
+            nxt = node.children.setdefault(key, _Node())
+            assert isinstance(nxt, _Node)
+            node = nxt
+        node.children[path[-1]] = leaf
+    return roots
+
+
 class _ProfileIds:
     """``mapping.profile_id_for`` with a larger cache of its own (files often hold more identities than
     that one keeps)."""
@@ -205,15 +218,7 @@ class EventBatchMapper(_ProfileIds):
                 at = [j for j, q in enumerate(paths) if q[:n] == pre]
                 if at != list(range(at[0], at[-1] + 1)):
                     return None
-        roots: dict[str, _Node] = {}
-        for path, leaf in seq:
-            node = roots.setdefault(path[0], _Node())
-            for key in path[1:-1]:
-                nxt = node.children.setdefault(key, _Node())
-                assert isinstance(nxt, _Node)
-                node = nxt
-            node.children[path[-1]] = leaf
-        return roots
+        return _grow(seq)
 
     # ---- one batch ----------------------------------------------------------------------------------
     def map_batch(self, batch: pa.RecordBatch, first_row: int, prefix: str, import_id: str,
@@ -438,15 +443,7 @@ class ProfileBatchMapper(_ProfileIds):
                 at = [j for j, q in enumerate(paths) if q[:n] == pre]
                 if at != list(range(at[0], at[-1] + 1)):
                     return None
-        roots: dict[str, _Node] = {}
-        for path, leaf in seq:
-            tree = roots.setdefault(path[0], _Node())
-            for key in path[1:-1]:
-                nxt = tree.children.setdefault(key, _Node())
-                assert isinstance(nxt, _Node)
-                tree = nxt
-            tree.children[path[-1]] = leaf
-        return roots
+        return _grow(seq)
 
     def map_batch(self, batch: pa.RecordBatch, first_row: int, prefix: str, import_id: str,
                   skip: Collection[int] = ()) -> FastBatch | None:
