@@ -138,6 +138,22 @@ def _grow(seq: list[tuple[tuple[str, ...], tuple[str, Any]]]) -> dict[str, _Node
     return roots
 
 
+class _Clean:
+    """Which rows of a batch the columnar path can still reproduce exactly (``ok``)."""
+
+    def __init__(self, n: int):
+        self.ok = pa.array([True] * n)
+
+    def need(self, mask: pa.Array) -> None:
+        self.ok = pc.and_(self.ok, pc.fill_null(mask, False))
+
+    def strings(self, arr: pa.Array) -> pa.Array:
+        """JSON string literals of ``arr``; rows with a control character are no longer clean."""
+        lit, clean = json_strings(arr)
+        self.need(clean)
+        return lit
+
+
 class _ProfileIds:
     """``mapping.profile_id_for`` with a larger cache of its own (files often hold more identities than
     that one keeps)."""
@@ -234,16 +250,8 @@ class EventBatchMapper(_ProfileIds):
         m = mp.m
         n = batch.num_rows
         col = {name: batch.column(i) for i, name in enumerate(names)}
-        ok = pa.array([True] * n)
-
-        def need(mask: pa.Array) -> None:
-            nonlocal ok
-            ok = pc.and_(ok, pc.fill_null(mask, False))
-
-        def strings(arr: pa.Array) -> pa.Array:
-            lit, clean = json_strings(arr)
-            need(clean)
-            return lit
+        rows_ok = _Clean(n)
+        need, strings = rows_ok.need, rows_ok.strings
 
         # id, time, type, identity, session
         if m.id_column:
@@ -341,7 +349,7 @@ class EventBatchMapper(_ProfileIds):
         parts = _SLOT_RE.split(text)  # constant text, slot number, constant text, ...
         pieces: list[Any] = [slots[int(x)] if k % 2 else x for k, x in enumerate(parts)]
         bodies = pc.cast(pc.binary_join_element_wise(*pieces, ""), pa.binary())
-        ok_list = ok.to_pylist()
+        ok_list = rows_ok.ok.to_pylist()
         for i in skip:
             if 0 <= i < n:
                 ok_list[i] = False
@@ -458,16 +466,8 @@ class ProfileBatchMapper(_ProfileIds):
         m = mp.m
         n = batch.num_rows
         col = {name: batch.column(i) for i, name in enumerate(names)}
-        ok = pa.array([True] * n)
-
-        def need(mask: pa.Array) -> None:
-            nonlocal ok
-            ok = pc.and_(ok, pc.fill_null(mask, False))
-
-        def strings(arr: pa.Array) -> pa.Array:
-            lit, clean = json_strings(arr)
-            need(clean)
-            return lit
+        rows_ok = _Clean(n)
+        need, strings = rows_ok.need, rows_ok.strings
 
         def python(rule: Any) -> pa.Array:  # validate / DATETIME: the mapper's own _value per distinct value
             def one(text: str) -> str | None:
@@ -603,7 +603,7 @@ class ProfileBatchMapper(_ProfileIds):
         pieces: list[Any] = [slots[int(x)] if k % 2 else x for k, x in enumerate(_SLOT_RE.split(text))]
         pieces = [NEW_HEAD.decode(), *pieces, OPS_CUT.decode()[:-1], ops, "}"]
         bodies = pc.cast(pc.binary_join_element_wise(*pieces, ""), pa.binary())
-        ok_list = ok.to_pylist()
+        ok_list = rows_ok.ok.to_pylist()
         for i in skip:
             if 0 <= i < n:
                 ok_list[i] = False
