@@ -125,6 +125,31 @@ class _Node:
         self.children: dict[str, _Node | tuple[str, Any]] = {}  # key -> node, or ("col"|"unmapped"|"const", x)
 
 
+def _in_order(paths: list[tuple[str, ...]], skeleton: dict) -> bool:
+    """Whether ``map_row``'s dict building gives the key order a tree of ``paths`` gives: no path twice, no
+    target inside another, and the targets under each object that is not already in ``skeleton`` listed
+    together (an object is created where its first present value is set). Under an object of the
+    skeleton every prefix must be an object there too (``set_path`` would replace another value)."""
+    if len(set(paths)) != len(paths):
+        return False
+    for p in paths:
+        node: Any = skeleton
+        for n in range(1, len(p)):
+            pre = p[:n]
+            if pre in paths:  # a target inside another
+                return False
+            if isinstance(node, dict) and p[n - 1] in node:
+                node = node[p[n - 1]]
+                if not isinstance(node, dict):
+                    return False
+                continue
+            node = None  # a new object: its targets must be listed together
+            at = [j for j, q in enumerate(paths) if q[:n] == pre]
+            if at != list(range(at[0], at[-1] + 1)):
+                return False
+    return True
+
+
 def _grow(seq: list[tuple[tuple[str, ...], tuple[str, Any]]]) -> dict[str, _Node]:
     """The target paths as trees (root key -> node), leaves in the order given."""
     roots: dict[str, _Node] = {}
@@ -224,16 +249,8 @@ class EventBatchMapper(_ProfileIds):
     @staticmethod
     def _tree(seq: list[tuple[tuple[str, ...], tuple[str, Any]]]) -> dict[str, _Node] | None:
         paths = [p for p, _ in seq]
-        if len(set(paths)) != len(paths) or any(p[0] not in FREE_ROOTS or len(p) < 2 for p in paths):
+        if any(p[0] not in FREE_ROOTS or len(p) < 2 for p in paths) or not _in_order(paths, {}):
             return None
-        for p in paths:  # no target inside another; each object's targets listed together
-            for n in range(1, len(p)):
-                pre = p[:n]
-                if pre in paths:
-                    return None
-                at = [j for j, q in enumerate(paths) if q[:n] == pre]
-                if at != list(range(at[0], at[-1] + 1)):
-                    return None
         return _grow(seq)
 
     # ---- one batch ----------------------------------------------------------------------------------
@@ -432,26 +449,7 @@ class ProfileBatchMapper(_ProfileIds):
 
     @staticmethod
     def _tree(seq: list[tuple[tuple[str, ...], tuple[str, Any]]]) -> dict[str, _Node] | None:
-        skeleton = SKELETONS["profile"]
-        paths = [p for p, _ in seq]
-        if len(set(paths)) != len(paths):
-            return None
-        for p in paths:
-            node: Any = skeleton
-            for n in range(1, len(p)):
-                pre = p[:n]
-                if pre in paths:  # a target inside another
-                    return None
-                if isinstance(node, dict) and p[n - 1] in node:
-                    node = node[p[n - 1]]
-                    if not isinstance(node, dict):
-                        return None  # set_path would replace a skeleton value by an object
-                    continue
-                node = None  # a new object: its targets must be listed together
-                at = [j for j, q in enumerate(paths) if q[:n] == pre]
-                if at != list(range(at[0], at[-1] + 1)):
-                    return None
-        return _grow(seq)
+        return _grow(seq) if _in_order([p for p, _ in seq], SKELETONS["profile"]) else None
 
     def map_batch(self, batch: pa.RecordBatch, first_row: int, prefix: str, import_id: str,
                   skip: Collection[int] = ()) -> FastBatch | None:
