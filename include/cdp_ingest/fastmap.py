@@ -118,6 +118,7 @@ class FastBatch:
     indices: list[str]
     ids: list[str]
     bodies: list[bytes]
+    origs: list[bytes] | None = None  # the source rows as JSON, when the mapper makes them (else lazily)
 
 
 class _Node:

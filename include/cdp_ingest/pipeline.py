@@ -236,15 +236,19 @@ def _as_row(row: dict[str, Any] | LazyRow | None) -> dict[str, Any]:
 
 
 def _batch_mapper(row_fn: RowFn) -> Any:
-    """The columnar mapper for a plain ``Mapper.map_row`` of an event or profile mapping, or None."""
-    from cdp_ingest.fastmap import EventBatchMapper, ProfileBatchMapper
+    """The columnar mapper for a plain ``Mapper.map_row`` of an event or profile mapping, or for a
+    ``PartitionMapper.map_row``; None for any other row function."""
+    if os.environ.get("CDP_ROW_MAPPING") == "1":  # the row-by-row path only (benchmarks, comparisons)
+        return None
     from cdp_ingest.mapping import Mapper
 
     owner = getattr(row_fn, "__self__", None)
     if type(owner) is not Mapper or getattr(row_fn, "__func__", None) is not Mapper.map_row:
-        return None
-    if os.environ.get("CDP_ROW_MAPPING") == "1":  # the row-by-row path only (benchmarks, comparisons)
-        return None
+        from cdp_ingest.partition_fastmap import PartitionBatchMapper
+
+        return PartitionBatchMapper.compile(row_fn)
+    from cdp_ingest.fastmap import EventBatchMapper, ProfileBatchMapper
+
     return EventBatchMapper.compile(owner) or ProfileBatchMapper.compile(owner)
 
 
@@ -313,6 +317,8 @@ class RowMapper:
             slow_rows = dict(zip(slow, batch.take(slow).to_pylist(), strict=True)) if slow else {}
             first, n = sb.first_row, batch.num_rows
             rows = _BatchRows(batch)
+            if fb.origs is not None:
+                rows._json = fb.origs
             self.rows_in += n
             accepted = 0
             for i, ok in enumerate(fb.ok):
