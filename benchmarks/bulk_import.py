@@ -134,13 +134,13 @@ def run_ceiling(kind, ndjson_dir, url, prefix, limit, chunk, concurrency):
     return sum(counts), time.perf_counter() - t0
 
 
-def run_engine(kind, csv_path, url, prefix, stage: bool, work: str, concurrency: int = 2):
+def run_engine(kind, csv_path, url, prefix, stage: bool, work: str, concurrency: int = 2, chunk: int = 5000):
     from cdp_ingest.ledger import Ledger
     from cdp_ingest.pipeline import import_unit
     from cdp_ingest.readers import read_batches
     from cdp_ingest.store import Store, make_client
 
-    store = Store(make_client(url), prefix=prefix, concurrency=concurrency)
+    store = Store(make_client(url), prefix=prefix, concurrency=concurrency, chunk_docs=chunk)
     store.ensure_templates()
     rep = import_unit(csv_path, lambda: read_batches(csv_path),
                       lambda iid: _mapper(kind, iid).map_row, store=store, ledger=Ledger(store), work_dir=work,
@@ -163,7 +163,7 @@ def child(args) -> None:
         t0 = time.perf_counter() - secs
     else:
         n, extra = run_engine(args.kind, args.csv, args.url, args.prefix, args.variant == "staged", args.work,
-                              args.concurrency or 2)
+                              args.concurrency or 2, args.chunk or 5000)
     secs = time.perf_counter() - t0
     sys.stdout.write(json.dumps({"docs": n, "seconds": secs, "peak_rss_mb": _vm_hwm_mb(),
                                  **({"report": extra} if extra else {})}) + "\n")

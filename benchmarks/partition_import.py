@@ -115,18 +115,243 @@ def generate(out_dir: Path, rows: int, files: int, seed: int = 42) -> dict:
             "unique_good": rows - bad_total - dup_total, "parquet_bytes": sum(sizes)}
 
 
+class _RssSampler:
+    """Samples this process's RSS every 50 ms while the DAG runs, to tell which task made it grow."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def rss_mb() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // (1 << 20)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.samples.append((time.time(), self.rss_mb()))
+
+    def __enter__(self) -> _RssSampler:
+        self.samples.append((time.time(), self.rss_mb()))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def growth(self, start: float, end: float) -> int:
+        """How far RSS rose above the level before ``start`` during [start, end]."""
+        before = [r for t, r in self.samples if t <= start]
+        during = [r for t, r in self.samples if start <= t <= end]
+        base = before[-1] if before else (during[0] if during else 0)
+        return max(0, max(during, default=base) - base)
+
+
+# ---- baselines on the same files (child processes) ----------------------------------------------------
+def _vm_hwm_mb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+def run_engine_direct(data_dir: Path, url: str, prefix: str, work: Path) -> dict:
+    """The engine without Airflow, file after file in one process: the partition transform (as the DAG
+    task does it) then ``load_unit`` on the staged file — what the DAG's tasks run, minus the DAG."""
+    from cdp_ingest.partitions import PartitionMapper, read_partition_file
+    from cdp_ingest.pipeline import load_unit, transform_unit
+    from cdp_ingest.store import Store, make_client
+
+    store = Store(make_client(url, timeout=120), prefix=prefix)
+    store.ensure_templates()
+    mapper = PartitionMapper(source_id=SOURCE, now=datetime.now(UTC))
+    acc = {"rows_in": 0, "loaded": 0, "rejected": 0, "duplicates": 0}
+    t0 = time.perf_counter()
+    for i, path in enumerate(sorted(data_dir.glob("*.parquet"))):
+        w = work / f"direct-{i}"
+        t = transform_unit(read_partition_file(str(path)), mapper.map_row, prefix=prefix, import_id=f"direct-{i}",
+                           staged_path=w / "staged.parquet", error_path=w / "transform-errors.csv",
+                           max_cell_bytes=store.max_cell_bytes)
+        ld = load_unit(w / "staged.parquet", store, import_id=f"direct-{i}", error_path=w / "load-errors.csv",
+                       columns=t.columns)
+        acc["rows_in"] += t.rows_in
+        acc["rejected"] += t.rejected + ld.failed
+        acc["loaded"] += ld.loaded
+        acc["duplicates"] += ld.duplicates
+    return {"seconds": time.perf_counter() - t0, "accounting": acc, "peak_rss_mb": _vm_hwm_mb()}
+
+
+def run_ceiling(work: Path, url: str, prefix: str, chunk: int = 5000, concurrency: int = 2) -> dict:
+    """The raw bulk ceiling for these very documents: the engine run's staged event bodies (first copy of
+    each id), pre-serialised into bulk bodies, then only sent (``chunk`` x ``concurrency``, the engine's
+    defaults). Timed: the sending."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.parquet as pq
+
+    from cdp_ingest.store import Store, make_client
+
+    store = Store(make_client(url, timeout=120), prefix=prefix)
+    store.ensure_templates()
+    seen: set[str] = set()
+    bodies: list[bytes] = []
+    part: list[bytes] = []
+    for staged in sorted(work.glob("direct-*/staged.parquet")):
+        t = pq.read_table(staged, columns=["kind", "index", "id", "body"]).to_pydict()
+        for kind, index, doc_id, body in zip(t["kind"], t["index"], t["id"], t["body"], strict=True):
+            if kind != "event" or doc_id in seen:
+                continue
+            seen.add(doc_id)
+            month = index.rsplit("event-", 1)[1]
+            part.append(b'{"create":{"_index":"%sevent-%s","_id":"%s"}}\n%s\n' % (
+                prefix.encode(), month.encode(), doc_id.encode(), body))
+            if len(part) == chunk:
+                bodies.append(b"".join(part))
+                part = []
+    if part:
+        bodies.append(b"".join(part))
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for resp in pool.map(store._send_bulk, bodies):
+            if resp.get("errors"):
+                raise RuntimeError("the ceiling's bulk request had item errors")
+    return {"seconds": time.perf_counter() - t0, "documents": len(seen), "peak_rss_mb": _vm_hwm_mb()}
+
+
+def _child(mode: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--url", args.url, "--prefix", args.prefix,
+           "--data", args.data, "--work", args.work]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "include")})
+    if r.returncode != 0:
+        raise RuntimeError(f"{mode} run failed (exit {r.returncode})")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# ---- the DAG under the LocalExecutor ---------------------------------------------------------------------
+class _TaskPeaks:
+    """Polls the process tree under ``root`` every 100 ms: the peak RSS (VmHWM) of every task process
+    (Airflow 3 runs each task instance in its own process, titled ``airflow worker -- <ti id>``)."""
+
+    def __init__(self, root: int) -> None:
+        import threading
+
+        self.root = root
+        self.peaks: dict[int, tuple[int, str]] = {}  # pid -> (VmHWM MB, task instance id)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _children(self) -> dict[int, int]:
+        parents = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                except OSError:
+                    pass
+        return parents
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            parents = self._children()
+            tree, frontier = set(), {self.root}
+            while frontier:
+                tree |= frontier
+                frontier = {p for p, pp in parents.items() if pp in frontier} - tree
+            for pid in tree - {self.root}:
+                try:
+                    title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                if not title.startswith("airflow worker -- "):
+                    continue
+                hwm = int(status.split("VmHWM:")[1].split()[0]) // 1024
+                if hwm > self.peaks.get(pid, (0, ""))[0]:
+                    self.peaks[pid] = (hwm, title.split("-- ", 1)[1].strip())
+
+    def __enter__(self) -> _TaskPeaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_local_executor(run_dir: Path, env: dict[str, str], dag_id: str) -> dict:
+    """Trigger one run for the day under ``airflow standalone`` (LocalExecutor, the embedded settings:
+    up to 4 tasks at a time) and time it from the trigger to the run's end."""
+    from devservices import free_port
+    from live_airflow import VENV_BIN, LiveAirflow
+
+    home = run_dir / "airflow-local"
+    home.mkdir(parents=True)
+    port = free_port()
+    env = {k: v for k, v in env.items() if k not in MEMORY_ENV_KEYS}  # as deployed: no allocator settings
+    env.update({"AIRFLOW_HOME": str(home), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+                "AIRFLOW__API__PORT": str(port), "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5", "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+                "PATH": os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])})
+    af = LiveAirflow(home, env)
+    try:
+        af.cli("db", "migrate")
+        af.start()
+        af.wait("the DAG to be parsed", lambda: af.query("SELECT 1 FROM serialized_dag WHERE dag_id = ?", dag_id),
+                timeout=300)
+        af.cli("dags", "unpause", dag_id)
+        with _TaskPeaks(af.proc.pid) as peaks:
+            t0 = time.monotonic()
+            af.cli("dags", "trigger", dag_id, "--run-id", "bench", "--conf", json.dumps({"date": DAY}))
+            state = af.wait("the benchmark run to finish", lambda: (af.query(
+                "SELECT state FROM dag_run WHERE dag_id = ? AND run_id = 'bench' AND state IN ('success', 'failed')",
+                dag_id) or [[None]])[0][0], timeout=7200)
+            run_s = time.monotonic() - t0
+        tasks = af.query("SELECT task_id, count(*), sum((julianday(end_date) - julianday(start_date)) * 86400) "
+                         "FROM task_instance WHERE dag_id = ? AND run_id = 'bench' GROUP BY task_id", dag_id)
+        ti_task = dict(af.query("SELECT id, task_id FROM task_instance WHERE dag_id = ? AND run_id = 'bench'",
+                                dag_id))
+    finally:
+        af.stop()
+    by_task: dict[str, int] = {}
+    for hwm, ti_id in peaks.peaks.values():
+        task = ti_task.get(ti_id) or ti_task.get(ti_id.replace("-", "")) or "other"
+        by_task[task] = max(by_task.get(task, 0), hwm)
+    return {"state": state, "run_s": round(run_s, 1), "task_s": {t: round(s or 0, 1) for t, _, s in tasks},
+            "task_processes": len(peaks.peaks),
+            "peak_rss_mb": max(by_task.values(), default=0), "peak_rss_mb_by_task": by_task}
+
+
+MEMORY_ENV_KEYS = ("ARROW_DEFAULT_MEMORY_POOL", "MALLOC_ARENA_MAX")
+
+
 # ---- the run ------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=5_000_000)
     ap.add_argument("--files", type=int, default=8)
     ap.add_argument("--run-dir", default=str(ROOT / ".run" / "bench-partitions"))
+    ap.add_argument("--modes", default="engine,ceiling,dag-test,local",
+                    help="comma list of: engine (no Airflow), ceiling (raw bulk of the same documents), "
+                         "dag-test (dag.test(), one process), local (airflow standalone, LocalExecutor)")
     ap.add_argument("--keep-services", action="store_true", help="leave OpenSearch and moto running")
     ap.add_argument("--generate-into", help=argparse.SUPPRESS)  # child mode
+    for a in ("--child", "--url", "--prefix", "--data", "--work"):
+        ap.add_argument(a, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.generate_into:
         sys.stdout.write(json.dumps(generate(Path(args.generate_into), args.rows, args.files)) + "\n")
+        return 0
+    if args.child:
+        out = (run_engine_direct(Path(args.data), args.url, args.prefix, Path(args.work)) if args.child == "engine"
+               else run_ceiling(Path(args.work), args.url, args.prefix))
+        sys.stdout.write(json.dumps(out) + "\n")
         return 0
 
     from airflow_env import MEMORY_ENV, airflow_env
@@ -137,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from devservices import Harness
 
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if "ceiling" in modes and "engine" not in modes:
+        ap.error("the ceiling sends the engine run's documents: --modes must include engine")
     run_dir = Path(args.run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -145,12 +373,16 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[k] = v
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
     harness = Harness(run_dir / "services")
+    results: dict[str, dict] = {}
     try:
         harness.start(["opensearch", "s3"])
         os.environ.update(harness.airflow_connections())
-        conn = json.loads(os.environ["AIRFLOW_CONN_CDP_OPENSEARCH"])
-        conn["extra"]["index_prefix"] = PREFIX
-        os.environ["AIRFLOW_CONN_CDP_OPENSEARCH"] = json.dumps(conn)
+        os_url = harness.services["opensearch"].info["url"]
+        base_conn = json.loads(os.environ["AIRFLOW_CONN_CDP_OPENSEARCH"])
+
+        def use_prefix(prefix: str) -> None:
+            os.environ["AIRFLOW_CONN_CDP_OPENSEARCH"] = json.dumps(
+                {**base_conn, "extra": {**base_conn.get("extra", {}), "index_prefix": prefix}})
 
         data_dir = Path(tempfile.mkdtemp(prefix="bench-parquet-", dir=run_dir))
         t0 = time.monotonic()
@@ -169,72 +401,143 @@ def main(argv: list[str] | None = None) -> int:
             s3.load_file(str(p), key=f"events/dt={DAY}/{p.name}", bucket_name=BUCKET, replace=True)
         s3.load_bytes(b"", key=f"events/dt={DAY}/_SUCCESS", bucket_name=BUCKET, replace=True)
         upload_s = time.monotonic() - t0
-        shutil.rmtree(data_dir)
 
         sources = run_dir / "sources.yaml"
         sources.write_text(json.dumps({"sources": {SOURCE: {
             "url": f"s3://{BUCKET}/events", "conn_id": "cdp_s3", "schedule": "0 2 * * *", "timezone": "UTC",
+            # no scheduled run before the benchmark's own (the first interval ends tomorrow 02:00)
+            "start_date": datetime.now(UTC).date().isoformat(),
             "max_reject_ratio": 0.05, "sensor": {"mode": "poke", "poke_interval": 1, "timeout": 60}}}}))
         os.environ["CDP_PARTITION_SOURCES"] = str(sources)
+        from cdp_ingest.store import Store, make_client
+
+        def count(prefix: str) -> tuple[int, dict]:
+            store = Store(make_client(os_url), prefix=prefix)
+            store.refresh([f"{prefix}event-*"])
+            docs = store.count(f"{prefix}event-*")
+            ledger = store._request("POST", f"/{prefix}import-ledger/_search", body={"size": 1000},
+                                    ok_statuses=(404,))
+            hits = ((ledger or {}).get("hits") or {}).get("hits") or []
+            return docs, {k: sum(h["_source"][k] for h in hits) for k in ("rows_in", "loaded", "rejected",
+                                                                          "duplicates")}
+
+        work = run_dir / "work"
+        if modes:  # warm-up (not reported): the engine on the first file, so no variant meets a cold node
+            warm = run_dir / "warm-up"
+            warm.mkdir()
+            os.link(sorted(data_dir.glob("*.parquet"))[0], warm / "part.parquet")
+            _child("engine", argparse.Namespace(url=os_url, prefix=f"{PREFIX}warm-", data=str(warm), work=str(work)))
+            Store(make_client(os_url), prefix=PREFIX)._request("DELETE", f"/{PREFIX}warm-*")
+            shutil.rmtree(work, ignore_errors=True)
+        if "engine" in modes:
+            ns = argparse.Namespace(url=os_url, prefix=f"{PREFIX}engine-", data=str(data_dir), work=str(work))
+            r = _child("engine", ns)
+            r["documents"], _ = count(ns.prefix)
+            results["engine"] = {**r, "rows_per_s": round(args.rows / r["seconds"])}
+            if "ceiling" in modes:
+                ns.prefix = f"{PREFIX}ceiling-"
+                r = _child("ceiling", ns)
+                results["ceiling"] = {**r, "rows_per_s": round(r["documents"] / r["seconds"])}
+        shutil.rmtree(work, ignore_errors=True)
 
         from airflow.dag_processing.dagbag import DagBag
         from airflow.utils.db import initdb
 
-        initdb()
-        dag = DagBag(dag_folder=str(ROOT / "dags" / "partition_import.py")).dags[f"partition_import_{SOURCE}"]
-        import pendulum
+        dag_id = f"partition_import_{SOURCE}"
+        if "dag-test" in modes:
+            use_prefix(f"{PREFIX}dagtest-")
+            initdb()
+            dag = DagBag(dag_folder=str(ROOT / "dags" / "partition_import.py")).dags[dag_id]
+            import pendulum
 
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        t0 = time.monotonic()
-        dr = dag.test(logical_date=pendulum.datetime(2025, 6, 2, 2, tz="UTC"))
-        run_s = time.monotonic() - t0
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-        phases: dict[str, float] = {}
-        for ti in dr.get_task_instances():
-            if ti.start_date and ti.end_date:
-                phases[ti.task_id] = phases.get(ti.task_id, 0.0) + (ti.end_date - ti.start_date).total_seconds()
-        from cdp_ingest.store import Store, make_client
-
-        store = Store(make_client(harness.services["opensearch"].info["url"]), prefix=PREFIX)
-        store.refresh([f"{PREFIX}event-*"])
-        docs = store.count(f"{PREFIX}event-*")
-        ledger = store._request("POST", f"/{PREFIX}import-ledger/_search", body={"size": 1000})["hits"]["hits"]
-        acc = {k: sum(h["_source"][k] for h in ledger) for k in ("rows_in", "loaded", "rejected", "duplicates")}
-        result = {
-            "benchmark": "partition_import", "when": datetime.now(UTC).isoformat(timespec="seconds"),
-            "state": str(dr.state), "rows": args.rows, "files": args.files,
-            "parquet_mb": round(expected["parquet_bytes"] / 1e6, 1), "expected": expected, "accounting": acc,
-            "documents": docs, "generate_s": round(gen_s, 1), "upload_s": round(upload_s, 1),
-            "run_s": round(run_s, 1), "transform_s": round(phases.get("file.transform", 0), 1),
-            "load_s": round(phases.get("file.load", 0), 1), "rows_per_s": round(args.rows / run_s),
-            "peak_rss_mb": round(peak_kb / 1024), "rss_before_run_mb": round(rss_before / 1024),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-            "mode": "dag.test(): one task at a time, in-process",
-        }
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-        rows = [("DAG run state", result["state"]), ("rows (files)", f"{args.rows:,} ({args.files})"),
-                ("Parquet size", f"{result['parquet_mb']} MB"),
-                ("loaded / rejected / duplicates", f"{acc['loaded']:,} / {acc['rejected']:,} / {acc['duplicates']:,}"),
-                ("documents in store", f"{docs:,} (expected {expected['unique_good']:,})"),
-                ("DAG run wall time", f"{result['run_s']} s"),
-                ("  transform (download+stage)", f"{result['transform_s']} s"),
-                ("  load (bulk)", f"{result['load_s']} s"),
-                ("throughput", f"{result['rows_per_s']:,} rows/s"),
-                ("peak RSS", f"{result['peak_rss_mb']} MB (before the run: {result['rss_before_run_mb']} MB)")]
-        width = max(len(k) for k, _ in rows)
-        print(f"\npartition import benchmark — {DAY}, moto S3 → OpenSearch ({os.cpu_count()} CPUs)")
-        print("-" * (width + 40))
-        for k, v in rows:
-            print(f"{k:<{width}}  {v}")
-        print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
-        ok = (result["state"] == "success" and docs == expected["unique_good"]
-              and acc["rows_in"] == acc["loaded"] + acc["rejected"] + acc["duplicates"] == args.rows)
-        return 0 if ok else 1
+            rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            samples = _RssSampler()
+            t0 = time.monotonic()
+            with samples:
+                dr = dag.test(logical_date=pendulum.now("UTC"), run_conf={"date": DAY})
+            run_s = time.monotonic() - t0
+            peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            phases: dict[str, float] = {}
+            grew: dict[str, int] = {}  # task -> RSS growth (MB) while its instances ran
+            for ti in dr.get_task_instances():
+                if ti.start_date and ti.end_date:
+                    secs = (ti.end_date - ti.start_date).total_seconds()
+                    phases[ti.task_id] = phases.get(ti.task_id, 0.0) + secs
+                    grew[ti.task_id] = grew.get(ti.task_id, 0) + samples.growth(ti.start_date.timestamp(),
+                                                                                 ti.end_date.timestamp())
+            docs, acc = count(f"{PREFIX}dagtest-")
+            results["dag-test"] = {
+                "state": str(dr.state), "run_s": round(run_s, 1), "rows_per_s": round(args.rows / run_s),
+                "documents": docs, "accounting": acc,
+                "task_s": {k: round(v, 1) for k, v in sorted(phases.items(), key=lambda kv: -kv[1])},
+                "peak_rss_mb": round(peak_kb / 1024), "rss_before_run_mb": round(rss_before / 1024),
+                "rss_growth_mb_by_task": {k: v for k, v in sorted(grew.items(), key=lambda kv: -kv[1]) if v}}
+        if "local" in modes:
+            use_prefix(f"{PREFIX}local-")
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT / "include")])}
+            r = run_local_executor(run_dir, env, dag_id)
+            docs, acc = count(f"{PREFIX}local-")
+            results["local"] = {**r, "rows_per_s": round(args.rows / r["run_s"]), "documents": docs,
+                                "accounting": acc}
     finally:
         if not args.keep_services:
             harness.stop()
+        shutil.rmtree(run_dir / "landing", ignore_errors=True)
+
+    return report(results, args, expected, gen_s, upload_s)
+
+
+LABELS = {"ceiling": "raw bulk ceiling (same documents, 5000x2)",
+          "engine": "engine, no Airflow (transform + load per file)",
+          "dag-test": "DAG, dag.test() (one process, one task at a time)",
+          "local": "DAG, airflow standalone (LocalExecutor, 4 slots)"}
+
+
+def report(results: dict[str, dict], args: argparse.Namespace, expected: dict, gen_s: float,
+           upload_s: float) -> int:
+    engine = results.get("engine", {}).get("rows_per_s")
+    ceiling = results.get("ceiling", {}).get("rows_per_s")
+    lines = [f"\npartition import benchmark — {DAY}: {args.rows:,} rows in {args.files} files "
+             f"({expected['parquet_bytes'] / 1e6:.1f} MB Parquet), {os.cpu_count()} CPUs",
+             "", "| variant | documents | rows/s | vs engine | vs ceiling | peak RSS MB |",
+             "|---|---:|---:|---:|---:|---:|"]
+    ok = True
+    for mode in ("ceiling", "engine", "dag-test", "local"):
+        r = results.get(mode)
+        if not r:
+            continue
+        rate = r["rows_per_s"]
+        ve = f"{rate / engine:.2f}" if engine else "-"
+        vc = f"{rate / ceiling:.2f}" if ceiling else "-"
+        peak = r["peak_rss_mb"]
+        if mode == "local":
+            peak = f"{peak} (largest task process)"
+        lines.append(f"| {LABELS[mode]} | {r['documents']:,} | {rate:,} | {ve} | {vc} | {peak} |")
+        acc = r.get("accounting")
+        if mode != "ceiling":
+            ok &= r["documents"] == expected["unique_good"]
+            ok &= r.get("state", "success") == "success"
+        if acc and mode in ("dag-test", "local"):
+            ok &= acc["rows_in"] == acc["loaded"] + acc["rejected"] + acc["duplicates"] == args.rows
+    for mode in ("dag-test", "local"):
+        if mode in results:
+            lines.append(f"\n{mode} time per task (s, summed over mapped instances): {results[mode]['task_s']}")
+    if "dag-test" in results:
+        lines.append(f"dag-test RSS growth while each task ran (MB): {results['dag-test']['rss_growth_mb_by_task']} "
+                     f"(before the run: {results['dag-test']['rss_before_run_mb']} MB)")
+    if "local" in results:
+        lines.append(f"local: peak RSS per task process (MB, largest instance): "
+                     f"{results['local']['peak_rss_mb_by_task']}")
+    print("\n".join(lines))
+    out = {"benchmark": "partition_import", "when": datetime.now(UTC).isoformat(timespec="seconds"),
+           "rows": args.rows, "files": args.files, "parquet_mb": round(expected["parquet_bytes"] / 1e6, 1),
+           "expected": expected, "generate_s": round(gen_s, 1), "upload_s": round(upload_s, 1),
+           "results": results, "ok": ok,
+           "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nwritten to {RESULTS.relative_to(ROOT)}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
