@@ -133,6 +133,9 @@ def validate_source(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"partition source {name}: max_reject_ratio must be between 0 and 1")
     start = cfg.get("start_date", "2025-01-01")
     start = start if isinstance(start, date) else date.fromisoformat(str(start))
+    loads = cfg.get("parallel_loads", 1)
+    if isinstance(loads, bool) or not isinstance(loads, int) or loads < 1:
+        raise ValueError(f"partition source {name}: parallel_loads must be a whole number >= 1, not {loads!r}")
     write_mode = str(cfg.get("write_mode", "create"))
     if write_mode not in ("create", "overwrite"):
         raise ValueError(f"partition source {name}: write_mode must be create or overwrite, not {write_mode!r}")
@@ -144,6 +147,7 @@ def validate_source(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         "description": cfg.get("description", ""),
         "error_dir": str(cfg.get("error_dir") or landing_root() / "partitions" / name / "errors"),
         "webhook_conn_id": cfg.get("webhook_conn_id", WEBHOOK_CONN_ID), "write_mode": write_mode,
+        "parallel_loads": loads,
     }
 
 
@@ -483,8 +487,11 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
         @task_group(group_id="file")
         def import_file(file_url: str, partition: dict[str, Any]):
             staged = outputs["staged"] = transform(file_url, partition)
+            # The store is what a day's load waits on: more loads at once than it can take only make them
+            # fight over it, while the next files' transforms (CPU on the worker) run ahead meanwhile.
             load = BulkIndexOperator(task_id="load", store_conn_id=src["store_conn_id"], error_dir=src["error_dir"],
-                                     staged=validate(staged, partition))
+                                     staged=validate(staged, partition),
+                                     max_active_tis_per_dagrun=src["parallel_loads"])
             return load.output
 
         @task(task_id="record_accounting", trigger_rule="none_failed")
