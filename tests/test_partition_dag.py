@@ -60,7 +60,7 @@ def test_defaults_are_filled_in():
         "0 2 * * *", "UTC", None, "cdp_opensearch")
     assert src["sensor"] == {"mode": "reschedule", "poke_interval": 300, "timeout": 72000}
     assert src["scheme"] == "gs" and src["url"] == "gs://b/p" and src["source_id"] == "demo"
-    assert src["parallel_loads"] == 1
+    assert src["parallel_loads"] == 2
 
 
 # ---- the DAG --------------------------------------------------------------------------------------------
@@ -82,8 +82,8 @@ def test_dag_shape_schedule_params_and_deadline():
     assert type(dag.task_group_dict["file"]).__name__ == "MappedTaskGroup"
     assert dag.get_task("wait_for_success").mode == "reschedule"
     assert dag.get_task("record_accounting").trigger_rule == "none_failed"
-    # one file's load at a time per run by default (transforms are not limited); configurable
-    assert dag.get_task("file.load").max_active_tis_per_dagrun == 1
+    # two files' loads at a time per run by default (transforms are not limited); configurable
+    assert dag.get_task("file.load").max_active_tis_per_dagrun == 2
     assert dag.get_task("file.transform").max_active_tis_per_dagrun is None
     assert pd.build_dag("demo", cfg(parallel_loads=3)).get_task("file.load").max_active_tis_per_dagrun == 3
 

@@ -133,7 +133,7 @@ def validate_source(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"partition source {name}: max_reject_ratio must be between 0 and 1")
     start = cfg.get("start_date", "2025-01-01")
     start = start if isinstance(start, date) else date.fromisoformat(str(start))
-    loads = cfg.get("parallel_loads", 1)
+    loads = cfg.get("parallel_loads", 2)
     if isinstance(loads, bool) or not isinstance(loads, int) or loads < 1:
         raise ValueError(f"partition source {name}: parallel_loads must be a whole number >= 1, not {loads!r}")
     write_mode = str(cfg.get("write_mode", "create"))
