@@ -2,17 +2,20 @@
 
 Generates ``--rows`` events (default 5,000,000) in ``--files`` Parquet files under
 ``s3://<bucket>/events/dt=2025-06-01/`` with a ``_SUCCESS`` marker (1 % duplicate insert_ids, 0.1 % rows
-with a bad insert_id), then runs ``partition_import_bench`` once with ``dag.test()`` — the real DAG:
-sensor, listing, per-file download + transform + validate + bulk load, accounting — against the
-real local services (``scripts/devservices.py``: OpenSearch, moto_server) and a throw-away SQLite
-metadata DB. Prints a table and writes ``benchmarks/results/partition_import.json``.
+with a bad insert_id), then measures side by side, against the real local services
+(``scripts/devservices.py``: OpenSearch, moto_server), each variant on its own empty indices:
 
-Throughput = rows in / wall time of the DAG run. Peak RSS = the benchmark process, which runs every
-task in-process under ``dag.test()`` (the data is generated in a child process, so it is not counted).
-``dag.test()`` runs one task at a time; under the LocalExecutor the per-file chains run side by side.
+- ``ceiling``: the engine run's staged event bodies, pre-serialised into bulk bodies, only sent;
+- ``engine``: the engine without Airflow (``transform_unit`` + ``load_unit`` per file, in order);
+- ``dag-test``: the real DAG under ``dag.test()`` (sensor, listing, per-file transform + validate + load,
+  accounting), every task in this process — peak RSS = this process, plus per-task RSS growth;
+- ``local``: the real DAG under ``airflow standalone`` (LocalExecutor), triggered once — peak RSS = the
+  largest task process.
 
-    .venv/bin/python benchmarks/partition_import.py --rows 200000      # quick run
-    .venv/bin/python benchmarks/partition_import.py                    # the 5M-row day
+Throughput = rows in / wall time. Prints a table and writes ``benchmarks/results/partition_import.json``.
+
+    .venv/bin/python benchmarks/partition_import.py --rows 200000             # quick run
+    .venv/bin/python benchmarks/partition_import.py --rows 1000000 --modes engine,local
 """
 
 from __future__ import annotations
