@@ -43,6 +43,9 @@ _STR_MAP = pa.map_(pa.string(), pa.string())
 _TYPES = {"ts": _TS, "event_key": pa.string(), "insert_id": pa.string(), "metric_value": pa.string(),
           **dict.fromkeys(MAP_COLUMNS, _STR_MAP)}
 _CANONICAL = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+# Profile ids of recent identities, kept across batches (identities repeat within a day's file); bounded,
+# so the transform's memory does not grow with the file (100,000 entries: +33 MB at 625k rows).
+PROFILE_ID_CACHE = 20_000
 _SLOT = re.compile(r'"@@cdp_slot_(\w+)@@"')
 _NULL_TEXT = pa.scalar("null", pa.string())
 
@@ -205,7 +208,7 @@ class PartitionBatchMapper:
     def _profile_id(self, identity: str) -> str:
         got = self._profile_ids.get(identity)
         if got is None:
-            if len(self._profile_ids) > 100_000:
+            if len(self._profile_ids) >= PROFILE_ID_CACHE:
                 self._profile_ids.clear()
             got = self._profile_ids[identity] = '"' + profile_id_for(identity) + '"'
         return got
