@@ -290,23 +290,17 @@ def run_local_executor(run_dir: Path, env: dict[str, str], dag_id: str) -> dict:
     """Trigger one run for the day under ``airflow standalone`` (LocalExecutor, the embedded settings:
     up to 4 tasks at a time) and time it from the trigger to the run's end."""
     from devservices import free_port
-    from live_airflow import VENV_BIN, LiveAirflow
+    from live_airflow import LiveAirflow, standalone_env
 
     home = run_dir / "airflow-local"
     home.mkdir(parents=True)
     port = free_port()
     env = {k: v for k, v in env.items() if k not in MEMORY_ENV_KEYS}  # as deployed: no allocator settings
     env.update({"AIRFLOW_HOME": str(home), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-                "AIRFLOW__API__PORT": str(port), "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5", "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-                "PATH": os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])})
-    af = LiveAirflow(home, env)
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"})
+    af = LiveAirflow(home, standalone_env(env, port))
     try:
-        af.cli("db", "migrate")
-        af.start()
-        af.wait("the DAG to be parsed", lambda: af.query("SELECT 1 FROM serialized_dag WHERE dag_id = ?", dag_id),
-                timeout=300)
+        af.boot(dag_id, timeout=300)
         af.cli("dags", "unpause", dag_id)
         with _TaskPeaks(af.proc.pid) as peaks:
             t0 = time.monotonic()

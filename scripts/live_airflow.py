@@ -14,6 +14,16 @@ from pathlib import Path
 VENV_BIN = Path(sys.executable).parent
 
 
+def standalone_env(env: dict[str, str], port: int) -> dict[str, str]:
+    """``env`` plus what ``airflow standalone`` needs here: its API port (the task runners' execution
+    API), every user an admin (no login for the CLI/tests), DAG files re-read every 5 s, this venv's
+    ``airflow`` on PATH."""
+    return {**env, "AIRFLOW__API__PORT": str(port), "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "PATH": os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])}
+
+
 class LiveAirflow:
     def __init__(self, home: Path, env: dict[str, str]):
         self.home, self.env = home, env
@@ -39,6 +49,13 @@ class LiveAirflow:
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         out.close()
+
+    def boot(self, dag_id: str, timeout: float = 240) -> None:
+        """Migrate the metadata DB, start ``airflow standalone`` and wait until ``dag_id`` is parsed."""
+        self.cli("db", "migrate")
+        self.start()
+        self.wait("the DAG to be parsed", lambda: self.query("SELECT 1 FROM serialized_dag WHERE dag_id = ?", dag_id),
+                  timeout=timeout)
 
     def stop(self) -> None:
         """SIGINT to standalone (it stops its components), then TERM to its own process group."""
@@ -78,20 +95,25 @@ class LiveAirflow:
                           "JOIN backfill_dag_run b ON b.dag_run_id = r.id WHERE r.dag_id = ? AND b.backfill_id = ?",
                           dag_id, backfill_id)
 
-    def run_backfill(self, dag_id: str, first: str, last: str, *extra: str) -> list[tuple]:
+    def run_backfill(self, dag_id: str, first: str, last: str, *extra: str, expect: int | None = None
+                     ) -> list[tuple]:
+        """Create a backfill and wait for it; its runs. ``expect``: how many runs the range has."""
         for _ in range(3):
             before = self.query("SELECT coalesce(max(id), 0) FROM backfill WHERE dag_id = ?", dag_id)[0][0]
             r = self.cli("backfill", "create", "--dag-id", dag_id, "--from-date", first, "--to-date", last,
                          "--max-active-runs", "3", *extra, check=False)
             bid = self.query("SELECT max(id) FROM backfill WHERE dag_id = ?", dag_id)[0][0]
             # cli() retries a "database is locked" failure. A locked attempt can leave its backfill created
-            # but without runs (the retry is then refused as AlreadyRunningBackfill, and the scheduler
-            # completes the empty backfill): wait for it, then create the backfill again.
+            # but without all its runs (none, or with --reprocess-behavior only the first: the retry is then
+            # refused as AlreadyRunningBackfill, and the scheduler completes the partial backfill): wait for
+            # it, then create the backfill again.
             if r.returncode != 0 and not ("AlreadyRunningBackfill" in r.stderr and (bid or 0) > before):
                 raise AssertionError(f"airflow backfill create failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
             self.wait(f"backfill {bid} of {dag_id} to complete", lambda bid=bid: self.query(
                 "SELECT 1 FROM backfill WHERE id = ? AND completed_at IS NOT NULL", bid), timeout=600)
             runs = self.backfill_runs(dag_id, bid)
-            if r.returncode == 0 or runs:
+            if r.returncode == 0 or (runs and (expect is None or len(runs) >= expect)):
                 return runs
+            sys.stderr.write(f"backfill {bid} of {dag_id}: created with {len(runs)} run(s) by a failed attempt "
+                             f"({r.stderr.strip()[-300:]}); creating it again\n")
         return runs

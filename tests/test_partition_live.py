@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -24,11 +23,10 @@ from test_partition_e2e import _create_bucket, ev, insert_id, parquet
 from airflow_env import airflow_env
 from cdp_ingest.store import Store, make_client
 from devservices import free_port
-from live_airflow import LiveAirflow
+from live_airflow import LiveAirflow, standalone_env
 
 pytestmark = [pytest.mark.services, pytest.mark.airflow, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 DAYS = [date(2025, 3, 1), date(2025, 3, 2), date(2025, 3, 3)]
 
 
@@ -77,20 +75,14 @@ def test_backfill_rerun_and_deadline_alert_with_the_real_scheduler(tmp_path, ope
     conn = json.loads(os.environ["AIRFLOW_CONN_CDP_OPENSEARCH"])
     conn["extra"]["index_prefix"] = prefix
     env = {**os.environ, **airflow_env(home, tmp_path / "landing"),
-           "AIRFLOW_CONN_CDP_OPENSEARCH": json.dumps(conn), "CDP_PARTITION_SOURCES": str(sources),
-           "AIRFLOW__API__PORT": str(port), "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-           "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5"}
-    env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
+           "AIRFLOW_CONN_CDP_OPENSEARCH": json.dumps(conn), "CDP_PARTITION_SOURCES": str(sources)}
+    env = standalone_env(env, port)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "plugins"), os.environ.get("PYTHONPATH")]))
     af = LiveAirflow(home, env)
     store = Store(make_client(opensearch.info["url"]), prefix=prefix)
     inbox = Path(webhook.info["inbox"])
     try:
-        af.cli("db", "migrate")
-        af.start()
-        af.wait("the DAG to be parsed", lambda: af.query("SELECT 1 FROM serialized_dag WHERE dag_id = ?", dag_id),
-                timeout=240)
+        af.boot(dag_id)
 
         # the scheduler's own run: yesterday (local) has no _SUCCESS, and its deadline has passed already
         af.cli("dags", "unpause", dag_id)
@@ -112,7 +104,7 @@ def test_backfill_rerun_and_deadline_alert_with_the_real_scheduler(tmp_path, ope
         # backfill over the three days (bounds in the source's zone, the last day included to its end)
         offset = local.isoformat()[-6:]
         first, last = f"{DAYS[0]}T00:00:00{offset}", f"{DAYS[-1]}T23:59:59{offset}"
-        runs = af.run_backfill(dag_id, first, last)
+        runs = af.run_backfill(dag_id, first, last, expect=3)
         assert len(runs) == 3 and {r[1] for r in runs} == {"success"}, runs
         store.refresh([f"{prefix}event-*"])
         assert store.count(f"{prefix}event-*") == len(expected) == 60
@@ -121,7 +113,7 @@ def test_backfill_rerun_and_deadline_alert_with_the_real_scheduler(tmp_path, ope
         replaced = [ev(n, DAYS[1], event_key="changed") for n in range(20, 30)] + \
             [ev(n, DAYS[1]) for n in range(500, 505)]
         put(DAYS[1], "part-00000.parquet", replaced)
-        runs = af.run_backfill(dag_id, first, last, "--reprocess-behavior", "completed")
+        runs = af.run_backfill(dag_id, first, last, "--reprocess-behavior", "completed", expect=3)
         assert len(runs) == 3 and {r[1] for r in runs} == {"success"}, runs
         for r in replaced:
             expected.setdefault(r["insert_id"], r["event_key"])
