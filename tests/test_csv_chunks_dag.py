@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_csv_import_dag import write_inputs as write_csv_inputs
 
 from cdp_ingest import sample
 from cdp_ingest.chunks import chunk_bytes_from, plan_csv
@@ -38,13 +39,7 @@ def use_prefix(monkeypatch, opensearch, prefix: str, **extra) -> Store:
 
 
 def write_inputs(base: Path) -> dict[str, sample.Expected]:
-    for sub in ("profiles", "sessions", "events"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    return {
-        "profile": sample.write_profiles(base / "profiles" / "crm.csv", 200),
-        "session": sample.write_sessions(base / "sessions" / "web.csv", 120, profiles=200),
-        "event": sample.write_events(base / "events" / "tracker.csv", 600, profiles=200, sessions=120),
-    }
+    return write_csv_inputs(base, profiles=200, sessions=120, events=600)
 
 
 def run(no_retries: bool = False, **conf):

@@ -28,13 +28,15 @@ def landing(tmp_path, monkeypatch, opensearch):
     return root / "demo"
 
 
-def _write_inputs(base: Path) -> dict[str, sample.Expected]:
+def write_inputs(base: Path, profiles: int = 300, sessions: int = 200, events: int = 3000
+                 ) -> dict[str, sample.Expected]:
+    """The demo CSV source's three folders with generated files (also used by test_csv_chunks_dag)."""
     for sub in ("profiles", "sessions", "events"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     return {
-        "profile": sample.write_profiles(base / "profiles" / "crm.csv", 300),
-        "session": sample.write_sessions(base / "sessions" / "web.csv", 200, profiles=300),
-        "event": sample.write_events(base / "events" / "tracker.csv", 3000, profiles=300, sessions=200),
+        "profile": sample.write_profiles(base / "profiles" / "crm.csv", profiles),
+        "session": sample.write_sessions(base / "sessions" / "web.csv", sessions, profiles=profiles),
+        "event": sample.write_events(base / "events" / "tracker.csv", events, profiles=profiles, sessions=sessions),
     }
 
 
@@ -47,7 +49,7 @@ def _run(dag_id: str):
 
 
 def test_csv_import_dag_loads_everything_once(landing, airflow_db, opensearch, tmp_path):
-    expected = _write_inputs(landing)
+    expected = write_inputs(landing)
     backup = tmp_path / "backup"
     shutil.copytree(landing, backup)
     dr = _run("csv_import_demo")
