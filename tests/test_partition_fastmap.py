@@ -129,3 +129,22 @@ def test_transform_gives_the_same_staged_file_and_errors_with_and_without_it(tmp
     assert fast.rejected == 3 * len(BAD)
     assert fast_table.equals(slow_table)
     assert fast_errors == slow_errors
+
+
+def test_a_sliced_batch_gives_the_same_json_as_the_whole_one():
+    """Batches cut from a bigger one are zero-copy slices: a map's keys/items and a string's offsets
+    then point into the whole array (``_slices`` cuts reader batches over 8,192 rows)."""
+    import pyarrow as pa
+
+    from cdp_ingest.partition_fastmap import _lit, _Map, _plain
+
+    maps = pa.array([[("A", "1")], [("b", "2"), ("B", "3")], None, [("k", 'v"x')], [("z", "9"), ("Y", "8")]],
+                    pa.map_(pa.string(), pa.string()))
+    whole, part = _Map(maps), _Map(maps.slice(2, 3))
+    assert part.object.to_pylist() == whole.object.to_pylist()[2:] == ["{}", '{"k":"v\\"x"}', '{"z":"9","y":"8"}']
+    assert part.orig.to_pylist() == whole.orig.to_pylist()[2:]
+    assert list(whole.unclean) == [False, True, False, False, False]  # b/B: equal once lowercased
+    assert list(part.unclean) == [False, False, False] and part.get("y").to_pylist() == [None, None, "8"]
+    text = pa.array(["  a", "b", "c ", "dd", None, 'e"'])
+    assert list(_plain(text.slice(1, 4))) == [True, False, True, False]
+    assert _lit(text.slice(1, 5))[0].to_pylist() == ['"b"', '"c "', '"dd"', None, '"e\\""']
