@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import pyarrow as pa
 import pyarrow.compute as pc
 
+from cdp_ingest.arrow import pa
 from cdp_ingest.coerce import FALSE_WORDS, INT32_MAX, INT32_MIN, MAX_EPOCH, TRUE_WORDS
 from cdp_ingest.documents import NOW_MARK, SKELETONS, deterministic_id
 from cdp_ingest.errors import RowError
@@ -52,6 +52,7 @@ _ID_RE = r"^[!-~]([ -~]{0,510}[!-~])?$"  # printable ASCII, no surrounding space
 _MARK = "@@cdp-slot-%d@@"
 _SLOT_RE = re.compile(r'"@@cdp-slot-(\d+)@@"')
 _NULL = pa.scalar(None, pa.string())
+_QUOTE, _EMPTY = pa.scalar('"', pa.string()), pa.scalar("", pa.string())  # typed: see cdp_ingest.arrow
 PROFILE_ID_CACHE = 200_000
 
 
@@ -60,7 +61,7 @@ def json_strings(arr: pa.Array) -> tuple[pa.Array, pa.Array]:
     clean = pc.invert(pc.match_substring_regex(arr, _CONTROL))
     if pc.any(pc.match_substring_regex(arr, _NEEDS_ESCAPE)).as_py():
         arr = pc.replace_substring(pc.replace_substring(arr, "\\", "\\\\"), '"', '\\"')
-    return pc.binary_join_element_wise('"', arr, '"', ""), clean
+    return pc.binary_join_element_wise(_QUOTE, arr, _QUOTE, _EMPTY), clean
 
 
 def _mapped(values: list, fn) -> pa.Array:
@@ -168,7 +169,7 @@ class _Clean:
     """Which rows of a batch the columnar path can still reproduce exactly (``ok``)."""
 
     def __init__(self, n: int):
-        self.ok = pa.array([True] * n)
+        self.ok = pa.array([True] * n, pa.bool_())
 
     def need(self, mask: pa.Array) -> None:
         self.ok = pc.and_(self.ok, pc.fill_null(mask, False))

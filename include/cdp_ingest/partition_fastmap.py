@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-import pyarrow as pa
 import pyarrow.compute as pc
 
+from cdp_ingest.arrow import pa
 from cdp_ingest.fastmap import FastBatch, json_strings
 from cdp_ingest.mapping import profile_id_for
 from cdp_ingest.partitions import (

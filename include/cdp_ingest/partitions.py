@@ -60,10 +60,10 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cdp_ingest.arrow import pa
 from cdp_ingest.documents import new_document
 from cdp_ingest.errors import FileLevelError, RowError
 from cdp_ingest.mapping import Mapped, profile_id_for

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cdp_ingest.arrow import pa
 from cdp_ingest.documents import index_for
 from cdp_ingest.errorfile import ErrorFileWriter
 from cdp_ingest.errors import RowError

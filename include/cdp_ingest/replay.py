@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cdp_ingest.arrow import pa
 from cdp_ingest.errorfile import ErrorFileWriter
 from cdp_ingest.ledger import Accounting
 from cdp_ingest.replay_lines import (

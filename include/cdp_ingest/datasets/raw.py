@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cdp_ingest.arrow import pa
 from cdp_ingest.errorfile import ErrorFileWriter
 from cdp_ingest.errors import FileLevelError
 from cdp_ingest.pipeline import STAGE_ROWS, STAGE_SCHEMA, read_stage
