@@ -19,7 +19,7 @@ def store_from_connection(conn_id: str, *, prefix: str | None = None) -> Store:
     """
     from airflow.sdk import BaseHook
 
-    from cdp_ingest.store import MAX_CELL_BYTES, MAX_DOCUMENT_BYTES, Store, make_client
+    from cdp_ingest.store import CHUNK_BYTES, MAX_CELL_BYTES, MAX_DOCUMENT_BYTES, Store, make_client
 
     conn = BaseHook.get_connection(conn_id)
     if conn.conn_type not in STORE_CONN_TYPES:
@@ -35,7 +35,7 @@ def store_from_connection(conn_id: str, *, prefix: str | None = None) -> Store:
     return Store(client, prefix=prefix or extra.get("index_prefix", "cdp-"),
                  flavor="elasticsearch" if conn.conn_type == "elasticsearch" else "opensearch",
                  chunk_docs=int(extra.get("bulk_chunk_docs", 5000)),
-                 chunk_bytes=int(extra.get("bulk_chunk_bytes", 8 << 20)),
+                 chunk_bytes=int(extra.get("bulk_chunk_bytes", CHUNK_BYTES)),
                  concurrency=int(extra.get("bulk_concurrency", 2)),
                  max_cell_bytes=int(extra.get("max_cell_bytes", MAX_CELL_BYTES)),
                  max_document_bytes=int(extra.get("max_document_bytes", MAX_DOCUMENT_BYTES)))
