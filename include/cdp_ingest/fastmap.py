@@ -52,7 +52,6 @@ _ID_RE = r"^[!-~]([ -~]{0,510}[!-~])?$"  # printable ASCII, no surrounding space
 _MARK = "@@cdp-slot-%d@@"
 _SLOT_RE = re.compile(r'"@@cdp-slot-(\d+)@@"')
 _NULL = pa.scalar(None, pa.string())
-_QUOTE, _EMPTY = pa.scalar('"', pa.string()), pa.scalar("", pa.string())  # typed: see cdp_ingest.arrow
 PROFILE_ID_CACHE = 200_000
 
 
@@ -61,7 +60,7 @@ def json_strings(arr: pa.Array) -> tuple[pa.Array, pa.Array]:
     clean = pc.invert(pc.match_substring_regex(arr, _CONTROL))
     if pc.any(pc.match_substring_regex(arr, _NEEDS_ESCAPE)).as_py():
         arr = pc.replace_substring(pc.replace_substring(arr, "\\", "\\\\"), '"', '\\"')
-    return pc.binary_join_element_wise(_QUOTE, arr, _QUOTE, _EMPTY), clean
+    return pc.binary_join_element_wise('"', arr, '"', ""), clean
 
 
 def _mapped(values: list, fn) -> pa.Array:
@@ -169,7 +168,7 @@ class _Clean:
     """Which rows of a batch the columnar path can still reproduce exactly (``ok``)."""
 
     def __init__(self, n: int):
-        self.ok = pa.array([True] * n, pa.bool_())
+        self.ok = pa.array([True] * n)
 
     def need(self, mask: pa.Array) -> None:
         self.ok = pc.and_(self.ok, pc.fill_null(mask, False))
