@@ -344,12 +344,9 @@ def local_error_file(entry: dict[str, Any]) -> Path:
 
 def _object_chunks(entry: dict[str, Any], block: int = 1 << 20):
     """Stream an error CSV from an object store URL (s3://, gs://, file://) with the entry's connection."""
-    from airflow.sdk import ObjectStoragePath
+    from cdp_ingest_airflow.objectstore import object_path, open_path
 
-    conn_id = entry.get("error_file_conn_id")
-    path = ObjectStoragePath(entry["error_file"], conn_id=conn_id) if conn_id else \
-        ObjectStoragePath(entry["error_file"])
-    with path.open("rb") as fh:
+    with open_path(object_path(entry["error_file"], entry.get("error_file_conn_id"))) as fh:
         while chunk := fh.read(block):
             yield chunk
 

@@ -66,9 +66,9 @@ def _connect(spec: DatasetSpec):
 def _fs(spec: DatasetSpec):
     if spec.source.kind not in ("s3", "gs") or not spec.source.conn_id:
         return None
-    from airflow.sdk import ObjectStoragePath
+    from cdp_ingest_airflow.objectstore import object_path
 
-    return ObjectStoragePath(str(spec.source.url), conn_id=spec.source.conn_id).fs
+    return object_path(str(spec.source.url), spec.source.conn_id).fs
 
 
 def activity(spec: DatasetSpec, job_id: str, **fields: Any) -> None:

@@ -54,6 +54,7 @@ from cdp_ingest_airflow import activity_hooks
 from cdp_ingest_airflow.dag_base import ImportDAG, mapped_outputs
 from cdp_ingest_airflow.defaults import DEFAULT_ARGS
 from cdp_ingest_airflow.notify import WEBHOOK_CONN_ID, on_task_failure, post_webhook, send_to_connection
+from cdp_ingest_airflow.objectstore import object_path, open_path
 from cdp_ingest_airflow.operators import BulkIndexOperator, staging_root
 
 if TYPE_CHECKING:
@@ -152,13 +153,6 @@ def validate_source(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- task bodies (module level: importable by tests and the benchmark) ---------------------------------
-def object_path(url: str, conn_id: str | None):
-    from airflow.sdk import ObjectStoragePath
-
-    return ObjectStoragePath(url, conn_id=conn_id) if conn_id and not url.startswith("file:") else \
-        ObjectStoragePath(url)
-
-
 def resolve_partition(src: dict[str, Any], data_interval_start: datetime | None,
                       params: dict[str, Any] | None) -> dict[str, Any]:
     """Which day this run imports: the ``date`` param, else the local day its data interval starts."""
@@ -210,7 +204,7 @@ def download(src_path: Any, url: str, dest: Path) -> SourceUnit:
     digest = hashlib.sha256()
     size = 0
     try:
-        with src_path.open("rb") as fh, open(tmp, "wb") as out:
+        with open_path(src_path) as fh, open(tmp, "wb") as out:
             while chunk := fh.read(DOWNLOAD_CHUNK):
                 digest.update(chunk)
                 out.write(chunk)

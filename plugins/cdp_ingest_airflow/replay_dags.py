@@ -34,6 +34,7 @@ from airflow.sdk import DAG, Param, PokeReturnValue, task, task_group
 from cdp_ingest_airflow.dag_base import mapped_outputs
 from cdp_ingest_airflow.defaults import DEFAULT_ARGS
 from cdp_ingest_airflow.notify import WEBHOOK_CONN_ID, on_task_failure, post_webhook
+from cdp_ingest_airflow.objectstore import object_path, open_path
 from cdp_ingest_airflow.operators import staging_root
 from cdp_ingest_airflow.replay_operator import ReplayOperator, record_activity
 
@@ -100,9 +101,7 @@ def _path(url: str, conn_id: str | None) -> Any:
     """A local path, or an ObjectStoragePath for s3:// / gs:// through the source's connection."""
     if "://" not in url:
         return Path(url)
-    from airflow.sdk import ObjectStoragePath
-
-    return ObjectStoragePath(url, conn_id=conn_id)
+    return object_path(url, conn_id)
 
 
 def archive_location(rp: dict[str, Any], params: dict[str, Any] | None) -> str:
@@ -169,7 +168,7 @@ def plan_unit(rp: dict[str, Any], unit_path: str, params: dict[str, Any] | None 
     else:
         src = _path(unit_path, rp["conn_id"])
         try:
-            unit = SourceUnit.from_file(unit_path, opener=lambda _p, mode: src.open(mode))
+            unit = SourceUnit.from_file(unit_path, opener=lambda _p, mode: open_path(src, mode))
         except FileNotFoundError as e:
             raise FileLevelError("no_data_file", f"archive file not found: {unit_path}") from e
         if unit_path.lower().removesuffix(".gz").endswith(".csv"):

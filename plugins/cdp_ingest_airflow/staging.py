@@ -19,6 +19,8 @@ import os
 import shutil
 from pathlib import Path
 
+from cdp_ingest_airflow.objectstore import object_path, open_path
+
 log = logging.getLogger(__name__)
 COPY_BLOCK = 8 << 20
 
@@ -32,10 +34,7 @@ def is_remote(location: str | None) -> bool:
 
 
 def _path(url: str):
-    from airflow.sdk import ObjectStoragePath
-
-    conn_id = os.environ.get("CDP_STAGING_CONN_ID")
-    return ObjectStoragePath(url, conn_id=conn_id) if conn_id else ObjectStoragePath(url)
+    return object_path(url, os.environ.get("CDP_STAGING_CONN_ID"))
 
 
 def publish(local: str | Path | None, import_id: str) -> str | None:
@@ -46,7 +45,7 @@ def publish(local: str | Path | None, import_id: str) -> str | None:
         return None if local is None else str(local)
     local = Path(local)
     location = f"{url}/{import_id}/{local.name}"  # without the connection id: CDP_STAGING_CONN_ID is read again
-    with open(local, "rb") as src, _path(location).open("wb") as out:
+    with open(local, "rb") as src, open_path(_path(location), "wb") as out:
         shutil.copyfileobj(src, out, COPY_BLOCK)
     size = local.stat().st_size
     local.unlink()
@@ -94,7 +93,7 @@ def fetch(location: str | None, local_dir: str | Path) -> str | None:
     local = Path(local_dir) / src.name
     local.parent.mkdir(parents=True, exist_ok=True)
     tmp = local.with_suffix(local.suffix + ".partial")
-    with src.open("rb") as fh, open(tmp, "wb") as out:
+    with open_path(src) as fh, open(tmp, "wb") as out:
         shutil.copyfileobj(fh, out, COPY_BLOCK)
     os.replace(tmp, local)
     return str(local)
@@ -102,7 +101,7 @@ def fetch(location: str | None, local_dir: str | Path) -> str | None:
 
 def open_staged(location: str):
     """A binary file object for a staged file, local or remote (the validate step reads its footer)."""
-    return _path(location).open("rb") if is_remote(location) else open(location, "rb")
+    return open_path(_path(location)) if is_remote(location) else open(location, "rb")
 
 
 def remove(location: str | None) -> None:
