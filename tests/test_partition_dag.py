@@ -211,3 +211,32 @@ def test_callback_and_day_helpers_are_airflow_time_zone_safe():
     assert pd.resolve_partition(pd.validate_source("x", cfg(timezone="Asia/Kolkata")),
                                 datetime(2025, 3, 1, 20, 30, tzinfo=UTC), {})["day"] == "2025-03-02"
     assert datetime(2025, 3, 2, 9, tzinfo=BERLIN).utcoffset() == timedelta(hours=1)
+
+
+def test_the_day_tasks_do_not_import_arrow():
+    """Resolving the day, the deadline and the day's summary (each its own task process under the
+    LocalExecutor) need no pyarrow; checked in a fresh interpreter, with the transform's import as the
+    control."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, json\n"
+        "from datetime import UTC, datetime\n"
+        "from zoneinfo import ZoneInfo\n"
+        "from cdp_ingest_airflow import partition_dags as pd\n"
+        "from cdp_ingest.partition_days import local_deadline, summarize_day\n"
+        "src = pd.validate_source('x', {'url': 's3://b/e/', 'conn_id': 'cdp_s3', 'schedule': '0 2 * * *',\n"
+        "                               'timezone': 'UTC'})\n"
+        "day = pd.resolve_partition(src, datetime(2025, 3, 1, 2, tzinfo=UTC), {})['day']\n"
+        "total = summarize_day([{'rows_in': 3, 'loaded': 2, 'rejected': 1, 'duplicates': 0}])['rows_in']\n"
+        "deadline = local_deadline(datetime(2025, 3, 1).date(), '07:00', ZoneInfo('UTC')).isoformat()\n"
+        "before = 'pyarrow' in sys.modules\n"
+        "import cdp_ingest.partitions\n"
+        "print(json.dumps([day, total, deadline, before, 'pyarrow' in sys.modules]))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT / "include")])}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [
+        "2025-03-01", 3, "2025-03-02T07:00:00+00:00", False, True]

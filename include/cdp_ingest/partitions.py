@@ -1,6 +1,7 @@
 """Daily event partitions in an object store (SPEC §3, modelled on Hackle's data import).
 
-Layout: ``<base>/dt=YYYY-MM-DD/*.parquet`` plus a ``_SUCCESS`` marker once the day is complete.
+Layout: ``<base>/dt=YYYY-MM-DD/*.parquet`` plus a ``_SUCCESS`` marker once the day is complete
+(``cdp_ingest.partition_days``: the layout, the run's day, its deadline and summary, without Arrow).
 This module turns those Parquet files into Tracardi event documents; it never touches Airflow or the
 network (the DAG factory in ``plugins/cdp_ingest_airflow/partition_dags.py`` does).
 
@@ -27,11 +28,11 @@ dropped. Other columns in the file are ignored.
 
 Event document (Tracardi shape, ``documents.new_document("event", ...)``):
 
-- ``id`` = ``_id`` = the canonical (lowercase, hyphenated) ``insert_id``. Events are written with the
-  bulk ``create`` action, so a second copy of an insert_id — in the same file, another file or another
-  day — is refused by the store and counted as a duplicate: first write wins. Events go to the monthly
-  index of their own ``ts``; an insert_id is assumed to always come with the same ``ts`` (a copy with
-  a ``ts`` in another month would land in that month's index and not be deduplicated).
+- ``id`` = ``_id`` = the canonical (lowercase, hyphenated) ``insert_id``. Events go to the monthly
+  index of their own ``ts`` and are written in the source's write mode (``create`` by default), so a
+  second copy of an insert_id — in the same file, another file or another day, with a ``ts`` in the
+  same or another month — is counted as a duplicate: first write wins (the store checks the other
+  monthly indices for the id, ``Store.bulk_load``).
 - ``type`` = ``event_key``; ``name`` = its humanised form.
 - ``metadata.time.create`` = ``ts`` (UTC, ISO 8601, milliseconds); ``metadata.time.insert`` = import time.
 - ``profile.id`` = ``mapping.profile_id_for(user_id or id)``, the id every source derives from the same
@@ -56,7 +57,7 @@ import functools
 import re
 import uuid
 from collections.abc import Iterable, Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -67,9 +68,17 @@ from cdp_ingest.arrow import pa
 from cdp_ingest.documents import new_document
 from cdp_ingest.errors import FileLevelError, RowError
 from cdp_ingest.mapping import Mapped, profile_id_for
+from cdp_ingest.partition_days import (  # noqa: F401 (re-exported: the pyarrow-free part of this module)
+    MARKER,
+    day_of_interval,
+    is_data_file,
+    local_deadline,
+    parse_day,
+    partition_prefix,
+    summarize_day,
+)
 from cdp_ingest.readers import SourceBatch, read_batches
 
-MARKER = "_SUCCESS"
 MAP_COLUMNS = ("identifiers", "user_properties", "event_properties", "platform_properties")
 COLUMNS = ["ts", "event_key", "identifiers", "insert_id", "metric_value", "user_properties", "event_properties",
            "platform_properties"]
@@ -99,32 +108,6 @@ SCHEMA = pa.schema([
     ("event_properties", _STR_MAP),
     ("platform_properties", _STR_MAP),
 ])
-
-
-# ---- partition layout -----------------------------------------------------------------------------
-def partition_prefix(base_url: str, day: date) -> str:
-    """``s3://bucket/prefix`` + day → ``s3://bucket/prefix/dt=YYYY-MM-DD/``."""
-    return f"{base_url.rstrip('/')}/dt={day.isoformat()}/"
-
-
-def is_data_file(name: str) -> bool:
-    """Parquet files of a partition; hidden and ``_``-prefixed names (markers, temp files) are not."""
-    return name.endswith(".parquet") and not name.startswith(("_", "."))
-
-
-def parse_day(text: str) -> date:
-    try:
-        return date.fromisoformat(text.strip())
-    except (AttributeError, ValueError):
-        raise ValueError(f"not a day in the form YYYY-MM-DD: {text!r}") from None
-
-
-def day_of_interval(data_interval_start: datetime, tz: Any) -> date:
-    """The partition day of a run: the local date (in the source's time zone) at which the run's data
-    interval starts. For a daily schedule that is the day before the run fires (D-1)."""
-    if data_interval_start.tzinfo is None:
-        raise ValueError("data_interval_start must be timezone-aware")
-    return data_interval_start.astimezone(tz).date()
 
 
 # ---- schema ---------------------------------------------------------------------------------------
@@ -376,36 +359,3 @@ class PartitionMapper:
         doc["context"] = {"identifiers": ids, "user_properties": user_props, "platform": platform}
         doc["data"] = {"metric_value": metric if metric is not None else "0." + "0" * METRIC_SCALE}
         return Mapped("event", event_id, document=doc, when=ts)
-
-
-# ---- day summaries --------------------------------------------------------------------------------
-def summarize_day(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Add up the per-file import reports of one day; each file's accounting must already hold."""
-    total = {"files": 0, "committed": 0, "skipped": 0, "rows_in": 0, "loaded": 0, "rejected": 0, "duplicates": 0}
-    error_files: list[str] = []
-    for r in results:
-        total["files"] += 1
-        if r.get("status") == "skipped":
-            total["skipped"] += 1
-            continue
-        rows_in, loaded, rejected, dups = (int(r.get(k) or 0) for k in ("rows_in", "loaded", "rejected",
-                                                                          "duplicates"))
-        if rows_in != loaded + rejected + dups:
-            raise FileLevelError("internal", f"{r.get('path')}: accounting mismatch rows_in={rows_in} != "
-                                             f"loaded {loaded} + rejected {rejected} + duplicates {dups}")
-        total["committed"] += 1
-        total["rows_in"] += rows_in
-        total["loaded"] += loaded
-        total["rejected"] += rejected
-        total["duplicates"] += dups
-        if r.get("error_file"):
-            error_files.append(r["error_file"])
-    return {**total, "error_files": sorted(error_files)}
-
-
-def local_deadline(day: date, deadline_time: str, tz: Any) -> datetime:
-    """When ``day``'s partition must be loaded: ``deadline_time`` (HH:MM) local on the following day."""
-    hh, mm = (int(x) for x in deadline_time.split(":"))
-    naive = datetime.combine(day + timedelta(days=1), datetime.min.time()).replace(hour=hh, minute=mm)
-    return naive.replace(tzinfo=tz)
-

@@ -156,7 +156,7 @@ def validate_source(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
 def resolve_partition(src: dict[str, Any], data_interval_start: datetime | None,
                       params: dict[str, Any] | None) -> dict[str, Any]:
     """Which day this run imports: the ``date`` param, else the local day its data interval starts."""
-    from cdp_ingest.partitions import MARKER, day_of_interval, parse_day, partition_prefix
+    from cdp_ingest.partition_days import MARKER, day_of_interval, parse_day, partition_prefix
 
     params = params or {}
     if params.get("date"):
@@ -178,7 +178,7 @@ def marker_present(src: dict[str, Any], partition: dict[str, Any]) -> bool:
 def list_partition_files(src: dict[str, Any], partition: dict[str, Any]) -> list[str]:
     """The day's Parquet files (sorted URLs); refuses to list a partition that has no ``_SUCCESS``."""
     from cdp_ingest.errors import FileLevelError
-    from cdp_ingest.partitions import is_data_file
+    from cdp_ingest.partition_days import is_data_file
 
     if not marker_present(src, partition):
         raise FileLevelError("no_data_file", f"{partition['marker']} is missing: the partition is incomplete "
@@ -292,7 +292,7 @@ def record_day(src: dict[str, Any], partition: dict[str, Any], staged: list[dict
     """The day's accounting: per-file ledger entries re-read and checked, totals logged and notified."""
     from cdp_ingest.errors import AccountingError
     from cdp_ingest.ledger import Ledger
-    from cdp_ingest.partitions import summarize_day
+    from cdp_ingest.partition_days import summarize_day
     from cdp_ingest_airflow.connections import store_from_connection
 
     head = {"source": src["name"], "day": partition["day"], "prefix": partition["prefix"]}
@@ -342,7 +342,7 @@ async def partition_deadline_missed(context: dict[str, Any] | None = None, *, so
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException
 
-    from cdp_ingest.partitions import day_of_interval, local_deadline, parse_day
+    from cdp_ingest.partition_days import day_of_interval, local_deadline, parse_day
 
     context = context or {}
     run = context.get("dag_run") or {}
