@@ -215,6 +215,35 @@ def prepare_ndjson(kind: str, csv_path: Path, out_dir: Path, chunks: list[int]) 
             (out_dir / f"{chunk}-{n:06d}.ndjson").write_bytes(body)
 
 
+def pin_node(root: int) -> None:
+    """Every thread of the node's process tree on the last CPU; this process (and so every client child
+    it starts) on the other CPUs. Threads the node starts later inherit their creator's CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin-node needs at least 2 CPUs")
+    node_cpu, client_cpus = {cpus[-1]}, set(cpus[:-1])
+    parents = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, ppid in parents.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    threads = 0
+    for pid in tree:
+        for t in Path(f"/proc/{pid}/task").iterdir():
+            os.sched_setaffinity(int(t.name), node_cpu)
+            threads += 1
+    os.sched_setaffinity(0, client_cpus)
+    print(f"node pinned to CPU {cpus[-1]} ({len(tree)} processes, {threads} threads); clients on CPUs "
+          f"{sorted(client_cpus)}", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=1_000_000)
@@ -222,6 +251,10 @@ def main() -> int:
     ap.add_argument("--naive-rows", type=int, default=20_000)
     ap.add_argument("--big-factor", type=int, default=10, help="0 skips the big-file memory run")
     ap.add_argument("--url", help="an OpenSearch to use; default: start one (2 GB heap) and stop it after")
+    ap.add_argument("--pin-node", action="store_true",
+                    help="run the node on the last CPU (all its threads) and every client on the others, as on "
+                         "a machine where OpenSearch does not share cores with the import (needs its own node)")
+    ap.add_argument("--out", default="bulk_import.json", help="results file name in benchmarks/results/")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     for a in ("--kind", "--prefix", "--csv", "--work", "--ndjson"):
         ap.add_argument(a, help=argparse.SUPPRESS)
@@ -243,7 +276,12 @@ def main() -> int:
     url = args.url
     if not url:
         harness = Harness(tmp / "services")
-        url = harness.start_opensearch(heap="2g").info["url"]
+        node = harness.start_opensearch(heap="2g")
+        url = node.info["url"]
+        if args.pin_node:
+            pin_node(node.pid)
+    elif args.pin_node:
+        ap.error("--pin-node needs the benchmark's own node (no --url)")
     admin = Store(make_client(url), prefix="bench-")
     results: list[dict] = []
     try:
@@ -326,12 +364,13 @@ def report(results: list[dict], args) -> None:
     table = "\n".join(lines)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bulk_import.json").write_text(json.dumps({
+    (RESULTS / args.out).write_text(json.dumps({
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": {
             "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "args": {k: v for k, v in vars(args).items() if k in ("events", "profiles", "naive_rows", "big_factor")},
+        "args": {k: v for k, v in vars(args).items() if k in ("events", "profiles", "naive_rows", "big_factor",
+                                                              "pin_node")},
         "results": results, "table": table}, indent=2))
-    print(f"\nwritten to {RESULTS / 'bulk_import.json'}")
+    print(f"\nwritten to {RESULTS / args.out}")
 
 
 if __name__ == "__main__":
