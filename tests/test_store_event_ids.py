@@ -16,7 +16,7 @@ from cdp_ingest.ledger import Ledger, SourceUnit
 from cdp_ingest.mapping import Mapper, Mapping
 from cdp_ingest.pipeline import begin_unit, load_unit, transform_unit
 from cdp_ingest.readers import read_batches
-from cdp_ingest.store import BulkItem, Store, make_client
+from cdp_ingest.store import PAUSE_META, BulkItem, Store, make_client
 
 pytestmark = pytest.mark.services
 _prefixes = itertools.count()
@@ -127,3 +127,77 @@ def test_retry_of_a_crashed_import_counts_its_own_writes_as_loaded(store, tmp_pa
     assert (ld.loaded, ld.duplicates, ld.failed) == (60, 15, 0)
     docs = _docs(store)
     assert len(docs) == 60 and all(v == [months[int(k[1:]) % 3]] for k, v in docs.items())
+
+
+# ---- automatic refresh paused on the months a load creates -----------------------------------------------
+def _refresh_interval(store, index: str) -> str | None:
+    resp = store._request("GET", f"/{index}/_settings", params={"flat_settings": "true"})
+    return resp[index]["settings"].get("index.refresh_interval")
+
+
+def _lease(store, index: str) -> float:
+    resp = store._request("GET", f"/{index}/_mapping")
+    return float(((resp[index]["mappings"].get("_meta") or {}).get(PAUSE_META) or {}).get("until", 0))
+
+
+def _visible(store, index: str) -> int:
+    """Documents a search sees now, without refreshing first."""
+    return store._request("GET", f"/{index}/_count")["count"]
+
+
+def test_a_load_pauses_the_refresh_of_past_months_it_creates_and_restores_it(store):
+    """While the load runs, the months it created (not the live one, not one that existed) have their
+    automatic refresh off and a lease; when it ends the setting is back, the lease cleared and every
+    document searchable."""
+    p = store.prefix
+    store._clock = lambda: datetime(2025, 12, 20, tzinfo=UTC).timestamp()  # 2025-12 is the live month
+    store._request("PUT", f"/{p}event-2025-09")  # existed before the load
+    months = ["2025-10", "2025-11", "2025-12", "2025-09"]
+    items = [_item(store, f"x{i}", months[i % 4], i + 1) for i in range(40)]
+    load = store.bulk_load(items, import_id="imp-1")
+    first = [next(load) for _ in range(4)]  # the first chunk came back: every month was seen
+    during = {m: (_refresh_interval(store, f"{p}event-{m}"), _lease(store, f"{p}event-{m}")) for m in months}
+    assert during["2025-10"][0] == during["2025-11"][0] == "-1"
+    now = store._clock()
+    assert now + 1700 < during["2025-10"][1] <= now + 1800 and during["2025-11"][1] == during["2025-10"][1]
+    assert during["2025-12"] == (None, 0.0) and during["2025-09"] == (None, 0.0)
+    rest = list(load)
+    assert sorted(o.ref for o in first + rest) == list(range(1, 41))
+    assert {o.status for o in first + rest} == {"loaded"}
+    for m in months:
+        assert _refresh_interval(store, f"{p}event-{m}") is None and _lease(store, f"{p}event-{m}") == 0
+    assert _visible(store, f"{p}event-2025-10") == 10 and _visible(store, f"{p}event-2025-11") == 10
+
+
+def test_a_load_that_dies_restores_the_refresh_and_a_killed_ones_months_are_recovered(store):
+    p = store.prefix
+    with crash_on_send(store, 2), pytest.raises(StoreError):
+        list(store.bulk_load([_item(store, f"y{i}", "2025-03", i) for i in range(1, 30)], import_id="imp-1"))
+    assert _refresh_interval(store, f"{p}event-2025-03") is None and _lease(store, f"{p}event-2025-03") == 0
+    written = _visible(store, f"{p}event-2025-03")  # the chunks sent before the crash, searchable
+    store.refresh([f"{p}event-2025-03"])
+    assert written >= 4 and _visible(store, f"{p}event-2025-03") == written
+
+    # a load killed outright leaves its months paused: written, not searchable, with a lease
+    def killed(month: str, until: float, n: int) -> None:
+        store._request("PUT", f"/{p}event-{month}", body={"settings": {"index.refresh_interval": "-1"},
+                                                          "mappings": {"_meta": {PAUSE_META: {"until": until}}}})
+        body = b"".join(b'{"create":{"_id":"%s-%d"}}\n{"id":1}\n' % (month.encode(), i) for i in range(n))
+        store._request("POST", f"/{p}event-{month}/_bulk", body=body, headers={"content-type": "application/x-ndjson"})
+
+    killed("2025-04", store._clock() - 60, 3)  # its lease ran out
+    killed("2025-05", store._clock() + 600, 2)  # still held: maybe a load running now
+    assert _visible(store, f"{p}event-2025-04") == 0 and _visible(store, f"{p}event-2025-05") == 0
+    out = list(store.bulk_load([_item(store, "z1", "2025-06", 1)], import_id="imp-2"))
+    assert [o.status for o in out] == ["loaded"]
+    assert _refresh_interval(store, f"{p}event-2025-04") is None and _lease(store, f"{p}event-2025-04") == 0
+    assert _visible(store, f"{p}event-2025-04") == 3
+    assert _refresh_interval(store, f"{p}event-2025-05") == "-1" and _visible(store, f"{p}event-2025-05") == 0
+
+
+def test_pause_refresh_off_leaves_the_template_setting(store):
+    store.pause_refresh = False
+    load = store.bulk_load([_item(store, f"w{i}", "2025-02", i) for i in range(1, 12)], import_id="imp-1")
+    next(load)
+    assert _refresh_interval(store, f"{store.prefix}event-2025-02") is None
+    assert {o.status for o in load} == {"loaded"}

@@ -216,6 +216,9 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # the load's list of stored months
         self._forward("GET", None)
 
+    def do_PUT(self):  # a month the load creates (refresh paused), its settings and lease
+        self._forward("PUT", self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
     def _forward(self, method: str, body: bytes | None) -> None:
         req = urllib.request.Request(self.upstream + self.path, data=body, method=method,
                                      headers={"Content-Type": self.headers.get("Content-Type") or "application/json"})

@@ -15,7 +15,8 @@ def store_from_connection(conn_id: str, *, prefix: str | None = None) -> Store:
 
     Connection extras: ``use_ssl`` / ``verify_certs`` (booleans), ``index_prefix`` (default ``cdp-``),
     ``bulk_chunk_docs``, ``bulk_chunk_bytes``, ``bulk_concurrency``, ``max_cell_bytes`` (default 1 MiB) and
-    ``max_document_bytes`` (default 4 MiB): rows over either limit are rejected with a reason.
+    ``max_document_bytes`` (default 4 MiB): rows over either limit are rejected with a reason;
+    ``pause_refresh`` (default true): past months a load creates do not refresh on their own while it runs.
     """
     from airflow.sdk import BaseHook
 
@@ -38,4 +39,5 @@ def store_from_connection(conn_id: str, *, prefix: str | None = None) -> Store:
                  chunk_bytes=int(extra.get("bulk_chunk_bytes", CHUNK_BYTES)),
                  concurrency=int(extra.get("bulk_concurrency", 2)),
                  max_cell_bytes=int(extra.get("max_cell_bytes", MAX_CELL_BYTES)),
-                 max_document_bytes=int(extra.get("max_document_bytes", MAX_DOCUMENT_BYTES)))
+                 max_document_bytes=int(extra.get("max_document_bytes", MAX_DOCUMENT_BYTES)),
+                 pause_refresh=str(extra.get("pause_refresh", True)).lower() == "true")
