@@ -7,6 +7,7 @@ local S3 server and the GCS emulator."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent("""
     import json, sys
     from airflow.sdk import ObjectStoragePath
-    from cdp_ingest_airflow.objectstore import object_path, open_path
+    from cdp_ingest_airflow.objectstore import Readable, object_path, open_path
     mode, base, conn_id = sys.argv[1:4]
     if mode == "helper":
         with open_path(object_path(base + "/in/a.txt", conn_id)) as fh:
@@ -33,6 +34,9 @@ SCRIPT = textwrap.dedent("""
         with open_path(object_path(base + "/out/b.txt", conn_id), "wb") as out:
             out.write(b"written " + data.encode())
         back = object_path(base + "/out/b.txt", conn_id).read_bytes().decode()
+        from cdp_ingest.readers import open_source  # as the replay DAG reads an archive
+        with open_source(Readable(object_path(base + "/in/c.txt.gz", conn_id))) as fh:
+            data += "+" + fh.read().decode()
     else:  # Airflow's own route, the control
         with ObjectStoragePath(base + "/in/a.txt", conn_id=conn_id).open("rb") as fh:
             data = fh.read().decode()
@@ -72,10 +76,12 @@ def test_object_path_reads_lists_and_writes_with_only_its_own_provider(request, 
     _create_bucket(kind, bucket)
     _put(kind, bucket, "in/a.txt", b"hello")
     _put(kind, bucket, "in/c.txt", b"other")
+    _put(kind, bucket, "in/c.txt.gz", gzip.compress(b"gunzipped"))
     scheme, conn_id = ("s3", "cdp_s3") if kind == "s3" else ("gs", "cdp_gcs")
 
     got = _run("helper", f"{scheme}://{bucket}", conn_id)
-    assert (got["data"], got["names"], got["back"]) == ("hello", ["a.txt", "c.txt"], "written hello")
+    assert (got["data"], got["names"], got["back"]) == ("hello+gunzipped", ["a.txt", "c.txt", "c.txt.gz"],
+                                                        "written hello")
     if kind == "s3":  # the S3 task process never imports the Google provider's modules
         assert got["heavy"] == ["airflow.providers.amazon.aws.fs.s3"]
     else:

@@ -78,6 +78,24 @@ def open_path(path: Any, mode: str = "rb") -> Any:
     return path.fs.open(path.path, mode)
 
 
+class Readable:
+    """An ``object_path`` handed to the engine's readers (``cdp_ingest.readers.open_source``, which opens
+    path-like sources with ``.open("rb")``), opened through ``open_path`` instead of the lineage wrapper."""
+
+    def __init__(self, path: Any) -> None:
+        self.path = path
+        self.protocol = getattr(path, "protocol", "file")
+
+    def open(self, mode: str = "rb") -> Any:
+        return open_path(self.path, mode)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"Readable({self.path!r})"
+
+
 def _lineage_readers() -> bool:
     from airflow.sdk import plugins_manager
 

@@ -34,7 +34,7 @@ from airflow.sdk import DAG, Param, PokeReturnValue, task, task_group
 from cdp_ingest_airflow.dag_base import mapped_outputs
 from cdp_ingest_airflow.defaults import DEFAULT_ARGS
 from cdp_ingest_airflow.notify import WEBHOOK_CONN_ID, on_task_failure, post_webhook
-from cdp_ingest_airflow.objectstore import object_path, open_path
+from cdp_ingest_airflow.objectstore import Readable, object_path, open_path
 from cdp_ingest_airflow.operators import staging_root
 from cdp_ingest_airflow.replay_operator import ReplayOperator, record_activity
 
@@ -175,9 +175,9 @@ def plan_unit(rp: dict[str, Any], unit_path: str, params: dict[str, Any] | None 
             if not rp["mapping"]:
                 raise FileLevelError("bad_manifest", f"{unit_path}: CSV archives need source.mapping")
             with open(rp["mapping"] if os.path.isabs(rp["mapping"]) else ROOT / rp["mapping"]) as fh:
-                records = csv_records(src, yaml.safe_load(fh))
+                records = csv_records(Readable(src), yaml.safe_load(fh))
         else:
-            records = jsonl_records(src)
+            records = jsonl_records(Readable(src))
     entry = ledger.begin(unit, kind="replay", source=f"replay:{rp['name']}", account=rp["name"],
                          force=bool(params.get("force")))
     base = {"replay": rp["name"], "import_id": entry.import_id, "unit_id": entry.unit_id, "path": unit_path,
