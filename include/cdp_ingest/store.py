@@ -23,8 +23,9 @@ Design (measured in benchmarks/bulk_import.py):
   days of now, which live collectors write to) is created with its automatic refresh off for the
   length of the load (``pause_refresh``): the ids check's searches otherwise keep the shard active,
   so it refreshes every second into small segments to merge (300k events, four alternating pairs
-  on a warm node: 56 vs 64 µs of node CPU per document, +8 % rows/s, inside this VM's noise). The load refreshes what it wrote itself (the window above, and at its end), then restores
-  the setting. The index carries a lease in its mapping's ``_meta`` (renewed while the load runs);
+  on a warm node: 56 vs 64 µs of node CPU per document, +8 % rows/s, inside this VM's noise). The
+  load refreshes what it wrote itself (the window above, and at its end), then restores the
+  setting. The index carries a lease in its mapping's ``_meta`` (renewed while the load runs);
   a load that starts after a lease ran out (its load was killed) refreshes that month and restores it.
 - Write modes: ``create`` (above: the first write wins) or ``overwrite``: documents are written with
   ``index``, an event stored in another month is deleted there once its replacement is written, and a
