@@ -184,3 +184,27 @@ def test_staged_file_is_the_same_both_ways(tmp_path):
         tables.append(pq.read_table(t.staged).to_pydict())
     assert tables[0] == tables[1]
     assert tables[0]["orig"][1] == orjson.dumps(dict(zip(HEADER, rows[1], strict=True)))
+
+
+@pytest.mark.parametrize("values", [
+    ["plain", None, "", "ümlaut", "x" * 300],
+    ["quote\"d", "back\\slash", None, "ok"],
+    ["ok", "tab\there", "nl\nx", None, 'both"\\\x01'],
+])
+def test_json_strings_match_orjson_on_slices(values):
+    """The byte scan decides which kernels run: on every slice (the bytes outside a slice must not
+    count) the literals are orjson's and exactly the values with a control character are not clean."""
+    import pyarrow as pa
+
+    from cdp_ingest.fastmap import json_strings
+
+    arr = pa.array(["\x02pad\"\\"] + values + ["\x03pad"], pa.string())  # the padding has all three kinds
+    for start in range(len(values) + 1):
+        for stop in range(start, len(values) + 1):
+            part = arr.slice(1 + start, stop - start)
+            lit, clean = json_strings(part)
+            want = values[start:stop]
+            ok = [v is not None and not any(ord(ch) < 0x20 for ch in v) for v in want]
+            assert [bool(c) for c in clean.to_pylist()] == ok
+            assert [x if good else None for x, good in zip(lit.to_pylist(), ok, strict=True)] == [
+                orjson.dumps(v).decode() if good else None for v, good in zip(want, ok, strict=True)]

@@ -31,6 +31,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow.compute as pc
 
@@ -55,10 +56,26 @@ _NULL = pa.scalar(None, pa.string())
 PROFILE_ID_CACHE = 200_000
 
 
+def value_bytes(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(the UTF-8 bytes of a string array's values, its offsets into them), without copying."""
+    offsets = np.frombuffer(values.buffers()[1], np.int32)[values.offset:values.offset + len(values) + 1]
+    data = values.buffers()[2]
+    return (np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)), offsets
+
+
 def json_strings(arr: pa.Array) -> tuple[pa.Array, pa.Array]:
-    """(JSON string literals as orjson writes them, mask of the values that needed no control escape)."""
-    clean = pc.invert(pc.match_substring_regex(arr, _CONTROL))
-    if pc.any(pc.match_substring_regex(arr, _NEEDS_ESCAPE)).as_py():
+    """(JSON string literals as orjson writes them, mask of the values that needed no control escape;
+    null = not clean). A string array's bytes are scanned once with NumPy (~50x faster than the regex
+    kernels, which run only when the bytes hold a control character or for other array types)."""
+    if isinstance(arr, pa.Array) and arr.type == pa.string():
+        data, offsets = value_bytes(arr)
+        used = data[offsets[0]:offsets[-1]]
+        control = bool((used < 0x20).any())
+        escape = bool(((used == 0x22) | (used == 0x5C)).any())
+    else:
+        control = escape = True
+    clean = pc.invert(pc.match_substring_regex(arr, _CONTROL)) if control else pc.is_valid(arr)
+    if escape and pc.any(pc.match_substring_regex(arr, _NEEDS_ESCAPE)).as_py():
         arr = pc.replace_substring(pc.replace_substring(arr, "\\", "\\\\"), '"', '\\"')
     return pc.binary_join_element_wise('"', arr, '"', ""), clean
 
@@ -196,6 +213,17 @@ class _ProfileIds:
             pid = self._profile_ids[identity] = profile_id_for.__wrapped__(identity)
         return pid
 
+    def _profile_id_array(self, identities: pa.Array) -> pa.Array:
+        """``_profile_id`` of every value (null as ""), computed once per distinct value; the cached ones
+        are looked up in one pass (a method call per value cost more than the lookup)."""
+        enc = pc.dictionary_encode(pc.fill_null(identities, ""))
+        values = enc.dictionary.to_pylist()
+        get = self._profile_ids.get
+        pids = [get(v) for v in values]
+        if None in pids:
+            pids = [p if p is not None else self._profile_id(v) for v, p in zip(values, pids, strict=True)]
+        return pc.take(pa.array(pids, pa.string()), enc.indices)
+
 
 class EventBatchMapper(_ProfileIds):
     """Maps whole batches for one event ``Mapper`` (see module doc); ``compile`` it per mapping."""
@@ -306,7 +334,7 @@ class EventBatchMapper(_ProfileIds):
         if m.identity:
             ident = pc.coalesce(*[pc.if_else(pc.equal(col[c], ""), _NULL, col[c]) for c in m.identity])
             need(pc.or_(pc.is_null(ident), pc.less(pc.utf8_length(ident), 1024)))
-            pid = _mapped(pc.fill_null(ident, ""), self._profile_id)
+            pid = self._profile_id_array(ident)
             profile = pc.if_else(pc.is_null(ident), "null", pc.binary_join_element_wise('{"id":"', pid, '"}', ""))
             profile_less = pc.if_else(pc.is_null(ident), "true", "false")
         session: Any = "null"
@@ -530,7 +558,7 @@ class ProfileBatchMapper(_ProfileIds):
             ident = pc.coalesce(*[pc.if_else(pc.equal(col[c], ""), _NULL, col[c]) for c in m.identity])
         need(pc.is_valid(ident))
         need(pc.less(pc.utf8_length(ident), 1024))
-        ids_arr = _mapped(pc.fill_null(ident, ""), self._profile_id)
+        ids_arr = self._profile_id_array(ident)
         ids = ids_arr.to_pylist()
 
         # the operations, in map_row's order

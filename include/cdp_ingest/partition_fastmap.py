@@ -22,7 +22,7 @@ import orjson
 import pyarrow.compute as pc
 
 from cdp_ingest.arrow import pa
-from cdp_ingest.fastmap import FastBatch, json_strings
+from cdp_ingest.fastmap import FastBatch, json_strings, value_bytes
 from cdp_ingest.mapping import profile_id_for
 from cdp_ingest.partitions import (
     COLUMNS,
@@ -55,18 +55,11 @@ def _np(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
 
 
-def _bytes(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(the UTF-8 bytes of a string array's values, its offsets into them), without copying."""
-    offsets = np.frombuffer(values.buffers()[1], np.int32)[values.offset:values.offset + len(values) + 1]
-    data = values.buffers()[2]
-    return (np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)), offsets
-
-
 def _lit(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
     """(JSON string literals — null stays null —, rows whose value orjson would write the same way:
     no control character; null counts as fine, the caller decides what a null means). The bytes are
     scanned once with NumPy; the regex kernels run only for an array that has such characters."""
-    data, offsets = _bytes(values)
+    data, offsets = value_bytes(values)
     used = data[offsets[0]:offsets[-1]]
     if (used < 0x20).any():
         lit, clean = json_strings(values)
@@ -79,7 +72,7 @@ def _lit(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
 def _plain(values: pa.Array) -> np.ndarray:
     """Rows whose value ``str.strip()`` leaves as it is, for sure: non-empty, first and last byte
     printable ASCII. Null = False."""
-    data, offsets = _bytes(values)
+    data, offsets = value_bytes(values)
     start, end = offsets[:-1], offsets[1:]
     ok = end > start
     if not ok.any():
@@ -98,7 +91,7 @@ _HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = True
 
 def _canonical_uuid(values: pa.Array) -> np.ndarray:
     """Rows holding a canonical (lowercase, hyphenated) UUID. Null = False."""
-    data, offsets = _bytes(values)
+    data, offsets = value_bytes(values)
     n = len(values)
     if not n or (np.diff(offsets) != 36).any():
         return _np(pc.match_substring_regex(values, _CANONICAL))
