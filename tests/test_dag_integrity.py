@@ -42,6 +42,23 @@ def test_csv_import_order_is_profiles_sessions_events(dagbag):
     assert dag.get_task("event.list_files").upstream_task_ids == {"session.archive"}
 
 
+def test_csv_chunk_loads_of_a_run_are_limited(dagbag):
+    """`parallel_loads` (default 2) caps a run's chunk loads; staging is not capped; bad values refuse."""
+    import yaml
+
+    from cdp_ingest_airflow.csv_dags import build_dag
+
+    dag = dagbag.dags["csv_import_demo"]
+    for kind in ("profile", "session", "event"):
+        assert dag.get_task(f"{kind}.load").max_active_tis_per_dagrun == 2
+        assert dag.get_task(f"{kind}.stage").max_active_tis_per_dagrun is None
+    cfg = yaml.safe_load((ROOT / "config" / "csv_imports.yaml").read_text())["imports"]["demo"]
+    assert build_dag("x", {**cfg, "parallel_loads": 5}).get_task("event.load").max_active_tis_per_dagrun == 5
+    for bad in (0, "2", True, 1.5):
+        with pytest.raises(ValueError, match="parallel_loads"):
+            build_dag("x", {**cfg, "parallel_loads": bad})
+
+
 PARSE_GUARD = r"""
 import socket, sys
 def no_network(*a, **k):

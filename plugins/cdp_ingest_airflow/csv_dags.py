@@ -77,7 +77,8 @@ run's `force` param is set. `dry_run` stages and validates without loading.
 
 Files bigger than `chunk_mb` ({cfg.get('chunk_mb', 'default')} MB; env `CDP_CSV_CHUNK_MB` overrides) are
 split at row boundaries into chunks that separate `stage` and `load` task instances share; the file is
-still one import: one ledger entry, one error file, committed once by `commit`.
+still one import: one ledger entry, one error file, committed once by `commit`. At most
+`parallel_loads` ({cfg.get('parallel_loads', 2)}) chunk loads of a run write to the store at once.
 """
 
 
@@ -88,6 +89,9 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
     chunk_mb = cfg.get("chunk_mb")
     if chunk_mb is not None and not float(chunk_mb) > 0:
         raise ValueError(f"csv import {name}: chunk_mb must be > 0, not {chunk_mb!r}")
+    loads = cfg.get("parallel_loads", 2)
+    if isinstance(loads, bool) or not isinstance(loads, int) or loads < 1:
+        raise ValueError(f"csv import {name}: parallel_loads must be a whole number >= 1, not {loads!r}")
     units = cfg["units"]
     unknown = set(units) - set(KIND_ORDER)
     if unknown:
@@ -142,7 +146,10 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
                                            dry_run=bool(params and params.get("dry_run")))
 
                 validated = validate(staged.output)
-                loaded = LoadChunksOperator.partial(task_id="load", store_conn_id=conn_id).expand(item=validated)
+                # a big file's chunks load at most `parallel_loads` at a time per run: all of them at once
+                # would only queue in the store's bulk thread pool (and answer 429)
+                loaded = LoadChunksOperator.partial(task_id="load", store_conn_id=conn_id,
+                                                    max_active_tis_per_dagrun=loads).expand(item=validated)
                 committed = CommitChunkedFilesOperator(  # all_done: one file's failed load holds back no other
                     task_id="commit", plan_task_id=plan.task_id, loaded=loaded.output, store_conn_id=conn_id,
                     error_dir=str(landing_root() / folder / "errors"), trigger_rule="all_done",
