@@ -258,15 +258,12 @@ def test_opensearch_restarted_mid_load_is_ridden_out_by_the_retries(own_opensear
     worker.start()
     index = f"{store.prefix}event-2026-11"
     deadline = time.monotonic() + 300
-    def stored() -> int:  # refreshed here: a past month the load creates does not refresh on its own meanwhile
-        store.refresh([index])
-        return store.count(index)
-
-    while stored() < 2000:  # some chunks are in
+    # counted refreshed: a past month the load creates does not refresh on its own meanwhile
+    while store.count(index, refresh=True) < 2000:  # some chunks are in
         assert worker.is_alive(), result
         assert time.monotonic() < deadline, "the load never started"
         time.sleep(0.05)
-    before = stored()
+    before = store.count(index, refresh=True)
     restarted = h.restart("opensearch", down_seconds=2, kill=kill)
     assert restarted.port == svc.port
     worker.join(timeout=600)

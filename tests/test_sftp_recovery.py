@@ -124,20 +124,15 @@ def test_worker_killed_mid_load_then_retried(tmp_path, monkeypatch, opensearch, 
 
     worker = start_worker(acc, datetime(2026, 2, 10, 9, tzinfo=UTC), tmp_path / "worker.log")
     deadline = time.monotonic() + 300
-    # wait until some bulk requests have gone through (refreshed here: a past month the load creates does
-    # not refresh on its own while the load runs)
-    def stored() -> int:
-        acc.store.refresh([index])
-        return acc.store.count(index)
-
-    while stored() == 0:
+    # wait until some bulk requests have gone through (counted refreshed: a past month the load creates
+    # does not refresh on its own while the load runs)
+    while acc.store.count(index, refresh=True) == 0:
         assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
         assert time.monotonic() < deadline, "the load never started"
         time.sleep(0.2)
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=30)
-    acc.store.refresh([index])
-    partial = acc.store.count(index)
+    partial = acc.store.count(index, refresh=True)
     assert 0 < partial < rows, f"kill landed outside the load ({partial} of {rows})"
     entry = acc.entry("many.manifest")
     assert entry["status"] == "processing"

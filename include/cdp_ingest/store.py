@@ -292,7 +292,7 @@ class Store:
         with self._lock:  # the months stored when the load starts; _claim adds the ones it writes to
             self._event_indices = {row["index"] for row in listed or [] if isinstance(row, dict)}
         if self._event_indices:
-            self._recover_paused()
+            _Paused.recover(self)
         paused = _Paused(self)
         try:
             yield from self._bulk_load(items, import_id, stats, write_mode, window, paused)
@@ -386,28 +386,6 @@ class Store:
             with self._lock:
                 self._event_indices = self._event_indices | months
         return send, early, replaces, after
-
-    # ---- automatic refresh paused on the months a load creates ------------------------------------------
-    def _live_months(self) -> set[str]:
-        """The months live collectors write to now: this UTC month, and the next/last one near its ends."""
-        from datetime import UTC, timedelta
-
-        now = datetime.fromtimestamp(self._clock(), UTC)
-        return {f"{self._event_prefix}{d:%Y-%m}" for d in (now - timedelta(days=2), now, now + timedelta(days=2))}
-
-    def _recover_paused(self) -> None:
-        """Months left with their refresh off by a load that was killed (its lease ran out): refresh them
-        and restore the setting, so what it wrote becomes searchable."""
-        resp = self._request("GET", f"/{self._event_prefix}*/_mapping", ok_statuses=(404,),
-                             params={"filter_path": f"*.mappings._meta.{PAUSE_META}", "ignore_unavailable": "true",
-                                     "allow_no_indices": "true"})
-        now = self._clock()
-        stale = sorted(ix for ix, m in (resp or {}).items() if isinstance(m, dict)
-                       and 0 < float(((m.get("mappings") or {}).get("_meta") or {}).get(PAUSE_META, {}).get("until", 0))
-                       < now)
-        if stale:
-            log.warning("refresh of %s was left paused by a load that did not finish: restoring it", ", ".join(stale))
-            _Paused(self, set(stale)).resume()
 
     @property
     def _event_prefix(self) -> str:
@@ -746,7 +724,11 @@ class Store:
         resp = self._request("GET", f"/{index}/_doc/{doc_id}", ok_statuses=(404,))
         return resp if resp and resp.get("found") else None
 
-    def count(self, index: str, query: dict | None = None) -> int:
+    def count(self, index: str, query: dict | None = None, *, refresh: bool = False) -> int:
+        """Documents in ``index`` matching ``query``; ``refresh`` first makes everything written searchable
+        (a month a load created paused does not refresh on its own while the load runs)."""
+        if refresh:
+            self.refresh([index])
         resp = self._request("POST", f"/{index}/_count", body={"query": query or {"match_all": {}}},
                              params={"ignore_unavailable": "true"}, ok_statuses=(404,))
         return int((resp or {}).get("count", 0))
@@ -799,8 +781,31 @@ class _Paused:
         self.renewed = store._clock()
         self._live: set[str] | None = None
 
+    @classmethod
+    def recover(cls, store: Store) -> None:
+        """Months left with their refresh off by a load that was killed (its lease ran out): refresh them
+        and restore the setting, so what it wrote becomes searchable."""
+        resp = store._request("GET", f"/{store._event_prefix}*/_mapping", ok_statuses=(404,),
+                              params={"filter_path": f"*.mappings._meta.{PAUSE_META}", "ignore_unavailable": "true",
+                                      "allow_no_indices": "true"})
+        now = store._clock()
+        stale = sorted(ix for ix, m in (resp or {}).items() if isinstance(m, dict)
+                       and 0 < float(((m.get("mappings") or {}).get("_meta") or {}).get(PAUSE_META, {}).get("until", 0))
+                       < now)
+        if stale:
+            log.warning("refresh of %s was left paused by a load that did not finish: restoring it", ", ".join(stale))
+            cls(store, set(stale)).resume()
+
     def _meta(self, until: float) -> dict:
         return {"_meta": {PAUSE_META: {"until": until}}}
+
+    def _live_months(self) -> set[str]:
+        """The months live collectors write to now: this UTC month, and the next/last one near its ends."""
+        from datetime import UTC, timedelta
+
+        now = datetime.fromtimestamp(self.store._clock(), UTC)
+        prefix = self.store._event_prefix
+        return {f"{prefix}{d:%Y-%m}" for d in (now - timedelta(days=2), now, now + timedelta(days=2))}
 
     def create(self, index: str) -> None:
         """Create ``index`` paused (before the chunk that first writes to it is sent), unless it is a live
@@ -809,7 +814,7 @@ class _Paused:
         if not st.pause_refresh:
             return
         if self._live is None:
-            self._live = st._live_months()
+            self._live = self._live_months()
         if index in self._live:
             return
         body = {"settings": {"index.refresh_interval": "-1"}, "mappings": self._meta(st._clock() + self.LEASE)}
