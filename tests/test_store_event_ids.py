@@ -16,7 +16,7 @@ from cdp_ingest.ledger import Ledger, SourceUnit
 from cdp_ingest.mapping import Mapper, Mapping
 from cdp_ingest.pipeline import begin_unit, load_unit, transform_unit
 from cdp_ingest.readers import read_batches
-from cdp_ingest.store import PAUSE_META, BulkItem, Store, make_client
+from cdp_ingest.store import PAUSE_META, BulkItem, LoadStats, Store, make_client
 
 pytestmark = pytest.mark.services
 _prefixes = itertools.count()
@@ -201,3 +201,42 @@ def test_pause_refresh_off_leaves_the_template_setting(store):
     next(load)
     assert _refresh_interval(store, f"{store.prefix}event-2025-02") is None
     assert {o.status for o in load} == {"loaded"}
+
+
+def test_every_new_month_is_created_before_its_first_chunk_is_sent(store):
+    """A month left to the bulk request to auto-create answered another chunk's id check, made meanwhile,
+    with 503 until its shard had started (a retry and 0.5 s). Every month the load writes to first, the
+    live one and with pausing off too, is created (PUT, which waits for its shard) before its first
+    chunk goes out; one that existed is not created again; no request is retried."""
+    p = store.prefix
+    store._clock = lambda: datetime(2025, 12, 20, tzinfo=UTC).timestamp()  # 2025-12 is the live month
+    store._request("PUT", f"/{p}event-2025-09")  # existed before the load
+    sent: list[tuple[str, str, bytes]] = []
+    request = store._request
+
+    def recorded(method, path, **kw):
+        body = kw.get("body")
+        sent.append((method, path, body if isinstance(body, bytes) else b""))
+        return request(method, path, **kw)
+
+    store._request = recorded
+    for pause in (True, False):
+        store.pause_refresh = pause
+        sent.clear()
+        year = "2025" if pause else "2024"
+        months = [f"{year}-12" if pause else "2025-12", f"{year}-10", "2025-09", f"{year}-11"]
+        items = [_item(store, f"{year}-n{i}", months[(i // 4) % 4], i + 1) for i in range(48)]
+        existed = {r["index"] for r in request("GET", f"/_cat/indices/{p}event-*", params={"format": "json"})}
+        assert len(existed) == (1 if pause else 4)
+        stats = LoadStats()
+        assert {o.status for o in store.bulk_load(items, import_id="imp-1", stats=stats)} == {"loaded"}
+        assert stats.retries == 0
+        created = [path.strip("/") for method, path, _ in sent if method == "PUT" and path.count("/") == 1]
+        new = {f"{p}event-{m}" for m in months} - existed
+        assert sorted(created) == sorted(new)
+        for ix in new:
+            put = next(k for k, (m, path, _) in enumerate(sent) if m == "PUT" and path == f"/{ix}")
+            first_bulk = next(k for k, (m, path, body) in enumerate(sent)
+                              if path == "/_bulk" and b'"_index":"%s"' % ix.encode() in body)
+            assert put < first_bulk, ix
+        assert _refresh_interval(store, f"{p}event-2025-12") is None

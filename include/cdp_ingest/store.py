@@ -19,8 +19,10 @@ Design (measured in benchmarks/bulk_import.py):
   is a duplicate, not a second document; one stored by this import's earlier attempt (same
   ``import_id`` and row) counts as loaded. Two loads running at the same time with the same id in
   different months are not coordinated (each checks what is stored when its chunk is sent).
-- A month index the load creates itself (a past month: not the current UTC month or one within two
-  days of now, which live collectors write to) is created with its automatic refresh off for the
+- Every month index a load writes to first is created (PUT) before its first chunk is sent: left to
+  the bulk request, a new month answered another chunk's id search made meanwhile with 503 until its
+  shard had started. One that is a past month (not the current UTC month or one within two days of
+  now, which live collectors write to) is created with its automatic refresh off for the
   length of the load (``pause_refresh``): the ids check's searches otherwise keep the shard active,
   so it refreshes every second into small segments to merge (300k events, four alternating pairs
   on a warm node: 56 vs 64 µs of node CPU per document, +8 % rows/s, inside this VM's noise). The
@@ -770,7 +772,8 @@ PAUSE_META = "cdp_ingest_refresh_paused"  # the lease a load keeps on a month wh
 
 
 class _Paused:
-    """The month indices one load created with their automatic refresh off (see the module doc)."""
+    """Creates the months one load writes to first, and keeps the ones it created with their automatic
+    refresh off (``indices``; see the module doc)."""
 
     LEASE = 1800.0  # seconds a pause holds without renewal; renewed every RENEW seconds while the load runs
     RENEW = 300.0
@@ -808,22 +811,23 @@ class _Paused:
         return {f"{prefix}{d:%Y-%m}" for d in (now - timedelta(days=2), now, now + timedelta(days=2))}
 
     def create(self, index: str) -> None:
-        """Create ``index`` paused (before the chunk that first writes to it is sent), unless it is a live
-        month, pausing is off, or it exists already (created meanwhile by someone else: left alone)."""
+        """Create the month ``index`` before the chunk that first writes to it is sent: paused, unless it
+        is a live month or pausing is off. (Left to the bulk request to auto-create, a new month answered
+        a search made meanwhile, by another chunk's id check, with 503 until its shard had started.) One
+        that exists already (created meanwhile by someone else) is left alone."""
         st = self.store
-        if not st.pause_refresh:
-            return
         if self._live is None:
             self._live = self._live_months()
-        if index in self._live:
-            return
-        body = {"settings": {"index.refresh_interval": "-1"}, "mappings": self._meta(st._clock() + self.LEASE)}
+        paused = st.pause_refresh and index not in self._live
+        body = ({"settings": {"index.refresh_interval": "-1"}, "mappings": self._meta(st._clock() + self.LEASE)}
+                if paused else None)
         resp = st._request("PUT", f"/{index}", body=body, ok_statuses=(400,))
         if isinstance(resp, dict) and resp.get("error"):
             if "already_exists" not in str((resp["error"] or {}).get("type", "")):
                 raise StoreError(f"PUT /{index} failed: {_short(resp['error'])}")
             return
-        self.indices.add(index)
+        if paused:
+            self.indices.add(index)
 
     def renew(self) -> None:
         now = self.store._clock()
