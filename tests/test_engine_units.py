@@ -200,3 +200,23 @@ def test_cli_prints_schemas_and_checks_mappings(tmp_path, capsys):
     csv_bad.write_text("id,when\n")
     assert main(["check-mapping", str(mapping), str(csv_bad)]) == 1
     assert "not in the header: email, event, insert_id, ts" in capsys.readouterr().err
+
+
+def test_bulk_body_blocks_are_the_ndjson_of_the_chunk():
+    """The bulk body goes out as blocks of PAYLOAD_BLOCK documents (no multi-MB buffer per request):
+    together they are the NDJSON of every item in order, with its op, index and escaped id."""
+    import orjson
+
+    from cdp_ingest.store import PAYLOAD_BLOCK, Blocks, BulkItem, Store
+
+    items = [BulkItem(f"p-event-2025-{1 + i % 3:02d}", f'id-{i}"\\', orjson.dumps({"n": i}), i,
+                      "index" if i % 5 == 0 else "create") for i in range(2 * PAYLOAD_BLOCK + 7)]
+    blocks = Store._payload(items)
+    assert isinstance(blocks, Blocks) and [len(b.splitlines()) for b in blocks] == [
+        2 * PAYLOAD_BLOCK, 2 * PAYLOAD_BLOCK, 14]
+    lines = b"".join(blocks).splitlines()
+    assert blocks.size == len(b"".join(blocks)) and len(lines) == 2 * len(items)
+    for it, head, body in zip(items, lines[::2], lines[1::2], strict=True):
+        assert orjson.loads(head) == {it.op: {"_index": it.index, "_id": it.id}}
+        assert body == it.source
+    assert Store._payload([]) == []

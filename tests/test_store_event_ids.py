@@ -215,8 +215,8 @@ def test_every_new_month_is_created_before_its_first_chunk_is_sent(store):
     request = store._request
 
     def recorded(method, path, **kw):
-        body = kw.get("body")
-        sent.append((method, path, body if isinstance(body, bytes) else b""))
+        body = kw.get("body")  # a bulk body is a list of blocks
+        sent.append((method, path, b"".join(body) if isinstance(body, list) else body or b""))
         return request(method, path, **kw)
 
     store._request = recorded
