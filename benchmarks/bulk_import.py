@@ -19,6 +19,9 @@ Variants (each runs in its own child process, so peak RSS is per variant):
 Documents are built by the same mapping in a, b and d, so the variants differ in how they load.
 (a) is measured on the first --naive-rows rows only (at ~1-2k rows/s a full run takes many minutes).
 Finally the engine runs on a file --big-factor times larger to show that its memory stays flat.
+Besides rows/s, each variant's CPU per row: its whole process (start-up included) and, with the
+benchmark's own node, the node's (all its threads) over the same run. On a shared 2-core VM rows/s
+moves with the neighbours; CPU per row much less, and the two cores' sum bounds the rate.
 Prints a table and writes benchmarks/results/bulk_import.json.
 """
 
@@ -192,12 +195,40 @@ def measure(variant: str, kind: str, *, url: str, prefix: str, csv_path: Path, w
     env = {**os.environ, **MEMORY_ENV}  # every variant with the allocator settings the Airflow tasks run with
     if variant == "engine-rows":  # the engine with the row-by-row mapping only (no fastmap): the "before"
         env["CDP_ROW_MAPPING"] = "1"
+    before, node_before = _children_cpu(), _node_cpu()
     r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"variant {variant} failed (exit {r.returncode})")
     res = json.loads(r.stdout.strip().splitlines()[-1])
     res["rows_per_s"] = res["docs"] / res["seconds"]
+    docs = max(res["docs"], 1)
+    # CPU per document: the variant's whole process (start-up and imports included) and the node's, over
+    # the same run; on a busy VM they move less than rows/s (see README "Reading the numbers")
+    res["client_cpu_us"] = (_children_cpu() - before) / docs * 1e6
+    node_after = _node_cpu()
+    if node_before is not None and node_after is not None:
+        res["node_cpu_us"] = (node_after - node_before) / docs * 1e6
     return res
+
+
+NODE_PID: int | None = None  # the benchmark's own node (its CPU is read from /proc); None with --url
+
+
+def _children_cpu() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _node_cpu() -> float | None:
+    if NODE_PID is None:
+        return None
+    try:
+        fields = Path(f"/proc/{NODE_PID}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, all threads
 
 
 def prepare_ndjson(kind: str, csv_path: Path, out_dir: Path, chunks: list[int]) -> None:
@@ -279,6 +310,8 @@ def main() -> int:
         harness = Harness(tmp / "services")
         node = harness.start_opensearch(heap="2g")
         url = node.info["url"]
+        global NODE_PID
+        NODE_PID = node.pid
         if args.pin_node:
             pin_node(node.pid)
     elif args.pin_node:
@@ -308,7 +341,8 @@ def main() -> int:
                 r.update(kind=kind, variant=label, rows_in=exp.rows)
                 results.append(r)
                 print(f"  {label:46} {r['docs']:>9,d} docs {r['seconds']:8.1f} s {r['rows_per_s']:>9,.0f}/s "
-                      f"peak RSS {r['peak_rss_mb']:6.0f} MB", flush=True)
+                      f"peak RSS {r['peak_rss_mb']:6.0f} MB  CPU µs/row {r['client_cpu_us']:5.1f} + node "
+                      f"{r.get('node_cpu_us', float('nan')):4.0f}", flush=True)
                 return r
 
             # a fresh node speeds up for its first minute (JIT, caches): warm it before the sweep, or
@@ -355,8 +389,8 @@ def main() -> int:
 
 
 def report(results: list[dict], args) -> None:
-    lines = ["", "| data | variant | docs | rows/s | vs (c) | vs (a) | peak RSS MB |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["", "| data | variant | docs | rows/s | vs (c) | vs (a) | peak RSS MB | client CPU µs/row "
+                 "| node CPU µs/row |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for kind in ("events", "profiles"):
         rows = [r for r in results if r["kind"] == kind and "sweep" not in r["variant"]
                 and "warm-up" not in r["variant"]]
@@ -367,8 +401,9 @@ def report(results: list[dict], args) -> None:
         for r in sorted(rows, key=lambda r: r["variant"]):
             vc = f"{r['rows_per_s'] / ceiling:.2f}" if ceiling else "-"
             va = f"{r['rows_per_s'] / naive:.1f}x" if naive else "-"
+            node = f"{r['node_cpu_us']:.0f}" if "node_cpu_us" in r else "-"
             lines.append(f"| {kind} | {r['variant']} | {r['docs']:,} | {r['rows_per_s']:,.0f} | {vc} | {va} | "
-                         f"{r['peak_rss_mb']:.0f} |")
+                         f"{r['peak_rss_mb']:.0f} | {r['client_cpu_us']:.1f} | {node} |")
     table = "\n".join(lines)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
