@@ -373,41 +373,29 @@ class Store:
         sent once chunk ``after`` (the earlier copy's) has come back, and an earlier copy in another
         month is to be deleted (``replaces``: ref → indices). The chunk's event ids join the window."""
         events = self._event_prefix
+        overwrite = write_mode == "overwrite"
         send: list[BulkItem] = []
         early: list[Outcome] = []
         replaces: dict[int, set[str]] = {}
         after = 0
-        seen = window._ids
-        added: list[str] = []  # the ids this chunk adds, in order (what expire forgets)
-        # (index, seq) per index of the chunk, shared by its rows; None: not an event index
-        metas = {ix: (ix, seq) if ix.startswith(events) else None for ix in {it.index for it in chunk}}
-        if write_mode != "overwrite":
-            for it in chunk:
-                meta = metas[it.index]
-                if meta is not None:
-                    n = len(seen)
-                    seen.setdefault(it.id, meta)
-                    if len(seen) == n:  # sent already (this chunk or one before): the first row wins
+        seen, order = window._ids, window._order  # window.get / window.add, inlined (once per row)
+        for it in chunk:
+            if overwrite:
+                it.op = "index"
+            if it.index.startswith(events):
+                prev = seen.get(it.id)
+                if prev is not None:
+                    if not overwrite:
                         early.append(Outcome(it.ref, "duplicate", id=it.id))
                         continue
-                    added.append(it.id)
-                send.append(it)
-        else:
-            for it in chunk:
-                it.op = "index"
-                meta = metas[it.index]
-                if meta is not None:
-                    prev = seen.get(it.id)
-                    if prev is not None:
-                        if prev[0] != it.index:
-                            replaces.setdefault(it.ref, set()).add(prev[0])
-                        if prev[1] != seq:  # in this very chunk the bulk request keeps the order itself
-                            after = max(after, prev[1])
-                    seen[it.id] = meta
-                    added.append(it.id)
-                send.append(it)
-        window.added(seq, added)
-        months = {it.index for it in send if metas[it.index] is not None}
+                    if prev[0] != it.index:
+                        replaces.setdefault(it.ref, set()).add(prev[0])
+                    if prev[1] != seq:  # in this very chunk the bulk request keeps the order itself
+                        after = max(after, prev[1])
+                seen[it.id] = (it.index, seq)
+                order.append((seq, it.id))
+            send.append(it)
+        months = {it.index for it in send if it.index.startswith(events)}
         window.indices.update(months)
         if not months <= self._event_indices:
             if paused is not None:
@@ -886,44 +874,37 @@ class _Paused:
 
 
 class _IdWindow:
-    """Event ids one load has sent (id → (index, chunk)), kept until a refresh has made them searchable.
+    """Event ids one load has sent (id → index), kept until a refresh has made them searchable.
 
     ``done`` is the last chunk whose results came back; ``expire`` (called right after a refresh)
-    forgets the ids of chunks up to it. The chunks' id lists are kept in order, so forgetting is
-    O(forgotten)."""
+    forgets the ids of chunks up to it. A deque keeps the order, so forgetting is O(forgotten)."""
 
     def __init__(self) -> None:
         self._ids: dict[str, tuple[str, int]] = {}
-        self._order: deque[tuple[int, list[str]]] = deque()  # (chunk, the ids it added)
-        self._held = 0
+        self._order: deque[tuple[int, str]] = deque()
         self.indices: set[str] = set()
         self.done = 0
 
     def __len__(self) -> int:  # what it holds, repeats included (what refresh + expire frees)
-        return self._held
+        return len(self._order)
 
     def get(self, doc_id: str) -> tuple[str, int] | None:
         """(index, chunk) where this load sent the id last."""
         return self._ids.get(doc_id)
 
-    def added(self, seq: int, ids: list[str]) -> None:
-        """Chunk ``seq`` added ``ids`` (set in ``_ids`` by the caller)."""
-        if ids:
-            self._order.append((seq, ids))
-            self._held += len(ids)
+    def add(self, doc_id: str, index: str, seq: int) -> None:
+        self._ids[doc_id] = (index, seq)
+        self._order.append((seq, doc_id))
+        self.indices.add(index)
 
     def expire(self, upto: int | None = None) -> None:
-        """Forget the ids of chunks up to ``upto`` (default: ``done``); an id a later chunk sent again
-        (overwrite) stays."""
+        """Forget the ids of chunks up to ``upto`` (default: ``done``)."""
         upto = self.done if upto is None else upto
-        pop, ids_map = self._ids.pop, self._ids
         while self._order and self._order[0][0] <= upto:
-            seq, ids = self._order.popleft()
-            self._held -= len(ids)
-            for doc_id in ids:
-                hit = pop(doc_id, None)
-                if hit is not None and hit[1] > seq:  # sent again by a later chunk: still in flight
-                    ids_map[doc_id] = hit
+            seq, doc_id = self._order.popleft()
+            hit = self._ids.get(doc_id)
+            if hit is not None and hit[1] == seq:
+                del self._ids[doc_id]
 
 
 def _short(value: Any, limit: int = 300) -> str:
