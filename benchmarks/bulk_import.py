@@ -203,7 +203,7 @@ def measure(variant: str, kind: str, *, url: str, prefix: str, csv_path: Path, w
     res["rows_per_s"] = res["docs"] / res["seconds"]
     docs = max(res["docs"], 1)
     # CPU per document: the variant's whole process (start-up and imports included) and the node's, over
-    # the same run; on a busy VM they move less than rows/s (see README "Reading the numbers")
+    # the same run; on a busy VM they move less than rows/s (README, "Reading it with the CPU columns")
     res["client_cpu_us"] = (_children_cpu() - before) / docs * 1e6
     node_after = _node_cpu()
     if node_before is not None and node_after is not None:
