@@ -232,19 +232,34 @@ def _node_cpu() -> float | None:
 
 
 def prepare_ndjson(kind: str, csv_path: Path, out_dir: Path, chunks: list[int]) -> None:
-    """Serialise the engine's documents once (orjson), cut into bulk bodies of each chunk size."""
+    """Serialise the engine's documents once (orjson), cut into bulk bodies of each chunk size, in one pass:
+    only the ids seen and one unfinished body per chunk size are in memory (holding every document first,
+    1M events took ~8 GB: each orjson result keeps a ~4 KB allocation)."""
     import orjson
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    docs = [(i.replace("bench-", "@PREFIX@", 1), d, orjson.dumps(doc)) for i, d, doc in
-            _docs(kind, str(csv_path), "bench-")]
     seen: set[str] = set()
-    unique = [x for x in docs if not (x[1] in seen or seen.add(x[1]))]  # create: a duplicate would 409
-    for chunk in chunks:
-        for n, start in enumerate(range(0, len(unique), chunk)):
-            body = b"".join(b'{"create":{"_index":"%s","_id":"%s"}}\n%s\n' % (i.encode(), d.encode(), src)
-                            for i, d, src in unique[start:start + chunk])
-            (out_dir / f"{chunk}-{n:06d}.ndjson").write_bytes(body)
+    bodies: dict[int, list[bytes]] = {c: [] for c in chunks}
+    written = dict.fromkeys(chunks, 0)
+
+    def flush(chunk: int) -> None:
+        (out_dir / f"{chunk}-{written[chunk]:06d}.ndjson").write_bytes(b"".join(bodies[chunk]))
+        written[chunk] += 1
+        bodies[chunk].clear()
+
+    for index, doc_id, doc in _docs(kind, str(csv_path), "bench-"):
+        if doc_id in seen:  # create: a duplicate would 409
+            continue
+        seen.add(doc_id)
+        line = b'{"create":{"_index":"%s","_id":"%s"}}\n%s\n' % (index.replace("bench-", "@PREFIX@", 1).encode(),
+                                                                  doc_id.encode(), orjson.dumps(doc))
+        for chunk, body in bodies.items():
+            body.append(line)
+            if len(body) == chunk:
+                flush(chunk)
+    for chunk, body in bodies.items():
+        if body:
+            flush(chunk)
 
 
 def pin_node(root: int) -> None:
