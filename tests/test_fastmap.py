@@ -6,6 +6,7 @@ out with the same index, id and body bytes, and the counts and the error CSV mus
 from __future__ import annotations
 
 import csv
+import dataclasses
 import random
 from datetime import UTC, datetime
 from pathlib import Path
@@ -165,25 +166,45 @@ def test_profile_ids_are_uuid5_of_the_identity():
         assert fast._profile_id(value) == profile_id_for(value) == deterministic_id("identity", value)
 
 
-def test_staged_file_is_the_same_both_ways(tmp_path):
-    """transform_unit (the DAG's staged file): the same rows, bodies and original-row JSON either way."""
+def test_staged_file_is_the_same_both_ways(tmp_path, monkeypatch):
+    """transform_unit (the DAG's staged file): the same rows, bodies and original-row JSON either way, in
+    file order — the columnar path writes its rows from Arrow columns, the rows it leaves (and rejected
+    ones) go through map_row in between, and a source row whose JSON Arrow does not make (a control
+    character in a column the mapping does not use) is made by orjson."""
     import pyarrow.parquet as pq
 
     from cdp_ingest.pipeline import transform_unit
 
-    rows = [[f"e-{i}", str(1761955200 + i * 86400), "page-view", f"c{i % 3}@x.com", "s", f"/p/{i}", "sku",
-             "1.5", "2", 'say "hi"\\' if i % 4 else "tab\there"] for i in range(50)]
-    path = write(tmp_path / "ev.csv", HEADER, rows)
-    tables = []
+    header = [*HEADER, "note"]
+    rows = [[f"e-{i}", str(1761955200 + i * 86400), "page-view", f"c{i % 3}@x.com", "s",
+             f"/p/{i}\x07" if i % 5 == 1 else f"/p/{i}", "sku", "1.5", "2", 'say "hi"\\',
+             "tab\there" if i % 4 == 0 else f"n{i}"] for i in range(50)]
+    rows[7][1] = "not a time"  # rejected
+    rows[9][0] = rows[3][0]  # a repeated id is staged twice (the load decides)
+    path = write(tmp_path / "ev.csv", header, rows)
+    columnar: list[int] = []
+    real = EventBatchMapper.map_batch
+    monkeypatch.setattr(EventBatchMapper, "map_batch",
+                        lambda self, *a, **kw: (fb := real(self, *a, **kw)) and columnar.append(sum(fb.ok)) or fb)
+    tables, errors = [], []
+    mapping = dataclasses.replace(Mapping.load(DEMO), unmapped="ignore")  # "note" is in the source row only
     for fast in (True, False):
-        mapper = Mapper(Mapping.load(DEMO), unit_key="u1", now=NOW)
+        mapper = Mapper(mapping, unit_key="u1", now=NOW)
         row_fn = mapper.map_row if fast else (lambda row, ref, mapper=mapper: mapper.map_row(row, ref))
         t = transform_unit(read_batches(str(path), batch_rows=16), row_fn, prefix="p-", import_id="imp",
-                           staged_path=tmp_path / f"staged-{fast}.parquet", error_path=tmp_path / f"err-{fast}.csv")
-        assert (t.rows_in, t.accepted, t.rejected, t.kinds) == (50, 50, 0, ["event"])
+                           staged_path=tmp_path / f"staged-{fast}.parquet", error_path=tmp_path / f"err-{fast}.csv",
+                           flush_rows=20)
+        assert (t.rows_in, t.accepted, t.rejected, t.kinds) == (50, 49, 1, ["event"])
         tables.append(pq.read_table(t.staged).to_pydict())
+        errors.append(Path(t.error_file).read_text(encoding="utf-8"))
+        assert max(pq.ParquetFile(t.staged).metadata.row_group(g).num_rows
+                   for g in range(pq.ParquetFile(t.staged).num_row_groups)) <= 20
+    assert sum(columnar) == 39  # the columnar path took all but the 10 control-character rows and row 8
     assert tables[0] == tables[1]
-    assert tables[0]["orig"][1] == orjson.dumps(dict(zip(HEADER, rows[1], strict=True)))
+    assert errors[0] == errors[1] and "not a time" in errors[0]
+    assert tables[0]["ref"] == [r for r in range(1, 51) if r != 8]
+    assert tables[0]["orig"][1] == orjson.dumps(dict(zip(header, rows[1], strict=True)))  # through map_row
+    assert tables[0]["orig"][0] == orjson.dumps(dict(zip(header, rows[0], strict=True)))  # orjson for Arrow
 
 
 @pytest.mark.parametrize("values", [

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -127,15 +126,36 @@ def _leaf_literal(leaf: tuple[str, Any], col: dict[str, pa.Array], need: Callabl
     return pc.if_else(empty, pa.scalar(dflt, pa.string()), lit)
 
 
-@dataclass
 class FastBatch:
-    """A mapped batch: ``ok[i]`` says row i was mapped here; the lists hold its index, id and body."""
+    """A mapped batch: ``ok[i]`` says row i was mapped here; ``indices``, ``ids``, ``bodies`` hold its index,
+    id and body, and ``origs`` the source rows as JSON when the mapper makes them (else None: made lazily).
+    Each comes as a list or an Arrow array; ``column`` gives it as Arrow (a staged file is written from
+    them without a Python object per row), the attributes as a list (made once, on first use)."""
 
-    ok: list[bool]
-    indices: list[str]
-    ids: list[str]
-    bodies: list[bytes]
-    origs: list[bytes] | None = None  # the source rows as JSON, when the mapper makes them (else lazily)
+    __slots__ = ("ok", "_columns")
+    TYPES = {"indices": pa.string(), "ids": pa.string(), "bodies": pa.binary(), "origs": pa.binary()}
+
+    def __init__(self, ok: list[bool], indices: list[str] | pa.Array, ids: list[str] | pa.Array,
+                 bodies: list[bytes] | pa.Array, origs: list[bytes] | pa.Array | None = None):
+        self.ok = ok
+        self._columns: dict[str, Any] = {"indices": indices, "ids": ids, "bodies": bodies, "origs": origs}
+
+    def _list(self, name: str) -> Any:
+        v = self._columns[name]
+        if isinstance(v, pa.Array):
+            v = self._columns[name] = v.to_pylist()
+        return v
+
+    def column(self, name: str) -> pa.Array | None:
+        v = self._columns[name]
+        if v is None or isinstance(v, pa.Array):
+            return v if v is None or v.type == self.TYPES[name] else v.cast(self.TYPES[name])
+        return pa.array(v, self.TYPES[name])
+
+    indices = property(lambda self: self._list("indices"))
+    ids = property(lambda self: self._list("ids"))
+    bodies = property(lambda self: self._list("bodies"))
+    origs = property(lambda self: self._list("origs"))
 
 
 class _Node:
@@ -303,10 +323,8 @@ class EventBatchMapper(_ProfileIds):
         if m.id_column:
             ids_arr = col[m.id_column]
             need(pc.match_substring_regex(ids_arr, _ID_RE))
-            ids = ids_arr.to_pylist()
         else:
-            ids = [deterministic_id(mp.unit_key, first_row + i) for i in range(n)]
-            ids_arr = pa.array(ids, pa.string())
+            ids_arr = pa.array([deterministic_id(mp.unit_key, first_row + i) for i in range(n)], pa.string())
         id_json = strings(ids_arr)
         tcol = col[m.time_column]
         tgood = pc.match_substring_regex(tcol, _EPOCH_RE)
@@ -399,7 +417,7 @@ class EventBatchMapper(_ProfileIds):
         for i in skip:
             if 0 <= i < n:
                 ok_list[i] = False
-        return FastBatch(ok_list, index.to_pylist(), ids, bodies.to_pylist())
+        return FastBatch(ok_list, index, ids_arr, bodies)
 
 
 # ---- profiles -------------------------------------------------------------------------------------------
@@ -559,7 +577,6 @@ class ProfileBatchMapper(_ProfileIds):
         need(pc.is_valid(ident))
         need(pc.less(pc.utf8_length(ident), 1024))
         ids_arr = self._profile_id_array(ident)
-        ids = ids_arr.to_pylist()
 
         # the operations, in map_row's order
         elements = []
@@ -634,4 +651,4 @@ class ProfileBatchMapper(_ProfileIds):
         for i in skip:
             if 0 <= i < n:
                 ok_list[i] = False
-        return FastBatch(ok_list, [f"{prefix}profile"] * n, ids, bodies.to_pylist())
+        return FastBatch(ok_list, [f"{prefix}profile"] * n, ids_arr, bodies)

@@ -303,7 +303,7 @@ class PartitionBatchMapper:
         orig = pc.cast(_join(*row_parts, "}"), pa.binary())
 
         ok = (~unclean).tolist()
-        return FastBatch(ok, index.to_pylist(), eid.to_pylist(), bodies.to_pylist(), orig.to_pylist())
+        return FastBatch(ok, index, eid, bodies, orig)
 
 
 def _np_indices(indices: pa.Array) -> np.ndarray:

@@ -230,17 +230,21 @@ class _BatchRows:
 
     def json(self) -> list[bytes | None]:
         if self._json is None:
-            from cdp_ingest.fastmap import json_strings
-
-            parts: list[Any] = []
-            clean = None
-            for name, col in zip(self.batch.schema.names, self.batch.columns, strict=True):
-                lit, ok = json_strings(col)
-                clean = ok if clean is None else pc.and_(clean, ok)
-                parts += [("," if parts else "{") + orjson.dumps(name).decode() + ":", lit]
-            rows = pc.binary_join_element_wise(*parts, "}", "")
-            self._json = pc.cast(pc.if_else(clean, rows, pa.scalar(None, pa.string())), pa.binary()).to_pylist()
+            self._json = self.json_array().to_pylist()
         return self._json
+
+    def json_array(self) -> pa.Array:
+        """The rows' JSON as an Arrow binary array (null for a row left to orjson)."""
+        from cdp_ingest.fastmap import json_strings
+
+        parts: list[Any] = []
+        clean = None
+        for name, col in zip(self.batch.schema.names, self.batch.columns, strict=True):
+            lit, ok = json_strings(col)
+            clean = ok if clean is None else pc.and_(clean, ok)
+            parts += [("," if parts else "{") + orjson.dumps(name).decode() + ":", lit]
+        rows = pc.binary_join_element_wise(*parts, "}", "")
+        return pc.cast(pc.if_else(clean, rows, pa.scalar(None, pa.string())), pa.binary())
 
 
 class LazyRow:
@@ -292,6 +296,21 @@ def _slices(batches: Iterable, rows: int) -> Iterator[Any]:
         for start in range(0, n, rows):
             bad = {i - start: why for i, why in sb.bad_rows.items() if start <= i < start + rows}
             yield SourceBatch(sb.batch.slice(start, rows), sb.first_row + start, bad)
+
+
+def _stage_row(ref: int, m: Mapped, row: dict[str, Any], prefix: str, import_id: str) -> tuple:
+    """A row mapped by the row function as a staged row. Body and source JSON are copied to exact-size
+    ``bytes``: orjson's result keeps a ~4 KB allocation whatever its length, which made a 20,000-row
+    buffer of 1 KB rows cost ~300 MB, not ~50 MB."""
+    index, doc_id, body = mapped_to_stage_row(m, prefix, import_id, ref)
+    return (ref, m.kind, index, doc_id, memoryview(body).tobytes(),
+            memoryview(orjson.dumps(row, default=str)).tobytes())
+
+
+def _stage_table(rows: list[tuple]) -> pa.Table:
+    """``STAGE_SCHEMA`` rows (ref, kind, index, id, body, orig) as a table."""
+    return pa.table([pa.array(col, t) for col, t in zip(zip(*rows, strict=True), STAGE_SCHEMA.types, strict=True)],
+                    schema=STAGE_SCHEMA)
 
 
 class RowMapper:
@@ -349,11 +368,12 @@ class RowMapper:
                 rows._json = fb.origs
             self.rows_in += n
             accepted = 0
+            indices, ids, bodies = fb.indices, fb.ids, fb.bodies
             for i, ok in enumerate(fb.ok):
                 ref = first + i
                 if ok:
                     accepted += 1
-                    yield ref, kind, fb.indices[i], fb.ids[i], fb.bodies[i], LazyRow(rows, i)
+                    yield ref, kind, indices[i], ids[i], bodies[i], LazyRow(rows, i)
                     continue
                 row = slow_rows[i]
                 try:
@@ -369,6 +389,86 @@ class RowMapper:
             self.accepted += accepted
             if accepted > len(slow_rows):
                 self.kinds.add(kind)
+
+    def stage_tables(self, batches: Iterable, prefix: str, import_id: str, flush_rows: int = STAGE_ROWS,
+                     flush_bytes: int = STAGE_FLUSH_BYTES) -> Iterator[pa.Table]:
+        """What ``items`` gives, as ``STAGE_SCHEMA`` tables in file order (the staged file's rows, with the
+        source row's JSON as ``orig``). A slice the columnar mapping took becomes one table made from its
+        Arrow columns, without a Python object per row; the rows it left, and every other mapping, go
+        through the row function into tables of at most ``flush_rows`` rows / about ``flush_bytes``."""
+        fast = _batch_mapper(self.row_fn)
+        if fast is None:
+            yield from self._row_tables(batches, prefix, import_id, flush_rows, flush_bytes)
+            return
+        row_fn, limit, kind = self.row_fn, self.max_cell_bytes, fast.kind
+        for sb in _slices(batches, FAST_ROWS):
+            batch = sb.batch
+            self.header = batch.schema.names
+            bad = sb.bad_rows
+            if limit is not None:
+                big = oversized_cells(batch, limit)
+                if big:
+                    bad = {**big, **bad}
+            fb = fast.map_batch(batch, sb.first_row, prefix, import_id, bad) if batch.num_rows else None
+            if fb is None:
+                yield from self._row_tables([sb], prefix, import_id, flush_rows, flush_bytes)
+                continue
+            first, n = sb.first_row, batch.num_rows
+            self.rows_in += n
+            slow = [i for i, ok in enumerate(fb.ok) if not ok]
+            tables = []
+            if len(slow) < n:  # the rows mapped here, straight from their Arrow columns
+                mask = pa.array(fb.ok, pa.bool_())
+                orig = fb.column("origs")
+                orig = (orig if orig is not None else _BatchRows(batch).json_array()).filter(mask)
+                if orig.null_count:  # rows the Arrow JSON left to orjson
+                    at = [i for i, ok in enumerate(fb.ok) if ok]
+                    orig = pa.array([v if v is not None else orjson.dumps(batch.slice(at[j], 1).to_pylist()[0],
+                                                                           default=str)
+                                     for j, v in enumerate(orig.to_pylist())], pa.binary())
+                k = n - len(slow)
+                tables.append(pa.table([pa.array(range(first, first + n), pa.int64()).filter(mask),
+                                        pa.array([kind] * k, pa.string()), fb.column("indices").filter(mask),
+                                        fb.column("ids").filter(mask), fb.column("bodies").filter(mask), orig],
+                                       schema=STAGE_SCHEMA))
+                self.accepted += k
+                self.kinds.add(kind)
+            if slow:  # the rows left to the row function, in order
+                rows = dict(zip(slow, batch.take(slow).to_pylist(), strict=True))
+                staged = []
+                for i in slow:
+                    ref, row = first + i, rows[i]
+                    try:
+                        if i in bad:
+                            raise RowError(bad[i])
+                        m = row_fn(row, ref)
+                    except RowError as e:
+                        self.reject(row, str(e))
+                        continue
+                    self.accepted += 1
+                    self.kinds.add(m.kind)
+                    staged.append(_stage_row(ref, m, row, prefix, import_id))
+                if staged:
+                    tables.append(_stage_table(staged))
+            if len(tables) == 2:
+                both = pa.concat_tables(tables)
+                yield both.take(pc.sort_indices(both["ref"]))
+            elif tables:
+                yield tables[0]
+
+    def _row_tables(self, batches: Iterable, prefix: str, import_id: str, flush_rows: int,
+                    flush_bytes: int) -> Iterator[pa.Table]:
+        """``stage_tables`` through the row function, row by row."""
+        staged: list[tuple] = []
+        held = 0
+        for ref, m, row in self.run(batches):
+            staged.append(_stage_row(ref, m, row, prefix, import_id))
+            held += len(staged[-1][4]) + len(staged[-1][5])
+            if held >= flush_bytes or len(staged) >= flush_rows:
+                yield _stage_table(staged)
+                staged, held = [], 0
+        if staged:
+            yield _stage_table(staged)
 
     def run(self, batches: Iterable) -> Iterator[tuple[int, Mapped, dict[str, Any]]]:
         row_fn, limit = self.row_fn, self.max_cell_bytes
@@ -399,10 +499,10 @@ def transform_unit(batches: Iterable, row_fn: RowFn, *, prefix: str, import_id: 
                    write_mode: str = "create") -> TransformResult:
     """Map every row, write accepted rows to the staged Parquet file and rejected rows to the error CSV.
 
-    The staging buffer is written out as a row group every ``flush_rows`` rows or ``flush_bytes`` of
-    payload, whichever comes first, so memory stays flat for wide rows too (SFTP rows are often ~1 KB).
-    Every serialised body/row is copied to an exact-size ``bytes``: orjson's result keeps a ~4 KB
-    allocation whatever its length, which made a 20,000-row buffer of 1 KB rows cost ~300 MB, not ~50 MB.
+    Rows are written as row groups of at most ``flush_rows`` rows and about ``flush_bytes`` of payload,
+    so memory stays flat for wide rows too (SFTP rows are often ~1 KB), and a load reads one row group
+    at a time. Rows the columnar mapping takes go from its Arrow columns to the file
+    (``RowMapper.stage_tables``).
     """
     staged_path = Path(staged_path)
     staged_path.parent.mkdir(parents=True, exist_ok=True)
@@ -412,27 +512,11 @@ def transform_unit(batches: Iterable, row_fn: RowFn, *, prefix: str, import_id: 
     writer = pq.ParquetWriter(tmp, STAGE_SCHEMA.with_metadata({WRITE_MODE_KEY: write_mode.encode()}),
                               compression="zstd")
     rm = RowMapper(row_fn, error_path, max_cell_bytes)
-    cols: dict[str, list] = {k: [] for k in STAGE_SCHEMA.names}
-    refs, kinds, indices, ids, bodies, origs = (cols[k] for k in STAGE_SCHEMA.names)
-    held = 0
     try:
-        for ref, kind, index, doc_id, body, row in rm.items(batches, prefix, import_id):
-            body = memoryview(body).tobytes()
-            orig = row.as_json() if isinstance(row, LazyRow) else memoryview(orjson.dumps(row, default=str)).tobytes()
-            refs.append(ref)
-            kinds.append(kind)
-            indices.append(index)
-            ids.append(doc_id)
-            bodies.append(body)
-            origs.append(orig)
-            held += len(body) + len(orig)
-            if held >= flush_bytes or len(refs) >= flush_rows:
-                writer.write_table(pa.table(cols, schema=STAGE_SCHEMA))
-                for v in cols.values():
-                    v.clear()
-                held = 0
-        if refs:
-            writer.write_table(pa.table(cols, schema=STAGE_SCHEMA))
+        for table in rm.stage_tables(batches, prefix, import_id, flush_rows, flush_bytes):
+            payload = table.column("body").nbytes + table.column("orig").nbytes
+            group = max(1, min(flush_rows, flush_bytes * table.num_rows // payload if payload else flush_rows))
+            writer.write_table(table, row_group_size=group)
     finally:
         writer.close()
         error_file = rm.close()
