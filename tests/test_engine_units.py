@@ -257,3 +257,34 @@ def test_id_window_claims_and_forgets_per_chunk():
     assert (w.get("a"), w.get("b"), len(w)) == ((ev % 2, 2), None, 2)
     w.expire(2)
     assert (w.get("a"), len(w)) == (None, 0)
+
+
+def test_staged_origs_finds_refused_rows_in_any_row_group(tmp_path, monkeypatch):
+    """The load reads a staged file without its source rows; a refused row's is read from its row group
+    (refs out of order, groups read again after leaving the two-group cache, a ref not staged: None)."""
+    import orjson
+    import pyarrow.parquet as pq
+
+    from cdp_ingest.pipeline import StagedOrigs, transform_unit
+    from cdp_ingest.readers import read_batches
+
+    rows = [{"id": f"e{i}", "email": f"u{i}@x.io", "ts": str(1761955200 + i)} for i in range(1, 41)]
+    rows[4]["ts"] = "never"  # row 5 rejected: not staged
+    path = tmp_path / "ev.csv"
+    path.write_text("id,email,ts\n" + "".join(f"{r['id']},{r['email']},{r['ts']}\n" for r in rows))
+    mapping = Mapping.from_dict({"kind": "event", "id_column": "id", "identity": ["email"],
+                                 "time": {"column": "ts", "format": "epoch"}, "event_type": {"value": "visit"}})
+
+    t = transform_unit(read_batches(str(path)), Mapper(mapping, unit_key="u", now=NOW).map_row, prefix="p-",
+                       import_id="imp", staged_path=tmp_path / "s.parquet", error_path=tmp_path / "e.csv",
+                       flush_rows=6)
+    assert pq.ParquetFile(t.staged).num_row_groups == 7 and t.accepted == 39
+    reads = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda self, g, **kw: reads.append(g) or real(self, g, **kw))
+    origs = StagedOrigs(t.staged)
+    for ref in (40, 1, 2, 13, 40, 7, 5, 1):
+        got = origs.get(ref)
+        assert (got is None) if ref == 5 else orjson.loads(got) == rows[ref - 1], ref
+    # staged refs by group: 1-4,6,7 | 8-13 | ... | 38-40; two groups cached, the oldest evicted
+    assert reads == [6, 0, 1, 6, 0]

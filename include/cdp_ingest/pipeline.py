@@ -601,6 +601,44 @@ def read_stage(staged_path: str | Path, batch_rows: int = STAGE_ROWS,
         del group
 
 
+class StagedOrigs:
+    """The source rows (``orig``) of a staged file by row number, for the rows the store refuses: the
+    load reads the file without them (their column was ~1 µs of a load's CPU per row, and kept in
+    memory while the row was in flight), and a refused row's row group is read when it is asked for
+    (the last two are kept, refusals come in runs)."""
+
+    def __init__(self, staged_path: str | Path):
+        self.path = staged_path
+        self._groups: list[tuple[Any, Any, int]] | None = None  # (min ref, max ref, row group)
+        self._cache: dict[int, dict[int, bytes]] = {}
+
+    def _ranges(self) -> list[tuple[Any, Any, int]]:
+        if self._groups is None:
+            md = pq.ParquetFile(self.path).metadata
+            at = STAGE_SCHEMA.names.index("ref")
+            self._groups = []
+            for g in range(md.num_row_groups):
+                st = md.row_group(g).column(at).statistics
+                has = st is not None and st.has_min_max
+                self._groups.append((st.min if has else None, st.max if has else None, g))
+        return self._groups
+
+    def get(self, ref: int) -> bytes | None:
+        for lo, hi, g in self._ranges():
+            if lo is not None and not lo <= ref <= hi:
+                continue
+            rows = self._cache.get(g)
+            if rows is None:
+                t = pq.ParquetFile(self.path, pre_buffer=False).read_row_group(g, columns=["ref", "orig"])
+                rows = dict(zip(t.column("ref").to_pylist(), t.column("orig").to_pylist(), strict=True))
+                if len(self._cache) >= 2:
+                    del self._cache[next(iter(self._cache))]
+                self._cache[g] = rows
+            if ref in rows:
+                return rows[ref]
+        return None
+
+
 def staged_kinds(staged_path: str | Path) -> set[str]:
     """The kinds present in a staged file (only its ``kind`` column is read, a row group at a time)."""
     kinds: set[str] = set()
@@ -623,27 +661,24 @@ def load_unit(staged_path: str | Path, store: Store, *, import_id: str, error_pa
     errors = ErrorFileWriter(error_path, columns)
     if Path(error_path).exists():
         Path(error_path).unlink()
-    pending: dict[int, bytes] = {}  # ref -> original row, only for rows whose outcome is not back yet
+    origs = StagedOrigs(staged_path)  # a refused row's source row, read only when one is refused
 
     def handle(outcomes: Iterable[Outcome]) -> None:
         for o in outcomes:
-            orig = pending.pop(o.ref, None)
             if o.status == "failed":
+                orig = origs.get(o.ref)
                 errors.write(orjson.loads(orig) if orig else {}, o.reason or "store rejected the row")
 
     def profiles() -> Iterator[ProfileRow]:
-        for b in read_stage(staged_path):
-            for ref, kind, pid, body, orig in zip(b["ref"], b["kind"], b["id"], b["body"], b["orig"], strict=True):
+        for b in read_stage(staged_path, columns=["ref", "kind", "id", "body"]):
+            for ref, kind, pid, body in zip(b["ref"], b["kind"], b["id"], b["body"], strict=True):
                 if kind == "profile":
-                    pending[ref] = orig
                     yield staged_profile_row(pid, ref, body)
 
     def documents(kind: str) -> Iterator[BulkItem]:
-        for b in read_stage(staged_path):
-            for ref, k, index, doc_id, body, orig in zip(b["ref"], b["kind"], b["index"], b["id"], b["body"],
-                                                         b["orig"], strict=True):
+        for b in read_stage(staged_path, columns=["ref", "kind", "index", "id", "body"]):
+            for ref, k, index, doc_id, body in zip(b["ref"], b["kind"], b["index"], b["id"], b["body"], strict=True):
                 if k == kind:
-                    pending[ref] = orig
                     yield BulkItem(index, doc_id, body, ref)
 
     kinds = staged_kinds(staged_path)
