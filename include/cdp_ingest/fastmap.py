@@ -142,12 +142,14 @@ class FastBatch:
 
     def _list(self, name: str) -> Any:
         v = self._columns[name]
-        if isinstance(v, pa.Array):
+        if isinstance(v, pa.Array | pa.ChunkedArray):
             v = self._columns[name] = v.to_pylist()
         return v
 
     def column(self, name: str) -> pa.Array | None:
         v = self._columns[name]
+        if isinstance(v, pa.ChunkedArray):
+            v = v.combine_chunks()
         if v is None or isinstance(v, pa.Array):
             return v if v is None or v.type == self.TYPES[name] else v.cast(self.TYPES[name])
         return pa.array(v, self.TYPES[name])
