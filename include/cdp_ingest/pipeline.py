@@ -346,16 +346,9 @@ class RowMapper:
             for ref, m, row in self.run(batches):
                 yield (ref, m.kind, *mapped_to_stage_row(m, prefix, import_id, ref), row)
             return
-        row_fn, limit, kind = self.row_fn, self.max_cell_bytes, fast.kind
-        for sb in _slices(batches, FAST_ROWS):
+        kind = fast.kind
+        for sb, bad, fb in self._mapped_slices(fast, batches, prefix, import_id):
             batch = sb.batch
-            self.header = batch.schema.names
-            bad = sb.bad_rows
-            if limit is not None:
-                big = oversized_cells(batch, limit)
-                if big:
-                    bad = {**big, **bad}
-            fb = fast.map_batch(batch, sb.first_row, prefix, import_id, bad) if batch.num_rows else None
             if fb is None:
                 for ref, m, row in self.run([sb]):
                     yield (ref, m.kind, *mapped_to_stage_row(m, prefix, import_id, ref), row)
@@ -367,7 +360,7 @@ class RowMapper:
             if fb.origs is not None:
                 rows._json = fb.origs
             self.rows_in += n
-            accepted = 0
+            accepted = 0  # here; the row function's are counted by _row
             indices, ids, bodies = fb.indices, fb.ids, fb.bodies
             for i, ok in enumerate(fb.ok):
                 ref = first + i
@@ -376,19 +369,27 @@ class RowMapper:
                     yield ref, kind, indices[i], ids[i], bodies[i], LazyRow(rows, i)
                     continue
                 row = slow_rows[i]
-                try:
-                    if i in bad:
-                        raise RowError(bad[i])
-                    m = row_fn(row, ref)
-                except RowError as e:
-                    self.reject(row, str(e))
-                    continue
-                accepted += 1
-                self.kinds.add(m.kind)
-                yield (ref, m.kind, *mapped_to_stage_row(m, prefix, import_id, ref), row)
+                m = self._row(row, ref, bad.get(i))
+                if m is not None:
+                    yield (ref, m.kind, *mapped_to_stage_row(m, prefix, import_id, ref), row)
             self.accepted += accepted
-            if accepted > len(slow_rows):
+            if accepted:
                 self.kinds.add(kind)
+
+    def _mapped_slices(self, fast: Any, batches: Iterable, prefix: str, import_id: str
+                       ) -> Iterator[tuple[Any, dict[int, str], Any]]:
+        """(slice, its bad rows, ``FastBatch`` or None) per ``FAST_ROWS`` slice: the columnar mapping's
+        result (None: it took none of the slice), rows with an oversized cell marked bad first."""
+        limit = self.max_cell_bytes
+        for sb in _slices(batches, FAST_ROWS):
+            batch = sb.batch
+            self.header = batch.schema.names
+            bad = sb.bad_rows
+            if limit is not None:
+                big = oversized_cells(batch, limit)
+                if big:
+                    bad = {**big, **bad}
+            yield sb, bad, fast.map_batch(batch, sb.first_row, prefix, import_id, bad) if batch.num_rows else None
 
     def stage_tables(self, batches: Iterable, prefix: str, import_id: str, flush_rows: int = STAGE_ROWS,
                      flush_bytes: int = STAGE_FLUSH_BYTES) -> Iterator[pa.Table]:
@@ -400,16 +401,9 @@ class RowMapper:
         if fast is None:
             yield from self._row_tables(batches, prefix, import_id, flush_rows, flush_bytes)
             return
-        row_fn, limit, kind = self.row_fn, self.max_cell_bytes, fast.kind
-        for sb in _slices(batches, FAST_ROWS):
+        kind = fast.kind
+        for sb, bad, fb in self._mapped_slices(fast, batches, prefix, import_id):
             batch = sb.batch
-            self.header = batch.schema.names
-            bad = sb.bad_rows
-            if limit is not None:
-                big = oversized_cells(batch, limit)
-                if big:
-                    bad = {**big, **bad}
-            fb = fast.map_batch(batch, sb.first_row, prefix, import_id, bad) if batch.num_rows else None
             if fb is None:
                 yield from self._row_tables([sb], prefix, import_id, flush_rows, flush_bytes)
                 continue
@@ -437,17 +431,9 @@ class RowMapper:
                 rows = dict(zip(slow, batch.take(slow).to_pylist(), strict=True))
                 staged = []
                 for i in slow:
-                    ref, row = first + i, rows[i]
-                    try:
-                        if i in bad:
-                            raise RowError(bad[i])
-                        m = row_fn(row, ref)
-                    except RowError as e:
-                        self.reject(row, str(e))
-                        continue
-                    self.accepted += 1
-                    self.kinds.add(m.kind)
-                    staged.append(_stage_row(ref, m, row, prefix, import_id))
+                    m = self._row(rows[i], first + i, bad.get(i))
+                    if m is not None:
+                        staged.append(_stage_row(first + i, m, rows[i], prefix, import_id))
                 if staged:
                     tables.append(_stage_table(staged))
             if len(tables) == 2:
@@ -471,19 +457,26 @@ class RowMapper:
             yield _stage_table(staged)
 
     def run(self, batches: Iterable) -> Iterator[tuple[int, Mapped, dict[str, Any]]]:
-        row_fn, limit = self.row_fn, self.max_cell_bytes
+        limit = self.max_cell_bytes
         for ref, row, self.header, bad in iter_rows(batches, limit):
             self.rows_in += 1
-            try:
-                if bad is not None:
-                    raise RowError(bad)
-                m = row_fn(row, ref)
-            except RowError as e:
-                self.reject(row, str(e))
-                continue
-            self.accepted += 1
-            self.kinds.add(m.kind)
-            yield ref, m, row
+            m = self._row(row, ref, bad)
+            if m is not None:
+                yield ref, m, row
+
+    def _row(self, row: dict[str, Any], ref: int, bad: str | None) -> Mapped | None:
+        """The row function on one row (``bad``: why the reader already refused it): accepted and counted,
+        or rejected into the error CSV (None)."""
+        try:
+            if bad is not None:
+                raise RowError(bad)
+            m = self.row_fn(row, ref)
+        except RowError as e:
+            self.reject(row, str(e))
+            return None
+        self.accepted += 1
+        self.kinds.add(m.kind)
+        return m
 
     def close(self) -> str | None:
         path = self._errors.close() if self._errors else None
