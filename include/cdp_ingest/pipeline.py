@@ -369,9 +369,9 @@ class RowMapper:
                     yield ref, kind, indices[i], ids[i], bodies[i], LazyRow(rows, i)
                     continue
                 row = slow_rows[i]
-                m = self._row(row, ref, bad.get(i))
-                if m is not None:
-                    yield (ref, m.kind, *mapped_to_stage_row(m, prefix, import_id, ref), row)
+                left = self._row(row, ref, bad.get(i))
+                if left is not None:
+                    yield (ref, left.kind, *mapped_to_stage_row(left, prefix, import_id, ref), row)
             self.accepted += accepted
             if accepted:
                 self.kinds.add(kind)
