@@ -416,9 +416,8 @@ class RowMapper:
                 orig = fb.column("origs")
                 orig = (orig if orig is not None else _BatchRows(batch).json_array()).filter(mask)
                 if orig.null_count:  # rows the Arrow JSON left to orjson
-                    at = [i for i, ok in enumerate(fb.ok) if ok]
-                    orig = pa.array([v if v is not None else orjson.dumps(batch.slice(at[j], 1).to_pylist()[0],
-                                                                           default=str)
+                    at, source = [i for i, ok in enumerate(fb.ok) if ok], _BatchRows(batch)
+                    orig = pa.array([v if v is not None else orjson.dumps(LazyRow(source, at[j]).as_dict(), default=str)
                                      for j, v in enumerate(orig.to_pylist())], pa.binary())
                 k = n - len(slow)
                 tables.append(pa.table([pa.array(range(first, first + n), pa.int64()).filter(mask),
