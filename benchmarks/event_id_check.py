@@ -4,7 +4,8 @@
 
 Runs the events engine exactly as ``bulk_import.py``'s variant (d) (streamed, from the generated CSV,
 each run in its own process on empty indices) alternately with the cross-month id check (the code as
-it is) and without it (``Store._find_events`` / ``Store._claim`` patched to the old create + 409 path),
+it is) and without it (``Store._find_events`` / ``Store._claim`` / ``Store._claim_ids`` patched to the old
+create + 409 path),
 so both see the same machine load, after one warm-up run (printed, not a result). Prints one JSON
 line per run: rows/s and the documents in the store (with the check = the unique good ids; without
 it, more: ids repeated in another month).
@@ -28,8 +29,9 @@ def child(mode: str, url: str, prefix: str, csv_path: str, work: str) -> None:
     from cdp_ingest.store import Store
 
     if mode in ("off", "warm-up"):
-        Store._find_events = lambda self, ids, exclude=None: {}  # type: ignore[method-assign]
-        Store._claim = lambda self, chunk, window, seq, wm: (chunk, [], {}, 0)  # type: ignore[method-assign]
+        Store._find_events = lambda self, ids, months=None: {}  # type: ignore[method-assign]
+        Store._claim = lambda self, chunk, *a: (chunk, [], {}, 0)  # type: ignore[method-assign]
+        Store._claim_ids = lambda self, chunk, import_id: (chunk, [], 0)  # type: ignore[method-assign]
     import bulk_import
 
     t0 = time.perf_counter()

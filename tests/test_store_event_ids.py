@@ -5,6 +5,7 @@ import's retry (its own earlier writes count as loaded, repeats in other months 
 from __future__ import annotations
 
 import itertools
+import threading
 from datetime import UTC, datetime
 
 import orjson
@@ -16,7 +17,7 @@ from cdp_ingest.ledger import Ledger, SourceUnit
 from cdp_ingest.mapping import Mapper, Mapping
 from cdp_ingest.pipeline import begin_unit, load_unit, transform_unit
 from cdp_ingest.readers import read_batches
-from cdp_ingest.store import PAUSE_META, BulkItem, LoadStats, Store, make_client
+from cdp_ingest.store import CLAIM_LEASE, PAUSE_META, BulkItem, LoadStats, Store, make_client
 
 pytestmark = pytest.mark.services
 _prefixes = itertools.count()
@@ -79,8 +80,7 @@ def test_a_second_load_sees_ids_stored_in_other_months(store):
 
 def test_chunks_in_flight_and_a_small_window_still_give_one_document_per_id(store):
     """Two bulk threads with chunks of 4, ids repeating 1-3 chunks later in another month (so the first
-    copy is often still in flight), and a window of 16 ids, so most repeats are found by the ids query
-    after the load's own refresh rather than in the window."""
+    copy is often still in flight: the window refuses it; once its chunk is back, the id's claim does)."""
     store.id_window = 16
     months = ["2025-11", "2025-12", "2026-01", "2026-02"]
     items, ref = [], itertools.count(1)
@@ -96,6 +96,127 @@ def test_chunks_in_flight_and_a_small_window_still_give_one_document_per_id(stor
     assert sum(o.status == "duplicate" for o in out) == len(items) - 150
     docs = _docs(store)
     assert len(docs) == 150 and all(docs[f"u{i}"] == [months[i % 4]] for i in range(150))
+
+
+def _racing(store, barrier: threading.Barrier) -> Store:
+    """A Store on the same prefix whose event bulk requests wait for another load's (up to 2 s): each has
+    checked its chunk's ids before either writes it, the moment two loads at the same time can race."""
+    other = Store(store.client, prefix=store.prefix,
+                  chunk_docs=store.chunk_docs, concurrency=2, backoff=0.01)
+    send = other._send_bulk
+
+    def held(payload):
+        if not isinstance(payload, bytes) or b"import-event-ids" not in payload[:200]:
+            try:
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                barrier.reset()
+        return send(payload)
+    other._send_bulk = held  # type: ignore[method-assign]
+    return other
+
+
+@pytest.mark.parametrize("chunk_docs", [100, 4])
+def test_loads_at_the_same_time_with_one_id_in_different_months_store_it_once(store, chunk_docs):
+    """Three loads started together, each with its own month (across a year boundary) and ids
+    overlapping the others'; every event bulk request waits for another load's. One document per id,
+    and the three loads' accounting adds up: loaded = unique ids, the rest duplicates."""
+    store.chunk_docs = chunk_docs
+    barrier = threading.Barrier(2, timeout=2)
+    plans = {"imp-a": ("2025-12", range(0, 40)), "imp-b": ("2026-01", range(20, 60)),
+             "imp-c": ("2024-06", range(10, 70, 2))}
+    results: dict[str, list] = {}
+
+    def run(import_id: str) -> None:
+        month, ids = plans[import_id]
+        s = _racing(store, barrier)
+        results[import_id] = list(s.bulk_load([_item(s, f"x{i}", month, ref, import_id)
+                                               for ref, i in enumerate(ids, 1)], import_id=import_id))
+    threads = [threading.Thread(target=run, args=(k,)) for k in plans]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert set(results) == set(plans)
+    for k, out in results.items():
+        assert sorted(o.ref for o in out) == list(range(1, len(plans[k][1]) + 1))
+        assert {o.status for o in out} <= {"loaded", "duplicate"}
+    docs = _docs(store)
+    unique = set().union(*(set(ids) for _, ids in plans.values()))
+    assert sorted(docs) == sorted(f"x{i}" for i in unique)
+    assert all(len(v) == 1 for v in docs.values()), {k: v for k, v in docs.items() if len(v) > 1}
+    loaded = [o for out in results.values() for o in out if o.status == "loaded"]
+    assert sorted(o.id for o in loaded) == sorted(docs)
+    for k, out in results.items():  # each loaded row's document is in its load's month
+        assert all(docs[o.id] == [plans[k][0]] for o in out if o.status == "loaded")
+
+
+def _claim(store, doc_id: str) -> dict:
+    return store._request("GET", f"/{store.index('claims')}/_doc/{doc_id}")["_source"]
+
+
+def test_a_claim_without_its_document_is_taken_over_only_once_its_lease_ran_out(store):
+    """Claims left by loads that died between claim and write (no document): another import's young claim
+    makes the row a duplicate (its load may still write it), a stale one is taken over and written, this
+    row's own claim (an earlier attempt) is written; a stale claim whose document exists stays a duplicate."""
+    now = store._clock()
+    claims = store.index("claims")
+    for doc_id, src in {"young": {"m": "2025-10", "i": "imp-0", "r": 1, "t": int(now) - 60},
+                        "stale": {"m": "2025-10", "i": "imp-0", "r": 2, "t": int(now) - CLAIM_LEASE - 60},
+                        "stored": {"m": "2025-10", "i": "imp-0", "r": 3, "t": int(now) - CLAIM_LEASE - 60},
+                        "mine": {"m": "2025-12", "i": "imp-1", "r": 4, "t": int(now) - 60}}.items():
+        store._request("PUT", f"/{claims}/_doc/{doc_id}", body=src)
+    store._request("PUT", f"/{store.prefix}event-2025-10/_doc/stored", body={"id": "stored"},
+                   params={"refresh": "true"})
+    rows = ["young", "stale", "stored", "mine", "new"]
+    out = {o.id: o.status for o in store.bulk_load([_item(store, i, "2025-12", ref) for ref, i in
+                                                    enumerate(rows, 1)], import_id="imp-1")}
+    assert out == {"young": "duplicate", "stale": "loaded", "stored": "duplicate", "mine": "loaded",
+                   "new": "loaded"}
+    assert _docs(store) == {"stale": ["2025-12"], "stored": ["2025-10"], "mine": ["2025-12"], "new": ["2025-12"]}
+    assert (_claim(store, "stale")["i"], _claim(store, "stale")["r"]) == ("imp-1", 2)
+    assert _claim(store, "young")["i"] == "imp-0" and _claim(store, "new")["m"] == "2025-12"
+
+
+def test_an_event_the_store_refuses_gives_its_claim_back(store):
+    """A document refused by the store (a time that is not a date) frees its id: the corrected row,
+    imported again by another import in another month, is loaded."""
+    bad = BulkItem(f"{store.prefix}event-2025-11", "x", orjson.dumps(
+        {"id": "x", "metadata": {"time": {"insert": "not a date"}}}), 1)
+    out = list(store.bulk_load([bad, _item(store, "y", "2025-11", 2)], import_id="imp-1"))
+    assert sorted((o.id, o.status) for o in out) == [("x", "failed"), ("y", "loaded")]
+    assert "not a date" in next(o.reason for o in out if o.id == "x")
+    found = store._request("GET", f"/{store.index('claims')}/_doc/x", ok_statuses=(404,))
+    assert found["found"] is False and _claim(store, "y")["m"] == "2025-11"
+    out = list(store.bulk_load([_item(store, "x", "2025-12", 1, "imp-2")], import_id="imp-2"))
+    assert [o.status for o in out] == ["loaded"] and _docs(store) == {"x": ["2025-12"], "y": ["2025-11"]}
+
+
+def test_a_month_a_load_created_is_not_searched_by_the_next_create_load(store):
+    """A past month created by a load holds only claimed events: the next create load does not search it
+    (its claims answer); a month created otherwise (here: before any load) is still searched."""
+    store._request("PUT", f"/{store.prefix}event-2024-01/_doc/old", body={"id": "old"}, params={"refresh": "true"})
+    assert [o.status for o in store.bulk_load([_item(store, "a", "2025-11", 1)], import_id="imp-1")] == ["loaded"]
+    searched: list[str] = []
+    find = store._find_events
+    store._find_events = lambda ids, months=None: searched.append(",".join(sorted(months or ["*"]))) or find(
+        ids, months)
+    out = list(store.bulk_load([_item(store, "a", "2025-12", 1, "imp-2"), _item(store, "old", "2025-12", 2, "imp-2"),
+                                _item(store, "b", "2025-12", 3, "imp-2")], import_id="imp-2"))
+    assert sorted((o.id, o.status) for o in out) == [("a", "duplicate"), ("b", "loaded"), ("old", "duplicate")]
+    assert searched == [f"{store.prefix}event-2024-01"]
+    assert _docs(store) == {"old": ["2024-01"], "a": ["2025-11"], "b": ["2025-12"]}
+
+
+def test_an_overwrite_moves_the_claim_and_a_later_create_load_sees_it(store):
+    assert {o.status for o in store.bulk_load([_item(store, "x", "2025-11", 1)], import_id="imp-1")} == {"loaded"}
+    assert _claim(store, "x")["m"] == "2025-11"
+    out = list(store.bulk_load([_item(store, "x", "2026-01", 1, "imp-2")], import_id="imp-2",
+                               write_mode="overwrite"))
+    assert [o.status for o in out] == ["updated"]
+    assert _claim(store, "x")["m"] == "2026-01" and _docs(store) == {"x": ["2026-01"]}
+    out = list(store.bulk_load([_item(store, "x", "2024-05", 1, "imp-3")], import_id="imp-3"))
+    assert [o.status for o in out] == ["duplicate"] and _docs(store) == {"x": ["2026-01"]}
 
 
 def test_retry_of_a_crashed_import_counts_its_own_writes_as_loaded(store, tmp_path):

@@ -12,15 +12,23 @@ Design (measured in benchmarks/bulk_import.py):
 - Events and sessions use ``create``: a second copy of an id is refused by the server (409) and
   counted as a duplicate. A 409 whose stored copy carries the same ``import_id`` and row was written
   by an earlier attempt of this very import (a retry after a crash) and counts as loaded.
-- One document per event id across all monthly indices: before a chunk of events is sent, one ``ids``
-  query over ``<prefix>event-*`` finds the chunk's ids that are already stored (in any month; in
-  ``create`` mode only the other months are searched, the chunk's own month answers the create with a
-  409, and no search is made while no other month exists), and an
-  in-load window holds the ids this load has sent but a search may not see yet (until the window is
-  full, the load refreshes what it wrote and forgets what is visible). An id stored in another month
-  is a duplicate, not a second document; one stored by this import's earlier attempt (same
-  ``import_id`` and row) counts as loaded. Two loads running at the same time with the same id in
-  different months are not coordinated (each checks what is stored when its chunk is sent).
+- One document per event id across all monthly indices, also between loads running at the same time:
+  before a chunk of events is written, every id in it is claimed with a ``create`` in one index,
+  ``<prefix>import-event-ids`` (``{"m": month, "i": import_id, "r": row, "t": time}``), which the
+  server makes atomic per id whatever the month. A claim held by another row makes the row a
+  duplicate; this row's own claim (an earlier attempt of a retried import) lets it be written, and
+  the ``create`` then finds or writes its copy. An ``ids`` query over the months that were stored
+  when the load started (not the chunk's own month, which answers the ``create`` itself) finds copies
+  written without a claim (before claims existed, or by a live collector). Within a load, an id
+  window holds the ids of the chunks in flight, so the first row in file order wins. A claim whose
+  document does not exist after ``CLAIM_LEASE`` (its load died between claim and write and was not
+  retried) is taken over, conditionally on its ``_seq_no``. Claims cost the node ~12-15 µs per event
+  (a 60-byte document); they replace the search of the months the load itself writes, which grew with
+  them (at 1M events ~7 µs per event and rising).
+- Overwrite mode searches every month for the id (its old copy is deleted once the new one is
+  written) and remembers the ids it sent until a refresh has made them searchable (``id_window``:
+  past that many, it refreshes what it wrote and forgets what is visible); the written events' claims
+  then say their new month. Overwrite loads are not coordinated with loads running at the same time.
 - Every month index a load writes to first is created (PUT) before its first chunk is sent: left to
   the bulk request, a new month answered another chunk's id search made meanwhile with 503 until its
   shard had started. One that is a past month (not the current UTC month or one within two days of
@@ -74,6 +82,10 @@ MAX_DOCUMENT_BYTES = 4 << 20
 MAX_CELL_BYTES = 1 << 20
 FILTER_PATH = "errors,items.*.status,items.*.error.type,items.*.error.reason"
 WRITE_MODES = ("create", "overwrite")
+_INDEX_NAMES = {"ledger": "import-ledger", "claims": "import-event-ids"}  # kinds not named as themselves
+# A claim whose event does not exist is left to its load this long (seconds; a chunk writes within a few
+# minutes even through the retries' backoff); past it, another load may take it over (Store._claim_ids).
+CLAIM_LEASE = 900.0
 PAYLOAD_BLOCK = 64  # documents per block of a bulk body (~50 KB: below glibc's mmap threshold)
 
 
@@ -187,6 +199,8 @@ def _mappings(flavor: str) -> dict[str, dict]:
             "aux": bag, "device": bag, "os": bag, "app": bag, "utm": bag, "hit": bag, "data": bag,
             "request": bag, "config": bag,
         }},
+        # One claim per event id (see Store._claim_ids): nothing indexed but the _id, the source read back.
+        "claims": {"dynamic": False, "properties": {}},
         "ledger": {"dynamic": False, "properties": {
             "unit_id": kw, "import_id": kw, "source": kw, "path": kw, "kind": kw, "status": kw,
             "size": {"type": "long"}, "checksum": kw, "started": date, "finished": date,
@@ -227,22 +241,24 @@ class Store:
         self.max_backoff = max_backoff
         self.max_document_bytes = max_document_bytes
         self.max_cell_bytes = max_cell_bytes
-        self.id_window = id_window  # event ids a load remembers before it refreshes (see module doc)
+        self.id_window = id_window  # overwrite: event ids a load remembers before it refreshes (module doc)
         self.pause_refresh = pause_refresh  # months the load creates: automatic refresh off while it runs
         self._sleep = sleep
         self._clock = clock
         self._lock = threading.Lock()
-        self._event_indices: set[str] = set()  # event indices that exist (create mode's id check)
+        self._event_indices: set[str] = set()  # event indices that exist (created before the first write)
+        self._stored_months: frozenset[str] = frozenset()  # the ones at the load's start (create mode's search)
         self._retries = 0  # cumulative retries (requests and items), read into LoadStats
 
     # ---- names and templates ---------------------------------------------------------------------
     def index(self, kind: str) -> str:
-        return f"{self.prefix}{kind}" if kind != "ledger" else f"{self.prefix}import-ledger"
+        return f"{self.prefix}{_INDEX_NAMES.get(kind, kind)}"
 
     def ensure_templates(self, shards: int = 1, replicas: int = 0) -> None:
         """Create/refresh composable index templates for every index family (idempotent)."""
         patterns = {"profile": self.index("profile"), "session": self.index("session"),
-                    "event": f"{self.prefix}event-*", "ledger": self.index("ledger")}
+                    "event": f"{self.prefix}event-*", "ledger": self.index("ledger"),
+                    "claims": self.index("claims")}
         for kind, mapping in _mappings(self.flavor).items():
             body = {"index_patterns": [patterns[kind]], "priority": 200,
                     "template": {"settings": {"number_of_shards": shards, "number_of_replicas": replicas,
@@ -309,8 +325,9 @@ class Store:
                                params={"h": "index", "format": "json", "expand_wildcards": "open,closed"})
         with self._lock:  # the months stored when the load starts; _claim adds the ones it writes to
             self._event_indices = {row["index"] for row in listed or [] if isinstance(row, dict)}
-        if self._event_indices:
-            _Paused.recover(self)
+        claimed = _Paused.recover(self) if self._event_indices else set()
+        with self._lock:  # searched for copies written without a claim (create mode)
+            self._stored_months = frozenset(self._event_indices - claimed)
         paused = _Paused(self)
         try:
             yield from self._bulk_load(items, import_id, stats, write_mode, window, paused)
@@ -332,6 +349,7 @@ class Store:
         # main loop it stalled the load ~0.3 s per refresh); once it is back, the ids of the chunks that
         # had finished when it started are searchable and are forgotten.
         refreshing: tuple[Future, int] | None = None
+        overwrite = write_mode == "overwrite"
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="bulk") as pool, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh") as refresher:
             for seq, chunk in enumerate(self._chunks(items, too_big), 1):
@@ -353,11 +371,13 @@ class Store:
                 while len(pending) > self.concurrency:
                     window.done, fut = pending.popleft()
                     yield from self._collect(fut, stats)
+                    if not overwrite:  # its ids are claimed: a later copy is refused by the claim
+                        window.expire()
                 if refreshing is not None and refreshing[0].done():
                     refreshing[0].result()
                     window.expire(refreshing[1])
                     kept, refreshing = len(window), None
-                if refreshing is None and len(window) > kept + self.id_window:
+                if overwrite and refreshing is None and len(window) > kept + self.id_window:
                     # what finished is made searchable, then forgotten
                     refreshing = (refresher.submit(self.refresh, set(window.indices)), window.done)
                 paused.renew()
@@ -409,12 +429,12 @@ class Store:
     def _event_prefix(self) -> str:
         return f"{self.prefix}event-"
 
-    def _find_events(self, ids: list[str], exclude: str | None = None) -> dict[str, list[tuple[str, dict]]]:
-        """id → [(index, metadata.aux.cdp)] of the stored events with these ids, in any month (but the
-        ``exclude`` index)."""
+    def _find_events(self, ids: list[str], months: Iterable[str] | None = None) -> dict[str, list[tuple[str, dict]]]:
+        """id → [(index, metadata.aux.cdp)] of the stored events with these ids, in any month (or in
+        ``months``)."""
         found: dict[str, list[tuple[str, dict]]] = {}
         unique = list(dict.fromkeys(ids))
-        target = f"{self._event_prefix}*" + (f",-{exclude}" if exclude else "")
+        target = f"{self._event_prefix}*" if months is None else ",".join(sorted(months))
         for start in range(0, len(unique), 4000):
             part = unique[start:start + 4000]
             body = {"size": 2 * len(part), "track_total_hits": False, "query": {"ids": {"values": part}},
@@ -493,17 +513,18 @@ class Store:
             event_ids = [it.id for it in chunk if it.index.startswith(events)]
             found = self._find_events(event_ids) if event_ids else {}
             requests += bool(event_ids)
-        else:  # create: a copy in the same month answers the write itself (409), so only other months
+        else:  # create: the id's claim finds what loads wrote (below); the search finds a copy written
+            # otherwise (before claims, or by a live collector) in the months stored when the load started.
+            # A copy in the chunk's own month answers the write itself (409), so only the other months.
             by_index: dict[str, list[str]] = {}
             for it in chunk:
                 if it.index.startswith(events):
                     by_index.setdefault(it.index, []).append(it.id)
             found = {}
-            with self._lock:
-                known = set(self._event_indices)
             for ix, ids in by_index.items():
-                if known - {ix}:  # no other month exists (that this load knows of): nothing to find
-                    found.update(self._find_events(ids, exclude=ix))
+                months = self._stored_months - {ix}
+                if months:
+                    found.update(self._find_events(ids, months))
                     requests += 1
         if found:  # stored already (any month): this import's own earlier write, or a duplicate
             unsent: list[BulkItem] = []
@@ -521,12 +542,21 @@ class Store:
                     mine = any(ix == it.index and _is_own(cdp, import_id, it.ref) for ix, cdp in copies)
                     outcomes.append(Outcome(it.ref, "loaded" if mine else "duplicate", id=it.id))
             chunk = unsent
+        if not overwrite:
+            chunk, refused, n = self._claim_ids(chunk, import_id)
+            outcomes += refused
+            requests += n
 
         def written(it: BulkItem, st: int) -> Outcome:
             if overwrite and it.ref not in own and (st == 200 or it.ref in existed or it.ref in replaces):
                 return Outcome(it.ref, "updated", id=it.id)
             return Outcome(it.ref, "loaded", id=it.id)
 
+        claimed: list[BulkItem] = []  # create: the events claimed for this chunk
+        if overwrite:  # the claims say where each event is now (before it is: a claim is never missing)
+            requests += self._record_ids([it for it in chunk if it.index.startswith(events)], import_id)
+        else:
+            claimed = [it for it in chunk if it.index.startswith(events)]
         while chunk:
             resp = self._send_bulk(self._payload(chunk))
             requests += 1
@@ -560,11 +590,163 @@ class Store:
         if conflicts:
             outcomes.extend(self._resolve_conflicts(conflicts, import_id))
             requests += 1
+        if claimed:  # an event the store refused gives its claim back (a corrected row may come)
+            failed = {(o.ref, o.id) for o in outcomes if o.status == "failed"}
+            requests += self._release_claims([it for it in claimed if (it.ref, it.id) in failed])
         if replaces:
             stale = [(ix, o.id) for o in outcomes if o.status in ("loaded", "updated") and o.ref in replaces
                      for ix in sorted(replaces[o.ref])]
             requests += self._delete_copies(stale)
         return outcomes, requests
+
+    def _claim_body(self, items: list[BulkItem], import_id: str | None, op: bytes = b"create",
+                    cas: dict[int, tuple[int, int]] | None = None) -> bytes:
+        """Bulk lines claiming ``items``' ids: ``{"m": month, "i": import, "r": row, "t": epoch s}``;
+        ``cas`` (item position → seq_no, primary_term) makes a write conditional."""
+        head = b'{"%s":{"_index":"%s","_id":' % (op, self.index("claims").encode())
+        imp, now, cut = orjson.dumps(import_id), int(self._clock()), len(self._event_prefix)
+        cas = cas or {}
+        return b"".join(
+            b'%s%s%s}}\n{"m":"%s","i":%s,"r":%d,"t":%d}\n' % (
+                head, orjson.dumps(it.id),
+                b',"if_seq_no":%d,"if_primary_term":%d' % cas[k] if k in cas else b"",
+                it.index[cut:].encode(), imp, it.ref, now)
+            for k, it in enumerate(items))
+
+    def _claim_ids(self, chunk: list[BulkItem], import_id: str | None) -> tuple[list[BulkItem], list[Outcome], int]:
+        """Create mode: claim every event id of ``chunk`` before its document is written (``create`` in
+        ``<prefix>import-event-ids``, atomic per id whatever the month): a claim made by another row is
+        a duplicate, even by a load running at the same time. Returns what to write, the outcomes of the
+        rest and the requests made.
+
+        An id claimed already is written only when the claim is this import's own from the same row (an
+        earlier attempt: the create then finds its copy or writes it). A claim older than
+        ``CLAIM_LEASE`` whose document does not exist (its load died between claim and write and was
+        not retried) is taken over, conditionally on its sequence number, so only one load takes it."""
+        events = self._event_prefix
+        todo = [it for it in chunk if it.index.startswith(events)]
+        if not todo:
+            return chunk, [], 0
+        drop: set[int] = set()  # id() of the items not to write
+        outcomes: list[Outcome] = []
+        requests = attempt = 0
+        takeover: dict[int, tuple[int, int]] = {}
+        while todo:
+            resp = self._send_bulk(self._claim_body(todo, import_id, b"index" if takeover else b"create", takeover))
+            requests += 1
+            if not resp.get("errors"):
+                break
+            again: list[BulkItem] = []
+            taken: list[BulkItem] = []
+            for it, result in zip(todo, resp["items"], strict=True):
+                r = next(iter(result.values()))
+                st = r.get("status", 500)
+                if st < 300:
+                    continue
+                if st == 409:
+                    taken.append(it)
+                elif st in RETRY_STATUSES:
+                    again.append(it)
+                else:
+                    err = r.get("error") or {}
+                    drop.add(id(it))
+                    outcomes.append(Outcome(it.ref, "failed", f"store refused the event id's claim: {err.get('type')}: "
+                                                              f"{_short(err.get('reason'))}", id=it.id))
+            if taken and not takeover:  # claimed already: by whom?
+                retake, n = self._settle_claims(taken, import_id, drop, outcomes)
+                requests += n
+            else:  # a takeover lost to another one (or nothing taken): settled as duplicates below
+                retake = {}
+                for it in taken:
+                    drop.add(id(it))
+                    outcomes.append(Outcome(it.ref, "duplicate", id=it.id))
+            attempt += 1
+            if again and attempt > self.max_retries:
+                for it in again:
+                    drop.add(id(it))
+                    outcomes.append(Outcome(it.ref, "failed", "store kept rejecting the event id's claim "
+                                                              "(HTTP 429/5xx)", id=it.id))
+                again = []
+            if again:  # (ids to take over are claimed afresh with them: a create re-reads who holds them)
+                with self._lock:
+                    self._retries += 1
+                self._sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+                todo, takeover = again + [it for it, _ in retake.values()], {}
+            elif retake:
+                todo = [it for it, _ in retake.values()]
+                takeover = {k: cas for k, (_, cas) in enumerate(retake.values())}
+            else:
+                todo = []
+        if not drop:
+            return chunk, outcomes, requests
+        return [it for it in chunk if id(it) not in drop], outcomes, requests
+
+    def _settle_claims(self, items: list[BulkItem], import_id: str | None, drop: set[int],
+                       outcomes: list[Outcome]) -> tuple[dict[int, tuple[BulkItem, tuple[int, int]]], int]:
+        """Ids whose claim exists: this row's own claim is written; another's is a duplicate, unless it
+        is older than ``CLAIM_LEASE`` and its document does not exist (returned to be taken over, with the
+        claim's seq_no / primary_term)."""
+        resp = self._request("POST", "/_mget", body={"docs": [{"_index": self.index("claims"), "_id": it.id}
+                                                               for it in items]})
+        now = self._clock()
+        stale: list[tuple[BulkItem, dict, tuple[int, int]]] = []
+        for it, d in zip(items, resp["docs"], strict=True):
+            src = d.get("_source") or {}
+            if import_id is not None and src.get("i") == import_id and src.get("r") == it.ref:
+                continue  # this row's claim (an earlier attempt): written, a stored copy answers 409
+            if d.get("found") and now - float(src.get("t") or 0) > CLAIM_LEASE:
+                stale.append((it, src, (d["_seq_no"], d["_primary_term"])))
+                continue
+            drop.add(id(it))
+            outcomes.append(Outcome(it.ref, "duplicate", id=it.id))
+        if not stale:
+            return {}, 1
+        # its document where the claim says (read in real time), or anywhere a search sees one (an
+        # overwrite that died between its claim and its write left the copy in the old month)
+        docs = [{"_index": f"{self._event_prefix}{src.get('m')}", "_id": it.id, "_source": False}
+                for it, src, _ in stale]
+        found = self._request("POST", "/_mget", body={"docs": docs})["docs"]
+        elsewhere = self._find_events([it.id for it, _, _ in stale])
+        retake: dict[int, tuple[BulkItem, tuple[int, int]]] = {}
+        for (it, _, cas), d in zip(stale, found, strict=True):
+            if d.get("found") or it.id in elsewhere:
+                drop.add(id(it))
+                outcomes.append(Outcome(it.ref, "duplicate", id=it.id))
+            else:
+                retake[id(it)] = (it, cas)
+        return retake, 3
+
+    def _record_ids(self, items: list[BulkItem], import_id: str | None) -> int:
+        """Overwrite mode: the claims of the events about to be written say their new month (last write
+        wins)."""
+        return self._bulk_retried(lambda part, imp: self._claim_body(part, imp, b"index"), items, import_id,
+                                  what="claims of events to overwrite")
+
+    def _release_claims(self, items: list[BulkItem]) -> int:
+        """Delete this chunk's claims of events the store refused."""
+        head = b'{"delete":{"_index":"%s","_id":' % self.index("claims").encode()
+        return self._bulk_retried(lambda part, _: b"".join(b"%s%s}}\n" % (head, orjson.dumps(it.id)) for it in part),
+                                  items, None, what="claims of refused events")
+
+    def _bulk_retried(self, body: Callable[..., bytes], items: list[BulkItem], import_id: str | None,
+                      what: str) -> int:
+        """Send ``body(items, import_id)``; items answered 429/5xx are sent again (backoff), others are
+        done (a 404 on delete is fine). Returns the requests made."""
+        requests = 0
+        for attempt in range(self.max_retries + 1):
+            if not items:
+                break
+            resp = self._send_bulk(body(items, import_id))
+            requests += 1
+            if not resp.get("errors"):
+                return requests
+            items = [it for it, result in zip(items, resp["items"], strict=True)
+                     if next(iter(result.values())).get("status", 500) in RETRY_STATUSES]
+            if items and attempt < self.max_retries:
+                self._sleep(min(self.max_backoff, self.backoff * 2 ** attempt))
+        if items:
+            log.warning("the %s: %s could not be written", what, len(items))
+        return requests
 
     def _delete_copies(self, targets: list[tuple[str, str | None]]) -> int:
         """Delete the copies an overwrite replaced in other months (a missing one is fine)."""
@@ -794,6 +976,9 @@ def _is_own(cdp: dict, import_id: str | None, ref: int) -> bool:
 
 
 PAUSE_META = "cdp_ingest_refresh_paused"  # the lease a load keeps on a month whose refresh it paused
+# A past month created by a load (live collectors do not write to it): its events were all claimed, so a
+# create-mode load does not search it for copies written without a claim (Store._claim_ids).
+CLAIMED_META = "cdp_ingest_claimed"
 
 
 class _Paused:
@@ -810,22 +995,24 @@ class _Paused:
         self._live: set[str] | None = None
 
     @classmethod
-    def recover(cls, store: Store) -> None:
+    def recover(cls, store: Store) -> set[str]:
         """Months left with their refresh off by a load that was killed (its lease ran out): refresh them
-        and restore the setting, so what it wrote becomes searchable."""
+        and restore the setting, so what it wrote becomes searchable. Returns the months a load created
+        (``CLAIMED_META``: every event in them was claimed)."""
         resp = store._request("GET", f"/{store._event_prefix}*/_mapping", ok_statuses=(404,),
-                              params={"filter_path": f"*.mappings._meta.{PAUSE_META}", "ignore_unavailable": "true",
+                              params={"filter_path": "*.mappings._meta", "ignore_unavailable": "true",
                                       "allow_no_indices": "true"})
         now = store._clock()
-        stale = sorted(ix for ix, m in (resp or {}).items() if isinstance(m, dict)
-                       and 0 < float(((m.get("mappings") or {}).get("_meta") or {}).get(PAUSE_META, {}).get("until", 0))
-                       < now)
+        metas = {ix: (m.get("mappings") or {}).get("_meta") or {} for ix, m in (resp or {}).items()
+                 if isinstance(m, dict)}
+        stale = sorted(ix for ix, meta in metas.items() if 0 < float(meta.get(PAUSE_META, {}).get("until", 0)) < now)
         if stale:
             log.warning("refresh of %s was left paused by a load that did not finish: restoring it", ", ".join(stale))
             cls(store, set(stale)).resume()
+        return {ix for ix, meta in metas.items() if meta.get(CLAIMED_META) is True}
 
     def _meta(self, until: float) -> dict:
-        return {"_meta": {PAUSE_META: {"until": until}}}
+        return {"_meta": {PAUSE_META: {"until": until}, CLAIMED_META: True}}
 
     def _live_months(self) -> set[str]:
         """The months live collectors write to now: this UTC month, and the next/last one near its ends."""
@@ -843,9 +1030,13 @@ class _Paused:
         st = self.store
         if self._live is None:
             self._live = self._live_months()
-        paused = st.pause_refresh and index not in self._live
-        body = ({"settings": {"index.refresh_interval": "-1"}, "mappings": self._meta(st._clock() + self.LEASE)}
-                if paused else None)
+        live = index in self._live  # live collectors write to it: its events are not all claimed
+        paused = st.pause_refresh and not live
+        body: dict | None = None
+        if not live:
+            body = {"mappings": self._meta(st._clock() + self.LEASE if paused else 0)}
+            if paused:
+                body["settings"] = {"index.refresh_interval": "-1"}
         resp = st._request("PUT", f"/{index}", body=body, ok_statuses=(400,))
         if isinstance(resp, dict) and resp.get("error"):
             if "already_exists" not in str((resp["error"] or {}).get("type", "")):
