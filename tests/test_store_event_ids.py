@@ -106,7 +106,7 @@ def _racing(store, barrier: threading.Barrier) -> Store:
     send = other._send_bulk
 
     def held(payload):
-        if not isinstance(payload, bytes) or b"import-event-ids" not in payload[:200]:
+        if b"import-event-ids" not in (payload if isinstance(payload, bytes) else payload[0])[:200]:
             try:
                 barrier.wait()
             except threading.BrokenBarrierError:

@@ -600,18 +600,23 @@ class Store:
         return outcomes, requests
 
     def _claim_body(self, items: list[BulkItem], import_id: str | None, op: bytes = b"create",
-                    cas: dict[int, tuple[int, int]] | None = None) -> bytes:
+                    cas: dict[int, tuple[int, int]] | None = None) -> Blocks:
         """Bulk lines claiming ``items``' ids: ``{"m": month, "i": import, "r": row, "t": epoch s}``;
         ``cas`` (item position → seq_no, primary_term) makes a write conditional."""
         head = b'{"%s":{"_index":"%s","_id":' % (op, self.index("claims").encode())
-        imp, now, cut = orjson.dumps(import_id), int(self._clock()), len(self._event_prefix)
-        cas = cas or {}
-        return b"".join(
-            b'%s%s%s}}\n{"m":"%s","i":%s,"r":%d,"t":%d}\n' % (
-                head, orjson.dumps(it.id),
-                b',"if_seq_no":%d,"if_primary_term":%d' % cas[k] if k in cas else b"",
-                it.index[cut:].encode(), imp, it.ref, now)
-            for k, it in enumerate(items))
+        tail = b',"i":%s,"t":%d}\n' % (orjson.dumps(import_id), int(self._clock()))
+        months: dict[str, bytes] = {}
+        cut, dumps, parts = len(self._event_prefix), orjson.dumps, []
+        for k, it in enumerate(items):
+            m = months.get(it.index)
+            if m is None:
+                m = months[it.index] = b'}}\n{"m":"%s","r":' % it.index[cut:].encode()
+            if cas and k in cas:
+                parts.append(b'%s%s,"if_seq_no":%d,"if_primary_term":%d%s%d%s' % (head, dumps(it.id), *cas[k], m,
+                                                                                  it.ref, tail))
+            else:
+                parts.append(b"%s%s%s%d%s" % (head, dumps(it.id), m, it.ref, tail))
+        return Blocks(b"".join(parts[k:k + PAYLOAD_BLOCK]) for k in range(0, len(parts), PAYLOAD_BLOCK))
 
     def _claim_ids(self, chunk: list[BulkItem], import_id: str | None) -> tuple[list[BulkItem], list[Outcome], int]:
         """Create mode: claim every event id of ``chunk`` before its document is written (``create`` in
@@ -728,7 +733,7 @@ class Store:
         return self._bulk_retried(lambda part, _: b"".join(b"%s%s}}\n" % (head, orjson.dumps(it.id)) for it in part),
                                   items, None, what="claims of refused events")
 
-    def _bulk_retried(self, body: Callable[..., bytes], items: list[BulkItem], import_id: str | None,
+    def _bulk_retried(self, body: Callable[..., bytes | Blocks], items: list[BulkItem], import_id: str | None,
                       what: str) -> int:
         """Send ``body(items, import_id)``; items answered 429/5xx are sent again (backoff), others are
         done (a 404 on delete is fine). Returns the requests made."""
