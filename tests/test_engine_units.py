@@ -223,7 +223,7 @@ def test_bulk_body_blocks_are_the_ndjson_of_the_chunk():
 
 
 def test_id_window_claims_and_forgets_per_chunk():
-    """The load's id window (Store._claim + _IdWindow): in create mode a repeated id is a duplicate, in
+    """The load's id window (Store._check_window + _IdWindow): in create mode a repeated id is a duplicate, in
     this chunk or one before; in overwrite mode it is sent again and the earlier chunk's expiry keeps it
     until the later chunk's; the window's size counts what expiry frees."""
     import orjson
@@ -238,19 +238,19 @@ def test_id_window_claims_and_forgets_per_chunk():
         return [BulkItem(ev % m, i, orjson.dumps({"id": i}), ref) for ref, (i, m) in enumerate(specs, 1)]
 
     w = _IdWindow()
-    send, early, _, _ = store._claim(items(("a", 1), ("b", 1), ("a", 2)) + [
+    send, early, _, _ = store._check_window(items(("a", 1), ("b", 1), ("a", 2)) + [
         BulkItem("p-profile", "a", b"{}", 9)], w, 1, "create")
     assert [(it.id, it.index) for it in send] == [("a", ev % 1), ("b", ev % 1), ("a", "p-profile")]
     assert [(o.ref, o.status) for o in early] == [(3, "duplicate")] and len(w) == 2
-    send, early, _, _ = store._claim(items(("b", 2), ("c", 2)), w, 2, "create")
+    send, early, _, _ = store._check_window(items(("b", 2), ("c", 2)), w, 2, "create")
     assert [it.id for it in send] == ["c"] and [o.ref for o in early] == [1] and len(w) == 3
     w.expire(1)
     assert (w.get("a"), w.get("b"), w.get("c"), len(w)) == (None, None, (ev % 2, 2), 1)
     assert w.indices == {ev % 1, ev % 2}
 
     w = _IdWindow()
-    store._claim(items(("a", 1), ("b", 1)), w, 1, "overwrite")
-    send, early, replaces, after = store._claim(items(("a", 2), ("a", 2)), w, 2, "overwrite")
+    store._check_window(items(("a", 1), ("b", 1)), w, 1, "overwrite")
+    send, early, replaces, after = store._check_window(items(("a", 2), ("a", 2)), w, 2, "overwrite")
     assert [it.op for it in send] == ["index", "index"] and not early
     assert replaces == {1: {ev % 1}} and after == 1 and len(w) == 4
     w.expire(1)

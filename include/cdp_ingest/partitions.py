@@ -31,8 +31,8 @@ Event document (Tracardi shape, ``documents.new_document("event", ...)``):
 - ``id`` = ``_id`` = the canonical (lowercase, hyphenated) ``insert_id``. Events go to the monthly
   index of their own ``ts`` and are written in the source's write mode (``create`` by default), so a
   second copy of an insert_id — in the same file, another file or another day, with a ``ts`` in the
-  same or another month — is counted as a duplicate: first write wins (the store checks the other
-  monthly indices for the id, ``Store.bulk_load``).
+  same or another month — is counted as a duplicate: first write wins (the store claims every event id
+  before writing it, also against file loads running at the same time, ``Store.bulk_load``).
 - ``type`` = ``event_key``; ``name`` = its humanised form.
 - ``metadata.time.create`` = ``ts`` (UTC, ISO 8601, milliseconds); ``metadata.time.insert`` = import time.
 - ``profile.id`` = ``mapping.profile_id_for(user_id or id)``, the id every source derives from the same

@@ -27,8 +27,9 @@ Design (measured in benchmarks/bulk_import.py):
   them (at 1M events ~7 µs per event and rising).
 - Overwrite mode searches every month for the id (its old copy is deleted once the new one is
   written) and remembers the ids it sent until a refresh has made them searchable (``id_window``:
-  past that many, it refreshes what it wrote and forgets what is visible); the written events' claims
-  then say their new month. Overwrite loads are not coordinated with loads running at the same time.
+  past that many, it refreshes what it wrote and forgets what is visible); each event's claim is moved
+  to its new month before it is written. Overwrite loads are not coordinated with loads running at the
+  same time.
 - Every month index a load writes to first is created (PUT) before its first chunk is sent: left to
   the bulk request, a new month answered another chunk's id search made meanwhile with 503 until its
   shard had started. One that is a past month (not the current UTC month or one within two days of
@@ -36,7 +37,7 @@ Design (measured in benchmarks/bulk_import.py):
   length of the load (``pause_refresh``): the ids check's searches otherwise keep the shard active,
   so it refreshes every second into small segments to merge (300k events, four alternating pairs
   on a warm node: 56 vs 64 µs of node CPU per document, +8 % rows/s, inside this VM's noise). The
-  load refreshes what it wrote itself (the window above, and at its end), then restores the
+  load refreshes what it wrote itself (overwrite's id window above, and at its end), then restores the
   setting. The index carries a lease in its mapping's ``_meta`` (renewed while the load runs);
   a load that starts after a lease ran out (its load was killed) refreshes that month and restores it.
 - Write modes: ``create`` (above: the first write wins) or ``overwrite``: documents are written with
@@ -323,7 +324,7 @@ class Store:
         window = _IdWindow()
         listed = self._request("GET", f"/_cat/indices/{self._event_prefix}*", ok_statuses=(404,),
                                params={"h": "index", "format": "json", "expand_wildcards": "open,closed"})
-        with self._lock:  # the months stored when the load starts; _claim adds the ones it writes to
+        with self._lock:  # the months stored when the load starts; _check_window adds the ones it writes to
             self._event_indices = {row["index"] for row in listed or [] if isinstance(row, dict)}
         claimed = _Paused.recover(self) if self._event_indices else set()
         with self._lock:  # searched for copies written without a claim (create mode)
@@ -357,7 +358,7 @@ class Store:
                     stats.add(o)
                     yield o
                 too_big.clear()
-                chunk, early, replaces, after = self._claim(chunk, window, seq, write_mode, paused)
+                chunk, early, replaces, after = self._check_window(chunk, window, seq, write_mode, paused)
                 for o in early:
                     stats.add(o)
                     yield o
@@ -386,7 +387,7 @@ class Store:
             if refreshing is not None:
                 refreshing[0].result()
 
-    def _claim(self, chunk: list[BulkItem], window: _IdWindow, seq: int, write_mode: str,
+    def _check_window(self, chunk: list[BulkItem], window: _IdWindow, seq: int, write_mode: str,
                paused: _Paused | None = None) -> tuple[list[BulkItem], list[Outcome], dict[int, set[str]], int]:
         """Events whose id this load already sent (any month): in ``create`` mode duplicates, not sent
         (so the first row in file order wins, even with chunks in flight); in ``overwrite`` mode they are
@@ -724,60 +725,43 @@ class Store:
     def _record_ids(self, items: list[BulkItem], import_id: str | None) -> int:
         """Overwrite mode: the claims of the events about to be written say their new month (last write
         wins)."""
-        return self._bulk_retried(lambda part, imp: self._claim_body(part, imp, b"index"), items, import_id,
-                                  what="claims of events to overwrite")
+        return self._bulk_retried(lambda part: self._claim_body(part, import_id, b"index"), items,
+                                  "the claim of an event to overwrite")
 
     def _release_claims(self, items: list[BulkItem]) -> int:
         """Delete this chunk's claims of events the store refused."""
         head = b'{"delete":{"_index":"%s","_id":' % self.index("claims").encode()
-        return self._bulk_retried(lambda part, _: b"".join(b"%s%s}}\n" % (head, orjson.dumps(it.id)) for it in part),
-                                  items, None, what="claims of refused events")
+        return self._bulk_retried(lambda part: b"".join(b"%s%s}}\n" % (head, orjson.dumps(it.id)) for it in part),
+                                  items, "the claim of a refused event")
 
-    def _bulk_retried(self, body: Callable[..., bytes | Blocks], items: list[BulkItem], import_id: str | None,
-                      what: str) -> int:
-        """Send ``body(items, import_id)``; items answered 429/5xx are sent again (backoff), others are
-        done (a 404 on delete is fine). Returns the requests made."""
+    def _delete_copies(self, targets: list[tuple[str, str | None]]) -> int:
+        """Delete the copies an overwrite replaced in other months (a missing one is fine)."""
+        return self._bulk_retried(lambda part: b"".join(b'{"delete":{"_index":"%s","_id":%s}}\n' % (
+            ix.encode(), orjson.dumps(doc_id)) for ix, doc_id in part), targets, "overwrite: the old copy")
+
+    def _bulk_retried(self, body: Callable[[list], bytes | Blocks], items: list, what: str) -> int:
+        """Send ``body(items)``; items answered 429/5xx are sent again (backoff), other failures are
+        logged (a 404, nothing to delete, is fine). Returns the requests made."""
         requests = 0
         for attempt in range(self.max_retries + 1):
             if not items:
                 break
-            resp = self._send_bulk(body(items, import_id))
+            resp = self._send_bulk(body(items))
             requests += 1
             if not resp.get("errors"):
                 return requests
-            items = [it for it, result in zip(items, resp["items"], strict=True)
-                     if next(iter(result.values())).get("status", 500) in RETRY_STATUSES]
+            again = []
+            for item, result in zip(items, resp["items"], strict=True):
+                st = next(iter(result.values())).get("status", 500)
+                if st in RETRY_STATUSES:
+                    again.append(item)
+                elif st >= 300 and st != 404:
+                    log.warning("%s could not be written (HTTP %s): %s", what, st, getattr(item, "id", item))
+            items = again
             if items and attempt < self.max_retries:
                 self._sleep(min(self.max_backoff, self.backoff * 2 ** attempt))
         if items:
-            log.warning("the %s: %s could not be written", what, len(items))
-        return requests
-
-    def _delete_copies(self, targets: list[tuple[str, str | None]]) -> int:
-        """Delete the copies an overwrite replaced in other months (a missing one is fine)."""
-        requests = 0
-        for attempt in range(self.max_retries + 1):
-            if not targets:
-                break
-            payload = b"".join(b'{"delete":{"_index":"%s","_id":%s}}\n' % (ix.encode(), orjson.dumps(doc_id))
-                               for ix, doc_id in targets)
-            resp = self._send_bulk(payload)
-            requests += 1
-            if not resp.get("errors"):
-                targets = []
-                break
-            again = []
-            for target, result in zip(targets, resp["items"], strict=True):
-                st = next(iter(result.values())).get("status", 500)
-                if st in RETRY_STATUSES:
-                    again.append(target)
-                elif st >= 300 and st != 404:
-                    log.warning("overwrite: the old copy in %s could not be deleted (HTTP %s)", target[0], st)
-            targets = again
-            if again and attempt < self.max_retries:
-                self._sleep(min(self.max_backoff, self.backoff * 2 ** attempt))
-        if targets:
-            log.warning("overwrite: %s old copies in other months could not be deleted", len(targets))
+            log.warning("%s: %s still refused (HTTP 429/5xx)", what, len(items))
         return requests
 
     def _resolve_conflicts(self, items: list[BulkItem], import_id: str | None) -> list[Outcome]:
