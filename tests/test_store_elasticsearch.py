@@ -12,7 +12,7 @@ from cdp_ingest.ledger import Ledger
 from cdp_ingest.mapping import Mapper, Mapping, profile_id_for
 from cdp_ingest.pipeline import import_unit
 from cdp_ingest.readers import read_batches
-from cdp_ingest.store import PAUSE_META
+from cdp_ingest.store import CLAIMED_META, PAUSE_META
 from cdp_ingest_airflow.connections import store_from_connection
 
 pytestmark = pytest.mark.services
@@ -54,6 +54,6 @@ def test_elasticsearch_connection_imports_profiles_and_events(elasticsearch, tmp
     assert sorted(settings) == ["t-es-event-2025-11", "t-es-event-2025-12"]
     assert all("index.refresh_interval" not in v["settings"] for v in settings.values())
     metas = store._request("GET", "/t-es-event-*/_mapping")
-    assert all(v["mappings"]["_meta"] == {PAUSE_META: {"until": 0}} for v in metas.values())
+    assert all(v["mappings"]["_meta"] == {PAUSE_META: {"until": 0}, CLAIMED_META: True} for v in metas.values())
     assert run("events", events).status == "skipped"
     store._request("DELETE", "/t-es-*")
