@@ -22,7 +22,7 @@ Design (measured in benchmarks/bulk_import.py):
   written without a claim (before claims existed, or by a live collector). Within a load, an id
   window holds the ids of the chunks in flight, so the first row in file order wins. A claim whose
   document does not exist after ``CLAIM_LEASE`` (its load died between claim and write and was not
-  retried) is taken over, conditionally on its ``_seq_no``. Claims cost the node ~12-15 µs per event
+  retried) is taken over, conditionally on its ``_seq_no``. Claims cost the node ~10-12 µs per event
   (a 60-byte document); they replace the search of the months the load itself writes, which grew with
   them (at 1M events ~7 µs per event and rising).
 - Overwrite mode searches every month for the id (its old copy is deleted once the new one is
