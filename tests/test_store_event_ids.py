@@ -192,6 +192,24 @@ def test_an_event_the_store_refuses_gives_its_claim_back(store):
     assert [o.status for o in out] == ["loaded"] and _docs(store) == {"x": ["2025-12"], "y": ["2025-11"]}
 
 
+def test_a_claim_given_back_between_the_409_and_its_read_is_claimed_again(store, monkeypatch):
+    """Another load's claim answers this load's create with 409, then is released (its event was refused)
+    before this load reads it: the id is claimed again and written, not counted as a duplicate."""
+    claims = store.index("claims")
+    store._request("PUT", f"/{claims}/_doc/x", body={"m": "2025-10", "i": "imp-0", "r": 1,
+                                                     "t": int(store._clock())}, params={"refresh": "true"})
+    request = store._request
+
+    def released_first(method, path, **kw):
+        if path == "/_mget" and claims in str(kw.get("body")):
+            request("DELETE", f"/{claims}/_doc/x")
+        return request(method, path, **kw)
+    monkeypatch.setattr(store, "_request", released_first)
+    out = list(store.bulk_load([_item(store, "x", "2025-12", 1, "imp-2")], import_id="imp-2"))
+    assert [o.status for o in out] == ["loaded"] and _docs(store) == {"x": ["2025-12"]}
+    assert (_claim(store, "x")["i"], _claim(store, "x")["m"]) == ("imp-2", "2025-12")
+
+
 def test_a_month_a_load_created_is_not_searched_by_the_next_create_load(store):
     """A past month created by a load holds only claimed events: the next create load does not search it
     (its claims answer); a month created otherwise (here: before any load) is still searched."""

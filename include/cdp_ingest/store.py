@@ -659,7 +659,8 @@ class Store:
                     outcomes.append(Outcome(it.ref, "failed", f"store refused the event id's claim: {err.get('type')}: "
                                                               f"{_short(err.get('reason'))}", id=it.id))
             if taken and not takeover:  # claimed already: by whom?
-                retake, n = self._settle_claims(taken, import_id, drop, outcomes)
+                retake, vanished, n = self._settle_claims(taken, import_id, drop, outcomes)
+                again += vanished  # given back meanwhile (its event was refused): claimed afresh
                 requests += n
             else:  # a takeover lost to another one (or nothing taken): settled as duplicates below
                 retake = {}
@@ -688,15 +689,21 @@ class Store:
         return [it for it in chunk if id(it) not in drop], outcomes, requests
 
     def _settle_claims(self, items: list[BulkItem], import_id: str | None, drop: set[int],
-                       outcomes: list[Outcome]) -> tuple[dict[int, tuple[BulkItem, tuple[int, int]]], int]:
+                       outcomes: list[Outcome]
+                       ) -> tuple[dict[int, tuple[BulkItem, tuple[int, int]]], list[BulkItem], int]:
         """Ids whose claim exists: this row's own claim is written; another's is a duplicate, unless it
         is older than ``CLAIM_LEASE`` and its document does not exist (returned to be taken over, with the
-        claim's seq_no / primary_term)."""
+        claim's seq_no / primary_term). A claim gone by now (released: its event was refused) is
+        returned to be claimed again."""
         resp = self._request("POST", "/_mget", body={"docs": [{"_index": self.index("claims"), "_id": it.id}
                                                                for it in items]})
         now = self._clock()
         stale: list[tuple[BulkItem, dict, tuple[int, int]]] = []
+        vanished: list[BulkItem] = []
         for it, d in zip(items, resp["docs"], strict=True):
+            if d.get("found") is False:
+                vanished.append(it)
+                continue
             src = d.get("_source") or {}
             if import_id is not None and src.get("i") == import_id and src.get("r") == it.ref:
                 continue  # this row's claim (an earlier attempt): written, a stored copy answers 409
@@ -706,7 +713,7 @@ class Store:
             drop.add(id(it))
             outcomes.append(Outcome(it.ref, "duplicate", id=it.id))
         if not stale:
-            return {}, 1
+            return {}, vanished, 1
         # its document where the claim says (read in real time), or anywhere a search sees one (an
         # overwrite that died between its claim and its write left the copy in the old month)
         docs = [{"_index": f"{self._event_prefix}{src.get('m')}", "_id": it.id, "_source": False}
@@ -720,7 +727,7 @@ class Store:
                 outcomes.append(Outcome(it.ref, "duplicate", id=it.id))
             else:
                 retake[id(it)] = (it, cas)
-        return retake, 3
+        return retake, vanished, 3
 
     def _record_ids(self, items: list[BulkItem], import_id: str | None) -> int:
         """Overwrite mode: the claims of the events about to be written say their new month (last write
