@@ -539,25 +539,23 @@ class Store:
                     if moved:
                         replaces.setdefault(it.ref, set()).update(moved)
                     unsent.append(it)
-                else:
-                    mine = any(ix == it.index and _is_own(cdp, import_id, it.ref) for ix, cdp in copies)
-                    outcomes.append(Outcome(it.ref, "loaded" if mine else "duplicate", id=it.id))
+                else:  # create searched other months only: a copy there is another row's
+                    outcomes.append(Outcome(it.ref, "duplicate", id=it.id))
             chunk = unsent
-        if not overwrite:
+        if overwrite:  # the claims say where each event is now (before it is: a claim is never missing)
+            requests += self._record_ids([it for it in chunk if it.index.startswith(events)], import_id)
+            claimed: list[BulkItem] = []
+        else:
             chunk, refused, n = self._claim_ids(chunk, import_id)
             outcomes += refused
             requests += n
+            claimed = [it for it in chunk if it.index.startswith(events)]  # released if the store refuses one
 
         def written(it: BulkItem, st: int) -> Outcome:
             if overwrite and it.ref not in own and (st == 200 or it.ref in existed or it.ref in replaces):
                 return Outcome(it.ref, "updated", id=it.id)
             return Outcome(it.ref, "loaded", id=it.id)
 
-        claimed: list[BulkItem] = []  # create: the events claimed for this chunk
-        if overwrite:  # the claims say where each event is now (before it is: a claim is never missing)
-            requests += self._record_ids([it for it in chunk if it.index.startswith(events)], import_id)
-        else:
-            claimed = [it for it in chunk if it.index.startswith(events)]
         while chunk:
             resp = self._send_bulk(self._payload(chunk))
             requests += 1
