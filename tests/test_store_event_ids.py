@@ -105,13 +105,13 @@ def _racing(store, barrier: threading.Barrier) -> Store:
                   chunk_docs=store.chunk_docs, concurrency=2, backoff=0.01)
     send = other._send_bulk
 
-    def held(payload):
+    def held(payload, *args):
         if b"import-event-ids" not in (payload if isinstance(payload, bytes) else payload[0])[:200]:
             try:
                 barrier.wait()
             except threading.BrokenBarrierError:
                 barrier.reset()
-        return send(payload)
+        return send(payload, *args)
     other._send_bulk = held  # type: ignore[method-assign]
     return other
 
@@ -235,6 +235,123 @@ def test_an_overwrite_moves_the_claim_and_a_later_create_load_sees_it(store):
     assert _claim(store, "x")["m"] == "2026-01" and _docs(store) == {"x": ["2026-01"]}
     out = list(store.bulk_load([_item(store, "x", "2024-05", 1, "imp-3")], import_id="imp-3"))
     assert [o.status for o in out] == ["duplicate"] and _docs(store) == {"x": ["2026-01"]}
+
+
+def _no_hold(store, doc_id: str) -> dict:
+    src = _claim(store, doc_id)
+    assert "w" not in src, (doc_id, src)
+    return src
+
+
+def test_overwrite_loads_at_the_same_time_with_one_id_in_different_months_leave_one_copy(store):
+    """Three overwrite loads started together, each with its own month and ids overlapping the others';
+    every event bulk request waits for another load's. Each id is written by one load at a time: one
+    document per id, in the month its claim names, and the accounting adds up (one row per id loaded,
+    every other row updated)."""
+    barrier = threading.Barrier(2, timeout=2)
+    plans = {"imp-a": ("2025-12", range(0, 40)), "imp-b": ("2026-01", range(20, 60)),
+             "imp-c": ("2024-06", range(10, 70, 2))}
+    results: dict[str, list] = {}
+
+    def run(import_id: str) -> None:
+        month, ids = plans[import_id]
+        s = _racing(store, barrier)
+        results[import_id] = list(s.bulk_load([_item(s, f"x{i}", month, ref, import_id)
+                                               for ref, i in enumerate(ids, 1)], import_id=import_id,
+                                              write_mode="overwrite"))
+    threads = [threading.Thread(target=run, args=(k,)) for k in plans]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert set(results) == set(plans)
+    for k, out in results.items():
+        assert sorted(o.ref for o in out) == list(range(1, len(plans[k][1]) + 1))
+        assert {o.status for o in out} <= {"loaded", "updated"}
+    docs = _docs(store)
+    unique = set().union(*(set(ids) for _, ids in plans.values()))
+    assert sorted(docs) == sorted(f"x{i}" for i in unique)
+    assert all(len(v) == 1 for v in docs.values()), {k: v for k, v in docs.items() if len(v) > 1}
+    rows = [o for out in results.values() for o in out]
+    assert sorted(o.id for o in rows if o.status == "loaded") == sorted(docs)
+    assert sum(o.status == "updated" for o in rows) == len(rows) - len(unique)
+    for doc_id, months in docs.items():
+        assert _no_hold(store, doc_id)["m"] == months[0]
+
+
+def test_an_overwrite_waits_for_a_create_load_between_its_claim_and_its_write(store):
+    """A create load has claimed x (2025-11) and not written it yet; an overwrite of x (2026-01) waits for
+    it instead of writing beside it, then replaces its copy: one document, in the overwrite's month."""
+    claimed, go = threading.Event(), threading.Event()
+    first = Store(store.client, prefix=store.prefix, chunk_docs=4, concurrency=2, backoff=0.01)
+    send = first._send_bulk
+
+    def held(payload, *args):
+        if b"import-event-ids" not in (payload if isinstance(payload, bytes) else payload[0])[:200]:
+            claimed.set()
+            assert go.wait(30)
+        return send(payload, *args)
+    first._send_bulk = held  # type: ignore[method-assign]
+    out: dict[str, list] = {}
+    t = threading.Thread(target=lambda: out.setdefault("create", list(first.bulk_load(
+        [_item(first, "x", "2025-11", 1, "imp-1"), _item(first, "y", "2025-11", 2, "imp-1")], import_id="imp-1"))))
+    t.start()
+    assert claimed.wait(30)
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        go.set()  # the create load writes while the overwrite waits
+        threading.Event().wait(s)
+    store._sleep = sleep  # type: ignore[method-assign]
+    out["overwrite"] = list(store.bulk_load([_item(store, "x", "2026-01", 1, "imp-2"),
+                                             _item(store, "z", "2026-01", 2, "imp-2")],
+                                            import_id="imp-2", write_mode="overwrite"))
+    t.join(30)
+    assert slept, "the overwrite did not wait"
+    assert sorted((o.id, o.status) for o in out["create"]) == [("x", "loaded"), ("y", "loaded")]
+    assert sorted((o.id, o.status) for o in out["overwrite"]) == [("x", "updated"), ("z", "loaded")]
+    assert _docs(store) == {"x": ["2026-01"], "y": ["2025-11"], "z": ["2026-01"]}
+    assert (_no_hold(store, "x")["m"], _claim(store, "x")["i"]) == ("2026-01", "imp-2")
+
+
+def test_an_overwrite_hold_is_waited_for_until_its_lease_runs_out_and_a_rows_own_hold_is_taken(store):
+    """Holds left by overwrite loads that died: another import's is waited for while it is young and taken
+    once its lease ran out (its old copies deleted); this row's own (an earlier attempt) is taken at once."""
+    claims = store.index("claims")
+    now = store._clock()
+    for doc_id, src in {"held": {"m": "2025-10", "i": "imp-0", "r": 1, "t": int(now) - 60, "w": 1},
+                        "mine": {"m": "2026-01", "i": "imp-2", "r": 2, "t": int(now) - 60, "w": 1}}.items():
+        store._request("PUT", f"/{claims}/_doc/{doc_id}", body=src)
+    for month in ("2025-09", "2025-10"):  # the copy before the dead overwrite, and the one it wrote
+        store._request("PUT", f"/{store.prefix}event-{month}/_doc/held", body={"id": "held"},
+                       params={"refresh": "true"})
+    shift = [0.0]
+    store._clock = lambda: now + shift[0]  # type: ignore[method-assign]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        shift[0] += 300
+    store._sleep = sleep  # type: ignore[method-assign]
+    out = {o.id: o.status for o in store.bulk_load([_item(store, "held", "2026-01", 1, "imp-2"),
+                                                    _item(store, "mine", "2026-01", 2, "imp-2")],
+                                                   import_id="imp-2", write_mode="overwrite")}
+    assert out == {"held": "updated", "mine": "loaded"}
+    assert len(slept) == 3  # 60 s + 3 x 300 s > the 900 s lease
+    assert _docs(store) == {"held": ["2026-01"], "mine": ["2026-01"]}
+    assert (_no_hold(store, "held")["i"], _no_hold(store, "mine")["r"]) == ("imp-2", 2)
+
+
+def test_an_overwrite_the_store_refuses_gives_the_previous_claim_back(store):
+    assert {o.status for o in store.bulk_load([_item(store, "x", "2025-11", 1)], import_id="imp-1")} == {"loaded"}
+    before = _claim(store, "x")
+    bad = [BulkItem(f"{store.prefix}event-2025-12", doc_id, orjson.dumps(
+        {"id": doc_id, "metadata": {"time": {"insert": "not a date"}}}), ref) for ref, doc_id in enumerate("xz", 1)]
+    out = list(store.bulk_load(bad, import_id="imp-2", write_mode="overwrite"))
+    assert sorted((o.id, o.status) for o in out) == [("x", "failed"), ("z", "failed")]
+    assert _claim(store, "x") == before and _docs(store) == {"x": ["2025-11"]}
+    assert store._request("GET", f"/{store.index('claims')}/_doc/z", ok_statuses=(404,))["found"] is False
 
 
 def test_retry_of_a_crashed_import_counts_its_own_writes_as_loaded(store, tmp_path):

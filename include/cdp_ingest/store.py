@@ -25,11 +25,13 @@ Design (measured in benchmarks/bulk_import.py):
   retried) is taken over, conditionally on its ``_seq_no``. Claims cost the node ~10-12 µs per event
   (a 60-byte document); they replace the search of the months the load itself writes, which grew with
   them (at 1M events ~7 µs per event and rising).
-- Overwrite mode searches every month for the id (its old copy is deleted once the new one is
-  written) and remembers the ids it sent until a refresh has made them searchable (``id_window``:
-  past that many, it refreshes what it wrote and forgets what is visible); each event's claim is moved
-  to its new month before it is written. Overwrite loads are not coordinated with loads running at the
-  same time.
+- Overwrite mode holds each event's claim (``"w": 1``, taken conditionally on its ``_seq_no``) while
+  it writes the event and deletes its old copies, found in the month the claim named and by a search
+  of every month (it remembers the ids it sent until a refresh has made them searchable:
+  ``id_window``; past that many, it refreshes what it wrote and forgets what is visible). An id another
+  load is writing (its hold, or a create load's claim whose document is not stored yet) is tried
+  again once the chunk's other ids are written and their holds given back, so loads take turns and
+  never wait for each other; a hold of a load that died is taken over after ``CLAIM_LEASE``.
 - Every month index a load writes to first is created (PUT) before its first chunk is sent: left to
   the bulk request, a new month answered another chunk's id search made meanwhile with 503 until its
   shard had started. One that is a past month (not the current UTC month or one within two days of
@@ -87,6 +89,9 @@ _INDEX_NAMES = {"ledger": "import-ledger", "claims": "import-event-ids"}  # kind
 # A claim whose event does not exist is left to its load this long (seconds; a chunk writes within a few
 # minutes even through the retries' backoff); past it, another load may take it over (Store._claim_ids).
 CLAIM_LEASE = 900.0
+# overwrite: an id another load is writing is tried again after this chunk, waiting 0.2 s doubling to 5 s
+HOLD_WAIT = (0.2, 5.0)
+CLAIM_FILTER_PATH = FILTER_PATH + ",items.*._seq_no,items.*._primary_term"
 PAYLOAD_BLOCK = 64  # documents per block of a bulk body (~50 KB: below glibc's mmap threshold)
 
 
@@ -303,11 +308,11 @@ class Store:
         if names:
             self._request("POST", f"/{names}/_refresh", params={"ignore_unavailable": "true"})
 
-    def _send_bulk(self, payload: bytes | Blocks) -> dict:
+    def _send_bulk(self, payload: bytes | Blocks, filter_path: str = FILTER_PATH) -> dict:
         headers = {"content-type": "application/x-ndjson"}
         if isinstance(payload, Blocks):
             headers["content-length"] = str(payload.size)
-        return self._request("POST", "/_bulk", body=payload, params={"filter_path": FILTER_PATH}, headers=headers)
+        return self._request("POST", "/_bulk", body=payload, params={"filter_path": filter_path}, headers=headers)
 
     # ---- bulk load of documents ----------------------------------------------------------------------
     def bulk_load(self, items: Iterable[BulkItem], import_id: str | None = None,
@@ -501,16 +506,46 @@ class Store:
 
     def _load_chunk(self, chunk: list[BulkItem], import_id: str | None, write_mode: str = "create",
                     replaces: dict[int, set[str]] | None = None) -> tuple[list[Outcome], int]:
+        """Write one chunk; returns its outcomes and the requests made. In ``overwrite`` mode an event id
+        another load is writing right now waits for it: it is written once this chunk's other ids are
+        (and their holds given back, so two loads never wait for each other)."""
+        replaces = replaces if replaces is not None else {}
+        outcomes: list[Outcome] = []
+        requests = 0
+        wait, most = HOLD_WAIT
+        while True:
+            out, n, waiting = self._write_chunk(chunk, import_id, write_mode, replaces)
+            outcomes += out
+            requests += n
+            if not waiting:
+                return outcomes, requests
+            log.info("overwrite: %d event id(s) being written by another load; trying again in %.1f s",
+                     len(waiting), wait)
+            self._sleep(wait)
+            chunk, wait = waiting, min(most, wait * 2)
+
+    def _write_chunk(self, chunk: list[BulkItem], import_id: str | None, write_mode: str,
+                     replaces: dict[int, set[str]]) -> tuple[list[Outcome], int, list[BulkItem]]:
         outcomes: list[Outcome] = []
         conflicts: list[BulkItem] = []
         requests = 0
         attempt = 0
         events = self._event_prefix
         overwrite = write_mode == "overwrite"
-        replaces = replaces if replaces is not None else {}
         own: set[int] = set()  # overwrite: stored by this import's earlier attempt from the same row
         existed: set[int] = set()  # overwrite: a stored copy (another import's or row's) is replaced
-        if overwrite:  # every stored copy counts (updated or this import's own): search all months
+        waiting: list[BulkItem] = []
+        holds = _Holds()
+        if overwrite:  # hold each id's claim while it is written and its old copies deleted
+            holds = self._hold_ids(chunk, import_id)
+            requests += holds.requests
+            outcomes += holds.failed
+            existed |= holds.existed
+            for ref, ix in holds.moved:
+                replaces.setdefault(ref, set()).add(ix)
+            waiting = [it for it in chunk if it.id in holds.waiting and it.index.startswith(events)]
+            chunk = [it for it in chunk if it.id in holds.held or not it.index.startswith(events)]
+            # every stored copy counts (updated or this import's own): search all months
             event_ids = [it.id for it in chunk if it.index.startswith(events)]
             found = self._find_events(event_ids) if event_ids else {}
             requests += bool(event_ids)
@@ -542,8 +577,7 @@ class Store:
                 else:  # create searched other months only: a copy there is another row's
                     outcomes.append(Outcome(it.ref, "duplicate", id=it.id))
             chunk = unsent
-        if overwrite:  # the claims say where each event is now (before it is: a claim is never missing)
-            requests += self._record_ids([it for it in chunk if it.index.startswith(events)], import_id)
+        if overwrite:
             claimed: list[BulkItem] = []
         else:
             chunk, refused, n = self._claim_ids(chunk, import_id)
@@ -596,14 +630,19 @@ class Store:
             stale = [(ix, o.id) for o in outcomes if o.status in ("loaded", "updated") and o.ref in replaces
                      for ix in sorted(replaces[o.ref])]
             requests += self._delete_copies(stale)
-        return outcomes, requests
+        if overwrite and holds.held:
+            requests += self._give_back(holds.held, outcomes, import_id)
+        return outcomes, requests, waiting
 
-    def _claim_body(self, items: list[BulkItem], import_id: str | None, op: bytes = b"create",
-                    cas: dict[int, tuple[int, int]] | None = None) -> Blocks:
-        """Bulk lines claiming ``items``' ids: ``{"m": month, "i": import, "r": row, "t": epoch s}``;
-        ``cas`` (item position → seq_no, primary_term) makes a write conditional."""
-        head = b'{"%s":{"_index":"%s","_id":' % (op, self.index("claims").encode())
-        tail = b',"i":%s,"t":%d}\n' % (orjson.dumps(import_id), int(self._clock()))
+    def _claim_body(self, items: list[BulkItem], import_id: str | None,
+                    cas: dict[int, tuple[int, int]] | None = None, writing: bool = False) -> Blocks:
+        """Bulk lines claiming ``items``' ids: ``{"m": month, "i": import, "r": row, "t": epoch s}``, with
+        ``"w": 1`` while an overwrite writes the id (``writing``); a ``create``, or, for the positions in
+        ``cas`` (→ seq_no, primary_term), an ``index`` conditional on the claim read."""
+        claims = self.index("claims").encode()
+        head = b'{"create":{"_index":"%s","_id":' % claims
+        cas_head = b'{"index":{"_index":"%s","_id":' % claims
+        tail = b',"i":%s,"t":%d%s}\n' % (orjson.dumps(import_id), int(self._clock()), b',"w":1' if writing else b"")
         months: dict[str, bytes] = {}
         cut, dumps, parts = len(self._event_prefix), orjson.dumps, []
         for k, it in enumerate(items):
@@ -611,7 +650,7 @@ class Store:
             if m is None:
                 m = months[it.index] = b'}}\n{"m":"%s","r":' % it.index[cut:].encode()
             if cas and k in cas:
-                parts.append(b'%s%s,"if_seq_no":%d,"if_primary_term":%d%s%d%s' % (head, dumps(it.id), *cas[k], m,
+                parts.append(b'%s%s,"if_seq_no":%d,"if_primary_term":%d%s%d%s' % (cas_head, dumps(it.id), *cas[k], m,
                                                                                   it.ref, tail))
             else:
                 parts.append(b"%s%s%s%d%s" % (head, dumps(it.id), m, it.ref, tail))
@@ -636,7 +675,7 @@ class Store:
         requests = attempt = 0
         takeover: dict[int, tuple[int, int]] = {}
         while todo:
-            resp = self._send_bulk(self._claim_body(todo, import_id, b"index" if takeover else b"create", takeover))
+            resp = self._send_bulk(self._claim_body(todo, import_id, takeover))
             requests += 1
             if not resp.get("errors"):
                 break
@@ -727,11 +766,104 @@ class Store:
                 retake[id(it)] = (it, cas)
         return retake, vanished, 3
 
-    def _record_ids(self, items: list[BulkItem], import_id: str | None) -> int:
-        """Overwrite mode: the claims of the events about to be written say their new month (last write
-        wins)."""
-        return self._bulk_retried(lambda part: self._claim_body(part, import_id, b"index"), items,
-                                  "the claim of an event to overwrite")
+    def _hold_ids(self, chunk: list[BulkItem], import_id: str | None) -> _Holds:
+        """Overwrite mode: take the claim of every event id of ``chunk`` for the time it is written and its
+        old copies deleted (``"w": 1``; ``_give_back`` ends it), so loads writing one id at the same time
+        take turns and leave one copy. A missing claim is created; a claim is taken over (conditionally on
+        its seq_no) when it is this row's own (an earlier attempt), older than ``CLAIM_LEASE``, or another
+        load's finished one whose document is stored (its month is then to be deleted). Ids another load
+        is writing (its hold, or its claim whose document is not stored yet) are returned as waiting.
+        Several rows of the chunk with one id share one hold; the claim names the last of them."""
+        events = self._event_prefix
+        groups: dict[str, list[BulkItem]] = {}
+        for it in chunk:
+            if it.index.startswith(events):
+                groups.setdefault(it.id, []).append(it)
+        holds = _Holds()
+        claims = self.index("claims")
+        todo = list(groups)
+        for attempt in range(self.max_retries + 1):
+            if not todo:
+                break
+            resp = self._request("POST", "/_mget", body={"docs": [{"_index": claims, "_id": i} for i in todo]})
+            now = self._clock()
+            take: list[tuple[str, dict | None, tuple[int, int] | None]] = []  # id, claim read, its seq_no/term
+            check: list[tuple[str, dict, tuple[int, int]]] = []  # another load's finished claim: stored yet?
+            for doc_id, d in zip(todo, resp["docs"], strict=True):
+                if not d.get("found"):
+                    take.append((doc_id, None, None))
+                    continue
+                src, cas = d.get("_source") or {}, (d["_seq_no"], d["_primary_term"])
+                mine = import_id is not None and src.get("i") == import_id and src.get("r") in {
+                    it.ref for it in groups[doc_id]}
+                if mine or now - float(src.get("t") or 0) > CLAIM_LEASE:
+                    take.append((doc_id, src, cas))
+                elif src.get("w"):
+                    holds.waiting.add(doc_id)
+                else:
+                    check.append((doc_id, src, cas))
+            holds.requests += 1
+            if check:
+                found = self._request("POST", "/_mget", body={"docs": [
+                    {"_index": f"{events}{src.get('m')}", "_id": doc_id, "_source": False}
+                    for doc_id, src, _ in check]})["docs"]
+                holds.requests += 1
+                for (doc_id, src, cas), d in zip(check, found, strict=True):
+                    if d.get("found"):
+                        take.append((doc_id, src, cas))
+                        holds.existed.update(it.ref for it in groups[doc_id])
+                    elif (d.get("error") or {}).get("type") == "index_not_found_exception":
+                        take.append((doc_id, src, cas))  # its month was deleted since (a load creates it first)
+                    else:  # claimed by a create load that has not written it yet
+                        holds.waiting.add(doc_id)
+            if not take:
+                break
+            resp = self._send_bulk(self._claim_body([groups[doc_id][-1] for doc_id, _, _ in take], import_id,
+                                                    {k: cas for k, (_, _, cas) in enumerate(take) if cas},
+                                                    writing=True), CLAIM_FILTER_PATH)
+            holds.requests += 1
+            todo = []
+            for (doc_id, src, _), result in zip(take, resp["items"], strict=True):
+                r = next(iter(result.values()))
+                st = r.get("status", 500)
+                if st < 300:
+                    group = groups[doc_id]
+                    holds.held[doc_id] = (group, src, (r["_seq_no"], r["_primary_term"]))
+                    old = f"{events}{src['m']}" if src and src.get("m") else None
+                    holds.moved.extend((it.ref, old) for it in group if old and it.index != old)
+                elif st == 409 or st in RETRY_STATUSES:  # lost a race for it: read it again
+                    todo.append(doc_id)
+                else:
+                    err = r.get("error") or {}
+                    holds.failed.extend(Outcome(it.ref, "failed", f"store refused the event id's claim: "
+                                                f"{err.get('type')}: {_short(err.get('reason'))}", id=it.id)
+                                        for it in groups[doc_id])
+            if todo and attempt < self.max_retries:
+                self._sleep(min(self.max_backoff, self.backoff * 2 ** attempt))
+        holds.waiting.update(todo)  # still contended: tried again after this chunk
+        holds.existed.difference_update(it.ref for doc_id in holds.waiting for it in groups[doc_id])
+        return holds
+
+    def _give_back(self, held: dict[str, tuple[list[BulkItem], dict | None, tuple[int, int]]],
+                   outcomes: list[Outcome], import_id: str | None) -> int:
+        """Overwrite mode: end this chunk's holds (conditionally on the hold's seq_no: a hold that outlived
+        its lease may be someone else's now). An id written names its last written row's month; one
+        whose rows the store all refused gets its previous claim back (or none, if it had none)."""
+        written = {o.ref for o in outcomes if o.status in ("loaded", "updated")}
+        claims, cut, now = self.index("claims").encode(), len(self._event_prefix), int(self._clock())
+        lines: list[bytes] = []
+        for doc_id, (group, prev, (seq, term)) in held.items():
+            cas = b'"_index":"%s","_id":%s,"if_seq_no":%d,"if_primary_term":%d' % (
+                claims, orjson.dumps(doc_id), seq, term)
+            done = [it for it in group if it.ref in written]
+            if done:
+                src = {"m": done[-1].index[cut:], "i": import_id, "r": done[-1].ref, "t": now}
+                lines.append(b'{"index":{%s}}\n%s\n' % (cas, orjson.dumps(src)))
+            elif prev is not None:
+                lines.append(b'{"index":{%s}}\n%s\n' % (cas, orjson.dumps(prev)))
+            else:
+                lines.append(b'{"delete":{%s}}\n' % cas)
+        return self._bulk_retried(lambda part: b"".join(part), lines, "overwrite: the claim it held")
 
     def _release_claims(self, items: list[BulkItem]) -> int:
         """Delete this chunk's claims of events the store refused."""
@@ -1056,6 +1188,18 @@ class _Paused:
         st.refresh(self.indices)
         st._request("PUT", f"/{names}/_mapping", body=self._meta(0))
         self.indices = set()
+
+
+@dataclass
+class _Holds:
+    """What ``Store._hold_ids`` took for one overwrite chunk."""
+
+    held: dict[str, tuple[list[BulkItem], dict | None, tuple[int, int]]] = field(default_factory=dict)
+    waiting: set[str] = field(default_factory=set)  # ids another load is writing: tried again later
+    failed: list[Outcome] = field(default_factory=list)
+    existed: set[int] = field(default_factory=set)  # rows replacing a copy another load stored
+    moved: list[tuple[int, str]] = field(default_factory=list)  # (row, the month its old copy is in)
+    requests: int = 0
 
 
 class _IdWindow:
