@@ -33,7 +33,7 @@ def child(mode: str, url: str, prefix: str, csv_path: str, work: str) -> None:
     if mode in ("off", "warm-up"):
         Store._find_events = lambda self, ids, months=None: {}  # type: ignore[method-assign]
         Store._check_window = lambda self, chunk, *a: (chunk, [], {}, 0)  # type: ignore[method-assign]
-        Store._claim_ids = lambda self, chunk, import_id: (chunk, [], 0)  # type: ignore[method-assign]
+        Store._claim_ids = lambda self, chunk, import_id: (chunk, [], 0, [])  # type: ignore[method-assign]
     import bulk_import
 
     t0 = time.perf_counter()

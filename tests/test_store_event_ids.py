@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from datetime import UTC, datetime
 
 import orjson
@@ -25,10 +26,22 @@ MAPPING = {"kind": "event", "source_id": "t", "id_column": "insert_id", "identit
            "time": {"column": "ts", "format": "iso"}, "event_type": {"column": "event"}}
 
 
+def _bounded_sleep(limit: float = 60.0):
+    """time.sleep, but a load that waits more than ``limit`` seconds in all fails the test (a row waiting
+    for a claim would otherwise sit out the 15-minute lease)."""
+    total = [0.0]
+
+    def sleep(s: float) -> None:
+        total[0] += s
+        assert total[0] <= limit, f"the load waited over {limit:.0f} s"
+        time.sleep(s)
+    return sleep
+
+
 @pytest.fixture
 def store(opensearch):
     s = Store(make_client(opensearch.info["url"]), prefix=f"t-evid{next(_prefixes)}-", chunk_docs=4,
-              concurrency=2, backoff=0.01)
+              concurrency=2, backoff=0.01, sleep=_bounded_sleep())
     s.ensure_templates()
     yield s
     s._request("DELETE", f"/{s.prefix}*")
@@ -102,7 +115,7 @@ def _racing(store, barrier: threading.Barrier) -> Store:
     """A Store on the same prefix whose event bulk requests wait for another load's (up to 2 s): each has
     checked its chunk's ids before either writes it, the moment two loads at the same time can race."""
     other = Store(store.client, prefix=store.prefix,
-                  chunk_docs=store.chunk_docs, concurrency=2, backoff=0.01)
+                  chunk_docs=store.chunk_docs, concurrency=2, backoff=0.01, sleep=_bounded_sleep())
     send = other._send_bulk
 
     def held(payload, *args):
@@ -156,26 +169,73 @@ def _claim(store, doc_id: str) -> dict:
 
 
 def test_a_claim_without_its_document_is_taken_over_only_once_its_lease_ran_out(store):
-    """Claims left by loads that died between claim and write (no document): another import's young claim
-    makes the row a duplicate (its load may still write it), a stale one is taken over and written, this
-    row's own claim (an earlier attempt) is written; a stale claim whose document exists stays a duplicate."""
+    """Claims left by loads that died between claim and write (no document): a stale one is taken over and
+    written, this row's own claim (an earlier attempt) is written, a stale claim whose document exists
+    stays a duplicate, and a young claim of another import whose document is stored is a duplicate."""
     now = store._clock()
     claims = store.index("claims")
-    for doc_id, src in {"young": {"m": "2025-10", "i": "imp-0", "r": 1, "t": int(now) - 60},
-                        "stale": {"m": "2025-10", "i": "imp-0", "r": 2, "t": int(now) - CLAIM_LEASE - 60},
-                        "stored": {"m": "2025-10", "i": "imp-0", "r": 3, "t": int(now) - CLAIM_LEASE - 60},
-                        "mine": {"m": "2025-12", "i": "imp-1", "r": 4, "t": int(now) - 60}}.items():
+    for doc_id, src in {"stale": {"m": "2025-10", "i": "imp-0", "r": 1, "t": int(now) - CLAIM_LEASE - 60},
+                        "stored": {"m": "2025-10", "i": "imp-0", "r": 2, "t": int(now) - CLAIM_LEASE - 60},
+                        "mine": {"m": "2025-12", "i": "imp-1", "r": 3, "t": int(now) - 60},
+                        "dup": {"m": "2025-10", "i": "imp-0", "r": 4, "t": int(now) - 60}}.items():
         store._request("PUT", f"/{claims}/_doc/{doc_id}", body=src)
-    store._request("PUT", f"/{store.prefix}event-2025-10/_doc/stored", body={"id": "stored"},
-                   params={"refresh": "true"})
-    rows = ["young", "stale", "stored", "mine", "new"]
+    for doc_id in ("stored", "dup"):
+        store._request("PUT", f"/{store.prefix}event-2025-10/_doc/{doc_id}", body={"id": doc_id},
+                       params={"refresh": "true"})
+    rows = ["stale", "stored", "mine", "dup", "new"]
     out = {o.id: o.status for o in store.bulk_load([_item(store, i, "2025-12", ref) for ref, i in
                                                     enumerate(rows, 1)], import_id="imp-1")}
-    assert out == {"young": "duplicate", "stale": "loaded", "stored": "duplicate", "mine": "loaded",
-                   "new": "loaded"}
-    assert _docs(store) == {"stale": ["2025-12"], "stored": ["2025-10"], "mine": ["2025-12"], "new": ["2025-12"]}
-    assert (_claim(store, "stale")["i"], _claim(store, "stale")["r"]) == ("imp-1", 2)
-    assert _claim(store, "young")["i"] == "imp-0" and _claim(store, "new")["m"] == "2025-12"
+    assert out == {"stale": "loaded", "stored": "duplicate", "mine": "loaded", "dup": "duplicate", "new": "loaded"}
+    assert _docs(store) == {"stale": ["2025-12"], "stored": ["2025-10"], "mine": ["2025-12"], "dup": ["2025-10"],
+                            "new": ["2025-12"]}
+    assert (_claim(store, "stale")["i"], _claim(store, "stale")["r"]) == ("imp-1", 1)
+    assert _claim(store, "dup")["i"] == "imp-0" and _claim(store, "new")["m"] == "2025-12"
+
+
+def test_a_row_whose_id_another_load_claimed_and_has_not_stored_waits_for_it(store):
+    """Another import's young claim without its document: its load may still write it, or may have died.
+    The row waits (the rest of its chunk is written meanwhile): a duplicate once that document is
+    stored; written once the claim's lease ran out with no copy anywhere (nothing is lost)."""
+    now = store._clock()
+    claims = store.index("claims")
+    store._request("PUT", f"/{store.prefix}event-2025-10")  # a load creates its month before it claims
+    for doc_id in ("late", "dead"):
+        store._request("PUT", f"/{claims}/_doc/{doc_id}", body={"m": "2025-10", "i": "imp-0", "r": 1,
+                                                                "t": int(now) - 60})
+    shift = [0.0]
+    store._clock = lambda: now + shift[0]  # type: ignore[method-assign]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        if not slept:  # the other load writes one of its two events while this one waits
+            store._request("PUT", f"/{store.prefix}event-2025-10/_doc/late", body={"id": "late"})
+        slept.append(s)
+        shift[0] += 300
+    store._sleep = sleep  # type: ignore[method-assign]
+    out = {o.id: o.status for o in store.bulk_load([_item(store, i, "2025-12", ref) for ref, i in
+                                                    enumerate(["late", "dead", "new"], 1)], import_id="imp-1")}
+    assert out == {"late": "duplicate", "dead": "loaded", "new": "loaded"}
+    assert len(slept) == 3  # 60 s + 3 x 300 s > the 900 s lease
+    assert _docs(store) == {"late": ["2025-10"], "dead": ["2025-12"], "new": ["2025-12"]}
+    assert _claim(store, "late")["i"] == "imp-0" and _claim(store, "dead")["i"] == "imp-1"
+
+
+def test_a_row_waits_for_another_loads_claim_at_most_claim_wait_then_fails_with_the_reason(store):
+    """A young claim whose document does not come (its load died, not retried yet): after ``claim_wait``
+    seconds the row fails with a reason (for the error file), neither lost as a duplicate nor stalling
+    the load for the whole lease."""
+    store._request("PUT", f"/{store.prefix}event-2025-10")
+    store._request("PUT", f"/{store.index('claims')}/_doc/gone", body={"m": "2025-10", "i": "imp-0", "r": 1,
+                                                                         "t": int(store._clock())})
+    store.claim_wait = 3.0
+    slept: list[float] = []
+    store._sleep = slept.append  # type: ignore[method-assign]
+    out = {o.id: o for o in store.bulk_load([_item(store, "gone", "2025-12", 1), _item(store, "ok", "2025-12", 2)],
+                                            import_id="imp-1")}
+    assert (out["gone"].status, out["ok"].status) == ("failed", "loaded")
+    assert "another load claimed this event id" in out["gone"].reason and "import the row again" in out["gone"].reason
+    assert sum(slept) >= 3.0 and len(slept) == 4  # 0.2 + 0.4 + 0.8 + 1.6
+    assert _docs(store) == {"ok": ["2025-12"]} and _claim(store, "gone")["i"] == "imp-0"
 
 
 def test_an_event_the_store_refuses_gives_its_claim_back(store):
@@ -283,7 +343,8 @@ def test_an_overwrite_waits_for_a_create_load_between_its_claim_and_its_write(st
     """A create load has claimed x (2025-11) and not written it yet; an overwrite of x (2026-01) waits for
     it instead of writing beside it, then replaces its copy: one document, in the overwrite's month."""
     claimed, go = threading.Event(), threading.Event()
-    first = Store(store.client, prefix=store.prefix, chunk_docs=4, concurrency=2, backoff=0.01)
+    first = Store(store.client, prefix=store.prefix, chunk_docs=4, concurrency=2, backoff=0.01,
+                  sleep=_bounded_sleep())
     send = first._send_bulk
 
     def held(payload, *args):

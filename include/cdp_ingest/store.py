@@ -16,7 +16,10 @@ Design (measured in benchmarks/bulk_import.py):
   before a chunk of events is written, every id in it is claimed with a ``create`` in one index,
   ``<prefix>import-event-ids`` (``{"m": month, "i": import_id, "r": row, "t": time}``), which the
   server makes atomic per id whatever the month. A claim held by another row makes the row a
-  duplicate; this row's own claim (an earlier attempt of a retried import) lets it be written, and
+  duplicate once that row's document is stored; until then the row is tried again after its chunk's
+  other rows (``claim_wait`` seconds at most, then it fails with the reason: that load may have died,
+  and a duplicate of a document that never comes would lose the row). This row's own claim (an
+  earlier attempt of a retried import) lets it be written, and
   the ``create`` then finds or writes its copy. An ``ids`` query over the months that were stored
   when the load started (not the chunk's own month, which answers the ``create`` itself) finds copies
   written without a claim (before claims existed, or by a live collector). Within a load, an id
@@ -89,8 +92,11 @@ _INDEX_NAMES = {"ledger": "import-ledger", "claims": "import-event-ids"}  # kind
 # A claim whose event does not exist is left to its load this long (seconds; a chunk writes within a few
 # minutes even through the retries' backoff); past it, another load may take it over (Store._claim_ids).
 CLAIM_LEASE = 900.0
-# overwrite: an id another load is writing is tried again after this chunk, waiting 0.2 s doubling to 5 s
+# An id another load claimed and has not stored yet (or an overwrite holds) is tried again after the
+# chunk's other rows, waiting 0.2 s doubling to 5 s, CLAIM_WAIT seconds at most: then the row fails with
+# the reason (error file) rather than count as a duplicate of a document that may never come.
 HOLD_WAIT = (0.2, 5.0)
+CLAIM_WAIT = 180.0
 CLAIM_FILTER_PATH = FILTER_PATH + ",items.*._seq_no,items.*._primary_term"
 PAYLOAD_BLOCK = 64  # documents per block of a bulk body (~50 KB: below glibc's mmap threshold)
 
@@ -230,7 +236,8 @@ class Store:
                  chunk_bytes: int = CHUNK_BYTES, concurrency: int = 2, max_retries: int = 6,
                  backoff: float = 0.5, max_backoff: float = 30.0, sleep: Callable[[float], None] = time.sleep,
                  max_document_bytes: int = MAX_DOCUMENT_BYTES, max_cell_bytes: int = MAX_CELL_BYTES,
-                 id_window: int = 50_000, pause_refresh: bool = True, clock: Callable[[], float] = time.time):
+                 id_window: int = 50_000, pause_refresh: bool = True, clock: Callable[[], float] = time.time,
+                 claim_wait: float = CLAIM_WAIT):
         if flavor not in ("opensearch", "elasticsearch"):
             raise ValueError(f"flavor must be opensearch or elasticsearch, not {flavor!r}")
         if chunk_docs < 1 or chunk_bytes < 1024 or concurrency < 1 or max_document_bytes < 1024:
@@ -249,6 +256,7 @@ class Store:
         self.max_cell_bytes = max_cell_bytes
         self.id_window = id_window  # overwrite: event ids a load remembers before it refreshes (module doc)
         self.pause_refresh = pause_refresh  # months the load creates: automatic refresh off while it runs
+        self.claim_wait = claim_wait  # seconds a row waits for an id another load claimed and has not stored
         self._sleep = sleep
         self._clock = clock
         self._lock = threading.Lock()
@@ -506,22 +514,31 @@ class Store:
 
     def _load_chunk(self, chunk: list[BulkItem], import_id: str | None, write_mode: str = "create",
                     replaces: dict[int, set[str]] | None = None) -> tuple[list[Outcome], int]:
-        """Write one chunk; returns its outcomes and the requests made. In ``overwrite`` mode an event id
-        another load is writing right now waits for it: it is written once this chunk's other ids are
-        (and their holds given back, so two loads never wait for each other)."""
+        """Write one chunk; returns its outcomes and the requests made. An event id another load is writing
+        right now (claimed, not stored yet; in ``overwrite`` mode also held) waits for it: it is tried
+        again once this chunk's other ids are written (and their holds given back, so two loads never
+        wait for each other)."""
         replaces = replaces if replaces is not None else {}
         outcomes: list[Outcome] = []
         requests = 0
         wait, most = HOLD_WAIT
+        waited = 0.0
         while True:
             out, n, waiting = self._write_chunk(chunk, import_id, write_mode, replaces)
             outcomes += out
             requests += n
             if not waiting:
                 return outcomes, requests
-            log.info("overwrite: %d event id(s) being written by another load; trying again in %.1f s",
+            if waited >= self.claim_wait:
+                reason = (f"another load claimed this event id and had not stored it after {waited:.0f} s (it may "
+                          f"have died; its claim lapses {CLAIM_LEASE / 60:.0f} min after it was made): import "
+                          f"the row again later")
+                outcomes += [Outcome(it.ref, "failed", reason, id=it.id) for it in waiting]
+                return outcomes, requests
+            log.info("%d event id(s) another load is writing (claimed, not stored yet); trying again in %.1f s",
                      len(waiting), wait)
             self._sleep(wait)
+            waited += wait
             chunk, wait = waiting, min(most, wait * 2)
 
     def _write_chunk(self, chunk: list[BulkItem], import_id: str | None, write_mode: str,
@@ -580,7 +597,7 @@ class Store:
         if overwrite:
             claimed: list[BulkItem] = []
         else:
-            chunk, refused, n = self._claim_ids(chunk, import_id)
+            chunk, refused, n, waiting = self._claim_ids(chunk, import_id)
             outcomes += refused
             requests += n
             claimed = [it for it in chunk if it.index.startswith(events)]  # released if the store refuses one
@@ -656,11 +673,13 @@ class Store:
                 parts.append(b"%s%s%s%d%s" % (head, dumps(it.id), m, it.ref, tail))
         return Blocks(b"".join(parts[k:k + PAYLOAD_BLOCK]) for k in range(0, len(parts), PAYLOAD_BLOCK))
 
-    def _claim_ids(self, chunk: list[BulkItem], import_id: str | None) -> tuple[list[BulkItem], list[Outcome], int]:
+    def _claim_ids(self, chunk: list[BulkItem], import_id: str | None
+                   ) -> tuple[list[BulkItem], list[Outcome], int, list[BulkItem]]:
         """Create mode: claim every event id of ``chunk`` before its document is written (``create`` in
         ``<prefix>import-event-ids``, atomic per id whatever the month): a claim made by another row is
-        a duplicate, even by a load running at the same time. Returns what to write, the outcomes of the
-        rest and the requests made.
+        a duplicate, even by a load running at the same time, once its document is stored; until then
+        the row waits (its load may die before writing it, or the store may refuse it). Returns what to
+        write, the outcomes of the rest, the requests made and the rows to try again later.
 
         An id claimed already is written only when the claim is this import's own from the same row (an
         earlier attempt: the create then finds its copy or writes it). A claim older than
@@ -669,9 +688,10 @@ class Store:
         events = self._event_prefix
         todo = [it for it in chunk if it.index.startswith(events)]
         if not todo:
-            return chunk, [], 0
+            return chunk, [], 0, []
         drop: set[int] = set()  # id() of the items not to write
         outcomes: list[Outcome] = []
+        waiting: list[BulkItem] = []
         requests = attempt = 0
         takeover: dict[int, tuple[int, int]] = {}
         while todo:
@@ -696,7 +716,7 @@ class Store:
                     outcomes.append(Outcome(it.ref, "failed", f"store refused the event id's claim: {err.get('type')}: "
                                                               f"{_short(err.get('reason'))}", id=it.id))
             if taken and not takeover:  # claimed already: by whom?
-                retake, vanished, n = self._settle_claims(taken, import_id, drop, outcomes)
+                retake, vanished, n = self._settle_claims(taken, import_id, drop, outcomes, waiting)
                 again += vanished  # given back meanwhile (its event was refused): claimed afresh
                 requests += n
             else:  # a takeover lost to another one (or nothing taken): settled as duplicates below
@@ -722,20 +742,23 @@ class Store:
             else:
                 todo = []
         if not drop:
-            return chunk, outcomes, requests
-        return [it for it in chunk if id(it) not in drop], outcomes, requests
+            return chunk, outcomes, requests, waiting
+        return [it for it in chunk if id(it) not in drop], outcomes, requests, waiting
 
     def _settle_claims(self, items: list[BulkItem], import_id: str | None, drop: set[int],
-                       outcomes: list[Outcome]
+                       outcomes: list[Outcome], waiting: list[BulkItem]
                        ) -> tuple[dict[int, tuple[BulkItem, tuple[int, int]]], list[BulkItem], int]:
-        """Ids whose claim exists: this row's own claim is written; another's is a duplicate, unless it
-        is older than ``CLAIM_LEASE`` and its document does not exist (returned to be taken over, with the
-        claim's seq_no / primary_term). A claim gone by now (released: its event was refused) is
-        returned to be claimed again."""
+        """Ids whose claim exists: this row's own claim is written; another's is a duplicate once its
+        document is stored where the claim says (read in real time). Another's claim without its
+        document: while younger than ``CLAIM_LEASE`` its load may still write it, so the row goes to
+        ``waiting`` (tried again after the chunk); older (its load died between claim and write and was
+        not retried), or naming a month deleted since, it is returned to be taken over (with the claim's
+        seq_no / primary_term) unless a search finds a copy elsewhere (an overwrite that died between
+        its claim and its write left the copy in the old month). A claim gone by now (released: its event
+        was refused) is returned to be claimed again."""
         resp = self._request("POST", "/_mget", body={"docs": [{"_index": self.index("claims"), "_id": it.id}
                                                                for it in items]})
-        now = self._clock()
-        stale: list[tuple[BulkItem, dict, tuple[int, int]]] = []
+        other: list[tuple[BulkItem, dict, tuple[int, int]]] = []
         vanished: list[BulkItem] = []
         for it, d in zip(items, resp["docs"], strict=True):
             if d.get("found") is False:
@@ -744,22 +767,30 @@ class Store:
             src = d.get("_source") or {}
             if import_id is not None and src.get("i") == import_id and src.get("r") == it.ref:
                 continue  # this row's claim (an earlier attempt): written, a stored copy answers 409
-            if d.get("found") and now - float(src.get("t") or 0) > CLAIM_LEASE:
-                stale.append((it, src, (d["_seq_no"], d["_primary_term"])))
-                continue
-            drop.add(id(it))
-            outcomes.append(Outcome(it.ref, "duplicate", id=it.id))
-        if not stale:
+            other.append((it, src, (d["_seq_no"], d["_primary_term"])))
+        if not other:
             return {}, vanished, 1
-        # its document where the claim says (read in real time), or anywhere a search sees one (an
-        # overwrite that died between its claim and its write left the copy in the old month)
         docs = [{"_index": f"{self._event_prefix}{src.get('m')}", "_id": it.id, "_source": False}
-                for it, src, _ in stale]
+                for it, src, _ in other]
         found = self._request("POST", "/_mget", body={"docs": docs})["docs"]
-        elsewhere = self._find_events([it.id for it, _, _ in stale])
+        now = self._clock()
+        stale: list[tuple[BulkItem, tuple[int, int]]] = []
+        for (it, src, cas), d in zip(other, found, strict=True):
+            if d.get("found"):
+                drop.add(id(it))
+                outcomes.append(Outcome(it.ref, "duplicate", id=it.id))
+            elif now - float(src.get("t") or 0) > CLAIM_LEASE or (
+                    (d.get("error") or {}).get("type") == "index_not_found_exception"):
+                stale.append((it, cas))
+            else:  # claimed by a load that has not written it yet
+                drop.add(id(it))
+                waiting.append(it)
+        if not stale:
+            return {}, vanished, 2
+        elsewhere = self._find_events([it.id for it, _ in stale])
         retake: dict[int, tuple[BulkItem, tuple[int, int]]] = {}
-        for (it, _, cas), d in zip(stale, found, strict=True):
-            if d.get("found") or it.id in elsewhere:
+        for it, cas in stale:
+            if it.id in elsewhere:
                 drop.add(id(it))
                 outcomes.append(Outcome(it.ref, "duplicate", id=it.id))
             else:
