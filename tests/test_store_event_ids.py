@@ -129,39 +129,51 @@ def _racing(store, barrier: threading.Barrier) -> Store:
     return other
 
 
+# three imports, each with its own month (across a year boundary) and ids overlapping the others'
+PLANS = {"imp-a": ("2025-12", range(0, 40)), "imp-b": ("2026-01", range(20, 60)),
+         "imp-c": ("2024-06", range(10, 70, 2))}
+
+
+def _three_loads_together(store, write_mode: str) -> tuple[dict[str, list], dict[str, list[str]]]:
+    """Run ``PLANS``' loads at once (every event bulk request waits for another load's); check that each
+    row has one outcome and that every unique id is stored once. Returns the outcomes and the documents."""
+    barrier = threading.Barrier(2, timeout=2)
+    results: dict[str, list] = {}
+
+    def run(import_id: str) -> None:
+        month, ids = PLANS[import_id]
+        s = _racing(store, barrier)
+        results[import_id] = list(s.bulk_load([_item(s, f"x{i}", month, ref, import_id)
+                                               for ref, i in enumerate(ids, 1)], import_id=import_id,
+                                              write_mode=write_mode))
+    threads = [threading.Thread(target=run, args=(k,)) for k in PLANS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert set(results) == set(PLANS)
+    statuses = {"create": {"loaded", "duplicate"}, "overwrite": {"loaded", "updated"}}[write_mode]
+    for k, out in results.items():
+        assert sorted(o.ref for o in out) == list(range(1, len(PLANS[k][1]) + 1))
+        assert {o.status for o in out} <= statuses
+    docs = _docs(store)
+    unique = set().union(*(set(ids) for _, ids in PLANS.values()))
+    assert sorted(docs) == sorted(f"x{i}" for i in unique)
+    assert all(len(v) == 1 for v in docs.values()), {k: v for k, v in docs.items() if len(v) > 1}
+    return results, docs
+
+
 @pytest.mark.parametrize("chunk_docs", [100, 4])
 def test_loads_at_the_same_time_with_one_id_in_different_months_store_it_once(store, chunk_docs):
     """Three loads started together, each with its own month (across a year boundary) and ids
     overlapping the others'; every event bulk request waits for another load's. One document per id,
     and the three loads' accounting adds up: loaded = unique ids, the rest duplicates."""
     store.chunk_docs = chunk_docs
-    barrier = threading.Barrier(2, timeout=2)
-    plans = {"imp-a": ("2025-12", range(0, 40)), "imp-b": ("2026-01", range(20, 60)),
-             "imp-c": ("2024-06", range(10, 70, 2))}
-    results: dict[str, list] = {}
-
-    def run(import_id: str) -> None:
-        month, ids = plans[import_id]
-        s = _racing(store, barrier)
-        results[import_id] = list(s.bulk_load([_item(s, f"x{i}", month, ref, import_id)
-                                               for ref, i in enumerate(ids, 1)], import_id=import_id))
-    threads = [threading.Thread(target=run, args=(k,)) for k in plans]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert set(results) == set(plans)
-    for k, out in results.items():
-        assert sorted(o.ref for o in out) == list(range(1, len(plans[k][1]) + 1))
-        assert {o.status for o in out} <= {"loaded", "duplicate"}
-    docs = _docs(store)
-    unique = set().union(*(set(ids) for _, ids in plans.values()))
-    assert sorted(docs) == sorted(f"x{i}" for i in unique)
-    assert all(len(v) == 1 for v in docs.values()), {k: v for k, v in docs.items() if len(v) > 1}
+    results, docs = _three_loads_together(store, "create")
     loaded = [o for out in results.values() for o in out if o.status == "loaded"]
     assert sorted(o.id for o in loaded) == sorted(docs)
     for k, out in results.items():  # each loaded row's document is in its load's month
-        assert all(docs[o.id] == [plans[k][0]] for o in out if o.status == "loaded")
+        assert all(docs[o.id] == [PLANS[k][0]] for o in out if o.status == "loaded")
 
 
 def _claim(store, doc_id: str) -> dict:
@@ -308,33 +320,10 @@ def test_overwrite_loads_at_the_same_time_with_one_id_in_different_months_leave_
     every event bulk request waits for another load's. Each id is written by one load at a time: one
     document per id, in the month its claim names, and the accounting adds up (one row per id loaded,
     every other row updated)."""
-    barrier = threading.Barrier(2, timeout=2)
-    plans = {"imp-a": ("2025-12", range(0, 40)), "imp-b": ("2026-01", range(20, 60)),
-             "imp-c": ("2024-06", range(10, 70, 2))}
-    results: dict[str, list] = {}
-
-    def run(import_id: str) -> None:
-        month, ids = plans[import_id]
-        s = _racing(store, barrier)
-        results[import_id] = list(s.bulk_load([_item(s, f"x{i}", month, ref, import_id)
-                                               for ref, i in enumerate(ids, 1)], import_id=import_id,
-                                              write_mode="overwrite"))
-    threads = [threading.Thread(target=run, args=(k,)) for k in plans]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert set(results) == set(plans)
-    for k, out in results.items():
-        assert sorted(o.ref for o in out) == list(range(1, len(plans[k][1]) + 1))
-        assert {o.status for o in out} <= {"loaded", "updated"}
-    docs = _docs(store)
-    unique = set().union(*(set(ids) for _, ids in plans.values()))
-    assert sorted(docs) == sorted(f"x{i}" for i in unique)
-    assert all(len(v) == 1 for v in docs.values()), {k: v for k, v in docs.items() if len(v) > 1}
+    results, docs = _three_loads_together(store, "overwrite")
     rows = [o for out in results.values() for o in out]
     assert sorted(o.id for o in rows if o.status == "loaded") == sorted(docs)
-    assert sum(o.status == "updated" for o in rows) == len(rows) - len(unique)
+    assert sum(o.status == "updated" for o in rows) == len(rows) - len(docs)
     for doc_id, months in docs.items():
         assert _no_hold(store, doc_id)["m"] == months[0]
 
