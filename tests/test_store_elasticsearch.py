@@ -56,4 +56,13 @@ def test_elasticsearch_connection_imports_profiles_and_events(elasticsearch, tmp
     metas = store._request("GET", "/t-es-event-*/_mapping")
     assert all(v["mappings"]["_meta"] == {PAUSE_META: {"until": 0}, CLAIMED_META: True} for v in metas.values())
     assert run("events", events).status == "skipped"
+    # a corrected re-import in overwrite mode: each id's claim held while it is written, then given back
+    ro = run("events", events, force=True, write_mode="overwrite")
+    # every row replaces a stored copy (a repeated id's later row replaces the earlier one: last write wins)
+    assert (ro.loaded, ro.updated, ro.rejected, ro.duplicates) == (0, eexp.good + eexp.duplicates, eexp.bad, 0)
+    store.refresh(["t-es-event-*", store.index("claims")])
+    assert store.count("t-es-event-*") == eexp.good == store.count(store.index("claims"))
+    claims = store._request("POST", f"/{store.index('claims')}/_search", body={"size": 10_000})["hits"]["hits"]
+    assert len(claims) == eexp.good and not [c for c in claims if "w" in c["_source"]]  # (the field is not indexed)
+    assert {c["_source"]["i"] for c in claims} == {ro.import_id}
     store._request("DELETE", "/t-es-*")
