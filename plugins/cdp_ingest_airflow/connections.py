@@ -16,11 +16,13 @@ def store_from_connection(conn_id: str, *, prefix: str | None = None) -> Store:
     Connection extras: ``use_ssl`` / ``verify_certs`` (booleans), ``index_prefix`` (default ``cdp-``),
     ``bulk_chunk_docs``, ``bulk_chunk_bytes``, ``bulk_concurrency``, ``max_cell_bytes`` (default 1 MiB) and
     ``max_document_bytes`` (default 4 MiB): rows over either limit are rejected with a reason;
-    ``pause_refresh`` (default true): past months a load creates do not refresh on their own while it runs.
+    ``pause_refresh`` (default true): past months a load creates do not refresh on their own while it runs;
+    ``claim_wait_seconds`` (default 180): how long a row waits for an event id another load claimed and has
+    not stored before it fails with the reason.
     """
     from airflow.sdk import BaseHook
 
-    from cdp_ingest.store import CHUNK_BYTES, MAX_CELL_BYTES, MAX_DOCUMENT_BYTES, Store, make_client
+    from cdp_ingest.store import CHUNK_BYTES, CLAIM_WAIT, MAX_CELL_BYTES, MAX_DOCUMENT_BYTES, Store, make_client
 
     conn = BaseHook.get_connection(conn_id)
     if conn.conn_type not in STORE_CONN_TYPES:
@@ -40,4 +42,5 @@ def store_from_connection(conn_id: str, *, prefix: str | None = None) -> Store:
                  concurrency=int(extra.get("bulk_concurrency", 2)),
                  max_cell_bytes=int(extra.get("max_cell_bytes", MAX_CELL_BYTES)),
                  max_document_bytes=int(extra.get("max_document_bytes", MAX_DOCUMENT_BYTES)),
-                 pause_refresh=str(extra.get("pause_refresh", True)).lower() == "true")
+                 pause_refresh=str(extra.get("pause_refresh", True)).lower() == "true",
+                 claim_wait=float(extra.get("claim_wait_seconds", CLAIM_WAIT)))
