@@ -232,6 +232,21 @@ def test_a_row_whose_id_another_load_claimed_and_has_not_stored_waits_for_it(sto
     assert _claim(store, "late")["i"] == "imp-0" and _claim(store, "dead")["i"] == "imp-1"
 
 
+def test_a_claim_naming_a_month_deleted_since_is_taken_over_at_once(store):
+    """A young claim whose month index no longer exists (deleted after its event was stored: a load creates
+    a month before it claims ids in it): nothing is in flight, so the row is written, not kept waiting."""
+    for doc_id in ("gone", "moved"):
+        store._request("PUT", f"/{store.index('claims')}/_doc/{doc_id}", body={
+            "m": "2024-02", "i": "imp-0", "r": 1, "t": int(store._clock()) - 60})
+    out = {o.id: o.status for o in store.bulk_load([_item(store, "gone", "2025-12", 1)], import_id="imp-1")}
+    assert out == {"gone": "loaded"}
+    out = {o.id: o.status for o in store.bulk_load([_item(store, "moved", "2026-01", 1, "imp-2")], import_id="imp-2",
+                                                   write_mode="overwrite")}
+    assert out == {"moved": "loaded"}
+    assert _docs(store) == {"gone": ["2025-12"], "moved": ["2026-01"]}
+    assert (_no_hold(store, "gone")["i"], _no_hold(store, "moved")["i"]) == ("imp-1", "imp-2")
+
+
 def test_a_row_waits_for_another_loads_claim_at_most_claim_wait_then_fails_with_the_reason(store):
     """A young claim whose document does not come (its load died, not retried yet): after ``claim_wait``
     seconds the row fails with a reason (for the error file), neither lost as a duplicate nor stalling

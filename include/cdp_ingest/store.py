@@ -553,13 +553,14 @@ class Store:
         existed: set[int] = set()  # overwrite: a stored copy (another import's or row's) is replaced
         waiting: list[BulkItem] = []
         holds = _Holds()
+        old_copies: dict[int, set[str]] = {}  # overwrite: the month the claim taken named, if another
         if overwrite:  # hold each id's claim while it is written and its old copies deleted
             holds = self._hold_ids(chunk, import_id)
             requests += holds.requests
             outcomes += holds.failed
             existed |= holds.existed
-            for ref, ix in holds.moved:
-                replaces.setdefault(ref, set()).add(ix)
+            for ref, ix in holds.moved:  # deleted once the row is written (not by itself a sign of "updated")
+                old_copies.setdefault(ref, set()).add(ix)
             waiting = [it for it in chunk if it.id in holds.waiting and it.index.startswith(events)]
             chunk = [it for it in chunk if it.id in holds.held or not it.index.startswith(events)]
             # every stored copy counts (updated or this import's own): search all months
@@ -643,9 +644,9 @@ class Store:
         if claimed:  # an event the store refused gives its claim back (a corrected row may come)
             failed = {(o.ref, o.id) for o in outcomes if o.status == "failed"}
             requests += self._release_claims([it for it in claimed if (it.ref, it.id) in failed])
-        if replaces:
-            stale = [(ix, o.id) for o in outcomes if o.status in ("loaded", "updated") and o.ref in replaces
-                     for ix in sorted(replaces[o.ref])]
+        if replaces or old_copies:
+            stale = [(ix, o.id) for o in outcomes if o.status in ("loaded", "updated")
+                     for ix in sorted(replaces.get(o.ref, set()) | old_copies.get(o.ref, set()))]
             requests += self._delete_copies(stale)
         if overwrite and holds.held:
             requests += self._give_back(holds.held, outcomes, import_id)
@@ -770,17 +771,14 @@ class Store:
             other.append((it, src, (d["_seq_no"], d["_primary_term"])))
         if not other:
             return {}, vanished, 1
-        docs = [{"_index": f"{self._event_prefix}{src.get('m')}", "_id": it.id, "_source": False}
-                for it, src, _ in other]
-        found = self._request("POST", "/_mget", body={"docs": docs})["docs"]
+        where = self._claimed_docs([(it.id, src) for it, src, _ in other])
         now = self._clock()
         stale: list[tuple[BulkItem, tuple[int, int]]] = []
-        for (it, src, cas), d in zip(other, found, strict=True):
-            if d.get("found"):
+        for (it, src, cas), state in zip(other, where, strict=True):
+            if state == "stored":
                 drop.add(id(it))
                 outcomes.append(Outcome(it.ref, "duplicate", id=it.id))
-            elif now - float(src.get("t") or 0) > CLAIM_LEASE or (
-                    (d.get("error") or {}).get("type") == "index_not_found_exception"):
+            elif state == "no month" or now - float(src.get("t") or 0) > CLAIM_LEASE:
                 stale.append((it, cas))
             else:  # claimed by a load that has not written it yet
                 drop.add(id(it))
@@ -796,6 +794,16 @@ class Store:
             else:
                 retake[id(it)] = (it, cas)
         return retake, vanished, 3
+
+    def _claimed_docs(self, claims: list[tuple[str, dict]]) -> list[str]:
+        """For (event id, claim) pairs, the event where its claim says, read in real time: ``stored``,
+        ``absent``, or ``no month`` (the month index is gone: deleted since, as a load creates a month
+        before it claims ids in it)."""
+        docs = [{"_index": f"{self._event_prefix}{src.get('m')}", "_id": doc_id, "_source": False}
+                for doc_id, src in claims]
+        return ["stored" if d.get("found") else
+                "no month" if (d.get("error") or {}).get("type") == "index_not_found_exception" else "absent"
+                for d in self._request("POST", "/_mget", body={"docs": docs})["docs"]]
 
     def _hold_ids(self, chunk: list[BulkItem], import_id: str | None) -> _Holds:
         """Overwrite mode: take the claim of every event id of ``chunk`` for the time it is written and its
@@ -819,6 +827,7 @@ class Store:
             resp = self._request("POST", "/_mget", body={"docs": [{"_index": claims, "_id": i} for i in todo]})
             now = self._clock()
             take: list[tuple[str, dict | None, tuple[int, int] | None]] = []  # id, claim read, its seq_no/term
+            gone: set[str] = set()  # ids whose claim names a month deleted since: no old copy to delete
             check: list[tuple[str, dict, tuple[int, int]]] = []  # another load's finished claim: stored yet?
             for doc_id, d in zip(todo, resp["docs"], strict=True):
                 if not d.get("found"):
@@ -835,18 +844,17 @@ class Store:
                     check.append((doc_id, src, cas))
             holds.requests += 1
             if check:
-                found = self._request("POST", "/_mget", body={"docs": [
-                    {"_index": f"{events}{src.get('m')}", "_id": doc_id, "_source": False}
-                    for doc_id, src, _ in check]})["docs"]
                 holds.requests += 1
-                for (doc_id, src, cas), d in zip(check, found, strict=True):
-                    if d.get("found"):
-                        take.append((doc_id, src, cas))
-                        holds.existed.update(it.ref for it in groups[doc_id])
-                    elif (d.get("error") or {}).get("type") == "index_not_found_exception":
-                        take.append((doc_id, src, cas))  # its month was deleted since (a load creates it first)
-                    else:  # claimed by a create load that has not written it yet
+                for (doc_id, src, cas), state in zip(check, self._claimed_docs([(i, src) for i, src, _ in check]),
+                                                     strict=True):
+                    if state == "absent":  # claimed by a create load that has not written it yet
                         holds.waiting.add(doc_id)
+                        continue
+                    take.append((doc_id, src, cas))
+                    if state == "stored":
+                        holds.existed.update(it.ref for it in groups[doc_id])
+                    else:
+                        gone.add(doc_id)
             if not take:
                 break
             resp = self._send_bulk(self._claim_body([groups[doc_id][-1] for doc_id, _, _ in take], import_id,
@@ -860,7 +868,7 @@ class Store:
                 if st < 300:
                     group = groups[doc_id]
                     holds.held[doc_id] = (group, src, (r["_seq_no"], r["_primary_term"]))
-                    old = f"{events}{src['m']}" if src and src.get("m") else None
+                    old = f"{events}{src['m']}" if src and src.get("m") and doc_id not in gone else None
                     holds.moved.extend((it.ref, old) for it in group if old and it.index != old)
                 elif st == 409 or st in RETRY_STATUSES:  # lost a race for it: read it again
                     todo.append(doc_id)
