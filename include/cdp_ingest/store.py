@@ -553,14 +553,11 @@ class Store:
         existed: set[int] = set()  # overwrite: a stored copy (another import's or row's) is replaced
         waiting: list[BulkItem] = []
         holds = _Holds()
-        old_copies: dict[int, set[str]] = {}  # overwrite: the month the claim taken named, if another
         if overwrite:  # hold each id's claim while it is written and its old copies deleted
             holds = self._hold_ids(chunk, import_id)
             requests += holds.requests
             outcomes += holds.failed
             existed |= holds.existed
-            for ref, ix in holds.moved:  # deleted once the row is written (not by itself a sign of "updated")
-                old_copies.setdefault(ref, set()).add(ix)
             waiting = [it for it in chunk if it.id in holds.waiting and it.index.startswith(events)]
             chunk = [it for it in chunk if it.id in holds.held or not it.index.startswith(events)]
             # every stored copy counts (updated or this import's own): search all months
@@ -644,9 +641,9 @@ class Store:
         if claimed:  # an event the store refused gives its claim back (a corrected row may come)
             failed = {(o.ref, o.id) for o in outcomes if o.status == "failed"}
             requests += self._release_claims([it for it in claimed if (it.ref, it.id) in failed])
-        if replaces or old_copies:
+        if replaces or holds.moved:  # (a month a taken claim named is no sign of "updated" by itself)
             stale = [(ix, o.id) for o in outcomes if o.status in ("loaded", "updated")
-                     for ix in sorted(replaces.get(o.ref, set()) | old_copies.get(o.ref, set()))]
+                     for ix in sorted(replaces.get(o.ref, set()) | holds.moved.get(o.ref, set()))]
             requests += self._delete_copies(stale)
         if overwrite and holds.held:
             requests += self._give_back(holds.held, outcomes, import_id)
@@ -869,7 +866,9 @@ class Store:
                     group = groups[doc_id]
                     holds.held[doc_id] = (group, src, (r["_seq_no"], r["_primary_term"]))
                     old = f"{events}{src['m']}" if src and src.get("m") and doc_id not in gone else None
-                    holds.moved.extend((it.ref, old) for it in group if old and it.index != old)
+                    for it in group:
+                        if old and it.index != old:
+                            holds.moved[it.ref] = {old}
                 elif st == 409 or st in RETRY_STATUSES:  # lost a race for it: read it again
                     todo.append(doc_id)
                 else:
@@ -1237,7 +1236,7 @@ class _Holds:
     waiting: set[str] = field(default_factory=set)  # ids another load is writing: tried again later
     failed: list[Outcome] = field(default_factory=list)
     existed: set[int] = field(default_factory=set)  # rows replacing a copy another load stored
-    moved: list[tuple[int, str]] = field(default_factory=list)  # (row, the month its old copy is in)
+    moved: dict[int, set[str]] = field(default_factory=dict)  # row → the month its old copy is in
     requests: int = 0
 
 
