@@ -21,10 +21,10 @@ def crash_on_send(store: Store, n: int, message: str = "worker lost its connecti
     calls = itertools.count(1)
     original = store._send_bulk
 
-    def dying_send(payload: bytes, *args):
+    def dying_send(payload: bytes, *args, **kw):
         if next(calls) == n:
             raise StoreError(message)
-        return original(payload, *args)
+        return original(payload, *args, **kw)
 
     store._send_bulk = dying_send  # type: ignore[method-assign]
     try:

@@ -143,12 +143,12 @@ def test_a_chunk_load_that_dies_part_way_then_a_rerun_ends_exact(landing, airflo
     original = Store._send_bulk
     died = []
 
-    def dying_send(self, payload, *args):
+    def dying_send(self, payload, *args, **kw):
         body = b"".join(payload) if isinstance(payload, list) else payload  # a bulk body is a list of blocks
         if marker in body:
             died.append(body.count(b"\n") // 2)
             raise StoreError("worker lost its connection")
-        return original(self, payload, *args)
+        return original(self, payload, *args, **kw)
 
     monkeypatch.setattr(Store, "_send_bulk", dying_send)
     assert run(no_retries=True).state == "failed"

@@ -157,7 +157,7 @@ def test_failed_load_on_another_host_leaves_nothing_and_the_rerun_loads_everythi
     acc.write("orders-2.manifest", manifest_bytes("orders.csv", "event", acc.client_email, COLUMNS))
     acc.upload("orders.csv", "orders.manifest")
 
-    def refused(self, payload: bytes, *args):
+    def refused(self, payload: bytes, *args, **kw):
         raise StoreError("worker lost its connection")
 
     first = Hosts(tmp_path / "first", bucket, s3)

@@ -118,13 +118,13 @@ def _racing(store, barrier: threading.Barrier) -> Store:
                   chunk_docs=store.chunk_docs, concurrency=2, backoff=0.01, sleep=_bounded_sleep())
     send = other._send_bulk
 
-    def held(payload, *args):
+    def held(payload, *args, **kw):
         if b"import-event-ids" not in (payload if isinstance(payload, bytes) else payload[0])[:200]:
             try:
                 barrier.wait()
             except threading.BrokenBarrierError:
                 barrier.reset()
-        return send(payload, *args)
+        return send(payload, *args, **kw)
     other._send_bulk = held  # type: ignore[method-assign]
     return other
 
@@ -351,11 +351,11 @@ def test_an_overwrite_waits_for_a_create_load_between_its_claim_and_its_write(st
                   sleep=_bounded_sleep())
     send = first._send_bulk
 
-    def held(payload, *args):
+    def held(payload, *args, **kw):
         if b"import-event-ids" not in (payload if isinstance(payload, bytes) else payload[0])[:200]:
             claimed.set()
             assert go.wait(30)
-        return send(payload, *args)
+        return send(payload, *args, **kw)
     first._send_bulk = held  # type: ignore[method-assign]
     out: dict[str, list] = {}
     t = threading.Thread(target=lambda: out.setdefault("create", list(first.bulk_load(
@@ -561,3 +561,156 @@ def test_every_new_month_is_created_before_its_first_chunk_is_sent(store):
                               if path == "/_bulk" and b'"_index":"%s"' % ix.encode() in body)
             assert put < first_bulk, ix
         assert _refresh_interval(store, f"{p}event-2025-12") is None
+
+
+# ---- load beats: a claim's load ended or was killed (no waiting for the lease), and a load whose beats lapsed
+def _beat(store, token: str, age: float, import_id: str = "imp-0") -> None:
+    store._request("PUT", f"/{store.index('loads')}/_doc/{token}",
+                   body={"t": store._clock() - age, "i": import_id}, params={"refresh": "true"})
+
+
+def _young(store, doc_id: str, month: str, token: str, **extra) -> None:
+    """Another import's young claim of ``doc_id`` made by the load with beat ``token``."""
+    store._request("PUT", f"/{store.index('claims')}/_doc/{doc_id}", body={
+        "m": month, "i": "imp-0", "r": 1, "t": int(store._clock()) - 30, "l": token, **extra})
+
+
+def test_a_load_writes_a_beat_while_it_runs_names_it_in_its_claims_and_removes_it_at_its_end(store, monkeypatch):
+    import cdp_ingest.store as store_module
+
+    monkeypatch.setattr(store_module, "LOAD_BEAT", 0.1)
+    loads = store.index("loads")
+    seen: list[dict] = []
+    send = store._send_bulk
+
+    def watched(payload, *args, **kw):
+        if not seen and store._beat is not None:
+            path = f"/{loads}/_doc/{store._beat.token}"
+            first = store._request("GET", path)["_source"]
+            time.sleep(0.5)  # the beat thread rewrites it meanwhile
+            seen.extend([first, store._request("GET", path)["_source"], {"token": store._beat.token}])
+        return send(payload, *args, **kw)
+    monkeypatch.setattr(store, "_send_bulk", watched)
+    out = list(store.bulk_load([_item(store, f"e{i}", "2025-12", i) for i in range(1, 4)], import_id="imp-1"))
+    assert {o.status for o in out} == {"loaded"}
+    first, later, token = seen[0], seen[1], seen[2]["token"]
+    assert first["i"] == later["i"] == "imp-1" and later["t"] > first["t"]
+    assert {_claim(store, f"e{i}")["l"] for i in range(1, 4)} == {token}
+    gone = store._request("GET", f"/{loads}/_doc/{token}", ok_statuses=(404,))
+    assert gone["found"] is False and store._beat is None
+
+
+def test_a_claim_whose_load_ended_or_was_killed_is_taken_over_without_waiting_for_its_lease(store):
+    """Young claims of other loads without their events: the killed load's (beat older than LOAD_STALE)
+    and the ended one's (beat removed) are taken over at once; the live load's (fresh beat) is waited
+    for (here 1 s: then the row fails); the ended load's event that is stored is a duplicate."""
+    from cdp_ingest.store import LOAD_STALE
+
+    store._request("PUT", f"/{store.prefix}event-2025-10")  # a load creates its month before it claims
+    _beat(store, "alive", 5)
+    _beat(store, "killed", LOAD_STALE + 10)
+    for doc_id, token in (("a", "alive"), ("k", "killed"), ("e", "ended"), ("s", "ended")):
+        _young(store, doc_id, "2025-10", token)
+    store._request("PUT", f"/{store.prefix}event-2025-10/_doc/s", body={"id": "s"})
+    store.claim_wait = 1.0
+    slept: list[float] = []
+    store._sleep = slept.append  # type: ignore[method-assign]
+    out = {o.id: o for o in store.bulk_load([_item(store, i, "2025-12", ref) for ref, i in
+                                             enumerate(["a", "k", "e", "s", "n"], 1)], import_id="imp-1")}
+    assert {i: o.status for i, o in out.items()} == {"a": "failed", "k": "loaded", "e": "loaded",
+                                                      "s": "duplicate", "n": "loaded"}
+    assert "that load is still running" in out["a"].reason
+    assert 1.0 <= sum(slept) < 2.0  # only the live load's row waited
+    assert _docs(store) == {"k": ["2025-12"], "e": ["2025-12"], "s": ["2025-10"], "n": ["2025-12"]}
+    assert [_claim(store, i)["i"] for i in ("a", "k", "e", "s")] == ["imp-0", "imp-1", "imp-1", "imp-0"]
+
+
+def test_a_load_that_writes_its_event_and_ends_while_its_claim_is_read_is_not_taken_over(store, monkeypatch):
+    """The claim's event is read as absent, then its load writes it and ends (beat removed) before the
+    beat is read: the event is read again after the beat, so it is a duplicate, not a second copy."""
+    # created by that load, a past month: its refresh is off, so only a real-time read sees the event
+    store._request("PUT", f"/{store.prefix}event-2025-10", body={"settings": {"index.refresh_interval": "-1"}})
+    _young(store, "late", "2025-10", "gone-now")
+    dead_loads = store._dead_loads
+
+    def wrote_then_ended(claims):
+        store._request("PUT", f"/{store.prefix}event-2025-10/_doc/late", body={"id": "late"})
+        return dead_loads(claims)
+    monkeypatch.setattr(store, "_dead_loads", wrote_then_ended)
+    out = {o.id: o.status for o in store.bulk_load([_item(store, "late", "2025-12", 1)], import_id="imp-1")}
+    assert out == {"late": "duplicate"} and _docs(store) == {"late": ["2025-10"]}
+
+
+def test_an_overwrite_takes_the_hold_of_a_killed_load_at_once_and_waits_for_a_live_ones(store):
+    from cdp_ingest.store import LOAD_STALE
+
+    _beat(store, "alive", 5)
+    _beat(store, "killed", LOAD_STALE + 10)
+    for month in ("2025-09", "2025-10"):  # the copy before the killed overwrite, and the one it wrote
+        store._request("PUT", f"/{store.prefix}event-{month}/_doc/k", body={"id": "k"}, params={"refresh": "true"})
+    _young(store, "k", "2025-10", "killed", w=1)
+    _young(store, "a", "2025-10", "alive", w=1)
+    store.claim_wait = 1.0
+    slept: list[float] = []
+    store._sleep = slept.append  # type: ignore[method-assign]
+    out = {o.id: o.status for o in store.bulk_load([_item(store, "k", "2026-01", 1, "imp-2"),
+                                                    _item(store, "a", "2026-01", 2, "imp-2")],
+                                                   import_id="imp-2", write_mode="overwrite")}
+    assert out == {"k": "updated", "a": "failed"}
+    assert 1.0 <= sum(slept) < 2.0
+    assert _docs(store) == {"k": ["2026-01"]}
+    assert (_no_hold(store, "k")["i"], _claim(store, "a")["l"]) == ("imp-2", "alive")
+
+
+def _lapse_then(store, monkeypatch, meanwhile) -> None:
+    """The load's beats lapse between its claims (or holds) and its first event write (it was frozen, or
+    cut off from the store, for over LOAD_STALE / 2), and ``meanwhile`` another load acts."""
+    from cdp_ingest.store import LOAD_STALE
+
+    send, done = store._send_bulk, []
+
+    def lapsed(payload, *args, **kw):
+        if not done and b"import-event-ids" not in (payload if isinstance(payload, bytes) else payload[0])[:200]:
+            done.append(True)
+            store._beat.last_ok -= LOAD_STALE
+            meanwhile()
+        return send(payload, *args, **kw)
+    monkeypatch.setattr(store, "_send_bulk", lapsed)
+
+
+def test_a_create_load_whose_beats_lapsed_claims_again_before_it_writes(store, monkeypatch):
+    """While this load's beats had lapsed, another load took its claim of x over and stored x in another
+    month: x is a duplicate (not a second copy); y, still claimed by this load, is written."""
+    def took_over():
+        store._request("PUT", f"/{store.index('claims')}/_doc/x", body={
+            "m": "2025-09", "i": "imp-9", "r": 1, "t": int(store._clock()), "l": "other"})
+        store._request("PUT", f"/{store.prefix}event-2025-09/_doc/x", body={"id": "x"})
+    _lapse_then(store, monkeypatch, took_over)
+    out = {o.id: o.status for o in store.bulk_load([_item(store, "x", "2025-12", 1), _item(store, "y", "2025-12", 2)],
+                                                   import_id="imp-1")}
+    assert out == {"x": "duplicate", "y": "loaded"}
+    assert _docs(store) == {"x": ["2025-09"], "y": ["2025-12"]}
+    assert (_claim(store, "x")["i"], _claim(store, "y")["i"]) == ("imp-9", "imp-1")
+
+
+def test_an_overwrite_whose_beats_lapsed_takes_its_holds_again_before_it_writes(store, monkeypatch):
+    """While this overwrite's beats had lapsed, another overwrite took its hold of x over, wrote x in
+    2025-09 and finished; y's and z's holds are still this load's. This load takes x again (x's 2025-09
+    copy is then deleted as replaced) and renews y's and z's: one copy each, in this load's month, x
+    counted updated; z, which the store refuses, gets back the claim its hold replaced (imp-0's)."""
+    store._request("PUT", f"/{store.index('claims')}/_doc/z", body={"m": "2025-11", "i": "imp-0", "r": 3, "t": 1})
+    store._request("PUT", f"/{store.prefix}event-2025-11/_doc/z", body={"id": "z"}, params={"refresh": "true"})
+
+    def took_over():
+        store._request("PUT", f"/{store.index('claims')}/_doc/x", body={
+            "m": "2025-09", "i": "imp-9", "r": 1, "t": int(store._clock()), "l": "other"})
+        store._request("PUT", f"/{store.prefix}event-2025-09/_doc/x", body={"id": "x"})
+    _lapse_then(store, monkeypatch, took_over)
+    bad = BulkItem(f"{store.prefix}event-2025-12", "z", orjson.dumps({"id": "z", "metadata": {"time": {
+        "insert": "not a date"}}}), 3)
+    out = {o.id: o.status for o in store.bulk_load([_item(store, "x", "2025-12", 1), _item(store, "y", "2025-12", 2),
+                                                    bad], import_id="imp-1", write_mode="overwrite")}
+    assert out == {"x": "updated", "y": "loaded", "z": "failed"}
+    assert _docs(store) == {"x": ["2025-12"], "y": ["2025-12"], "z": ["2025-11"]}
+    assert [(_no_hold(store, i)["i"], _no_hold(store, i)["m"]) for i in ("x", "y")] == [("imp-1", "2025-12")] * 2
+    assert (_no_hold(store, "z")["i"], _no_hold(store, "z")["m"]) == ("imp-0", "2025-11")

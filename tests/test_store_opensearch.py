@@ -132,12 +132,12 @@ def test_profile_merge_retries_on_concurrent_update(store):
     original = store._send_bulk
     raced = []
 
-    def racing_send(payload: bytes, *args):
+    def racing_send(payload: bytes, *args, **kw):
         if not raced:  # someone else writes the profile between our read and our write
             raced.append(True)
             store._request("POST", f"/{store.index('profile')}/_update/{pid}", body={"doc": {"traits": {"b": 2}}},
                            params={"refresh": "true"})
-        return original(payload, *args)
+        return original(payload, *args, **kw)
 
     store._send_bulk = racing_send
     out = list(store.merge_profiles([ProfileRow(pid, 7, [("$set", "traits.c", 3)])], "imp-1", NOW))

@@ -14,18 +14,21 @@ Design (measured in benchmarks/bulk_import.py):
   by an earlier attempt of this very import (a retry after a crash) and counts as loaded.
 - One document per event id across all monthly indices, also between loads running at the same time:
   before a chunk of events is written, every id in it is claimed with a ``create`` in one index,
-  ``<prefix>import-event-ids`` (``{"m": month, "i": import_id, "r": row, "t": time}``), which the
-  server makes atomic per id whatever the month. A claim held by another row makes the row a
+  ``<prefix>import-event-ids`` (``{"m": month, "i": import_id, "r": row, "t": time, "l": load}``),
+  which the server makes atomic per id whatever the month. A claim held by another row makes the row a
   duplicate once that row's document is stored; until then the row is tried again after its chunk's
-  other rows (``claim_wait`` seconds at most, then it fails with the reason: that load may have died,
-  and a duplicate of a document that never comes would lose the row). This row's own claim (an
+  other rows (``claim_wait`` seconds at most, then it fails with the reason: a duplicate of a document
+  that never comes would lose the row). This row's own claim (an
   earlier attempt of a retried import) lets it be written, and
   the ``create`` then finds or writes its copy. An ``ids`` query over the months that were stored
   when the load started (not the chunk's own month, which answers the ``create`` itself) finds copies
   written without a claim (before claims existed, or by a live collector). Within a load, an id
   window holds the ids of the chunks in flight, so the first row in file order wins. A claim whose
-  document does not exist after ``CLAIM_LEASE`` (its load died between claim and write and was not
-  retried) is taken over, conditionally on its ``_seq_no``. Claims cost the node ~10-12 µs per event
+  document does not exist is taken over, conditionally on its ``_seq_no``, once its load is gone:
+  each load keeps a beat (``_Beat``, named in its claims as ``"l"``) that a killed load stops
+  rewriting (stale after ``LOAD_STALE``) and a load that ended removed; a claim without a beat
+  (made before beats) after ``CLAIM_LEASE``. A load whose own beats lapsed claims again what it
+  claimed before the lapse, before it writes it. Claims cost the node ~10-12 µs per event
   (a 60-byte document); they replace the search of the months the load itself writes, which grew with
   them (at 1M events ~7 µs per event and rising).
 - Overwrite mode holds each event's claim (``"w": 1``, taken conditionally on its ``_seq_no``) while
@@ -34,7 +37,7 @@ Design (measured in benchmarks/bulk_import.py):
   ``id_window``; past that many, it refreshes what it wrote and forgets what is visible). An id another
   load is writing (its hold, or a create load's claim whose document is not stored yet) is tried
   again once the chunk's other ids are written and their holds given back, so loads take turns and
-  never wait for each other; a hold of a load that died is taken over after ``CLAIM_LEASE``.
+  never wait for each other; a hold of a load that is gone is taken over as a claim is (above).
 - Every month index a load writes to first is created (PUT) before its first chunk is sent: left to
   the bulk request, a new month answered another chunk's id search made meanwhile with 503 until its
   shard had started. One that is a past month (not the current UTC month or one within two days of
@@ -67,6 +70,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import orjson
@@ -88,7 +92,8 @@ MAX_DOCUMENT_BYTES = 4 << 20
 MAX_CELL_BYTES = 1 << 20
 FILTER_PATH = "errors,items.*.status,items.*.error.type,items.*.error.reason"
 WRITE_MODES = ("create", "overwrite")
-_INDEX_NAMES = {"ledger": "import-ledger", "claims": "import-event-ids"}  # kinds not named as themselves
+_INDEX_NAMES = {"ledger": "import-ledger", "claims": "import-event-ids",  # kinds not named as themselves
+                "loads": "import-loads"}
 # A claim whose event does not exist is left to its load this long (seconds; a chunk writes within a few
 # minutes even through the retries' backoff); past it, another load may take it over (Store._claim_ids).
 CLAIM_LEASE = 900.0
@@ -97,6 +102,12 @@ CLAIM_LEASE = 900.0
 # the reason (error file) rather than count as a duplicate of a document that may never come.
 HOLD_WAIT = (0.2, 5.0)
 CLAIM_WAIT = 180.0
+# A load's beat (``_Beat``): rewritten every LOAD_BEAT seconds while it runs, removed when it ends. Another
+# load's claim without its event is taken over once that load's beat is gone (it ended) or LOAD_STALE
+# seconds old (it was killed), not only after CLAIM_LEASE; a load whose own beats lapsed for
+# LOAD_STALE / 2 checks its claims again before it writes what it claimed.
+LOAD_BEAT = 15.0
+LOAD_STALE = 120.0
 CLAIM_FILTER_PATH = FILTER_PATH + ",items.*._seq_no,items.*._primary_term"
 PAYLOAD_BLOCK = 64  # documents per block of a bulk body (~50 KB: below glibc's mmap threshold)
 
@@ -213,6 +224,8 @@ def _mappings(flavor: str) -> dict[str, dict]:
         }},
         # One claim per event id (see Store._claim_ids): nothing indexed but the _id, the source read back.
         "claims": {"dynamic": False, "properties": {}},
+        # One beat per running load (see _Beat), read by _id only.
+        "loads": {"dynamic": False, "properties": {}},
         "ledger": {"dynamic": False, "properties": {
             "unit_id": kw, "import_id": kw, "source": kw, "path": kw, "kind": kw, "status": kw,
             "size": {"type": "long"}, "checksum": kw, "started": date, "finished": date,
@@ -263,6 +276,7 @@ class Store:
         self._event_indices: set[str] = set()  # event indices that exist (created before the first write)
         self._stored_months: frozenset[str] = frozenset()  # the ones at the load's start (create mode's search)
         self._retries = 0  # cumulative retries (requests and items), read into LoadStats
+        self._beat: _Beat | None = None  # the running load's (bulk_load)
 
     # ---- names and templates ---------------------------------------------------------------------
     def index(self, kind: str) -> str:
@@ -272,7 +286,7 @@ class Store:
         """Create/refresh composable index templates for every index family (idempotent)."""
         patterns = {"profile": self.index("profile"), "session": self.index("session"),
                     "event": f"{self.prefix}event-*", "ledger": self.index("ledger"),
-                    "claims": self.index("claims")}
+                    "claims": self.index("claims"), "loads": self.index("loads")}
         for kind, mapping in _mappings(self.flavor).items():
             body = {"index_patterns": [patterns[kind]], "priority": 200,
                     "template": {"settings": {"number_of_shards": shards, "number_of_replicas": replicas,
@@ -283,13 +297,17 @@ class Store:
 
     # ---- low level ------------------------------------------------------------------------------------
     def _request(self, method: str, path: str, *, body: Any = None, params: dict | None = None,
-                 headers: dict | None = None, ok_statuses: tuple[int, ...] = ()) -> Any:
-        """One request with retries on connection errors, 429 and 5xx."""
+                 headers: dict | None = None, ok_statuses: tuple[int, ...] = (),
+                 check: Callable[[], None] | None = None) -> Any:
+        """One request with retries on connection errors, 429 and 5xx (``check()`` runs before each
+        attempt: an exception it raises ends the retries)."""
         from opensearchpy.exceptions import ConnectionError as OSConnectionError
         from opensearchpy.exceptions import ConnectionTimeout, TransportError
 
         attempt = 0
         while True:
+            if check is not None:
+                check()
             try:
                 return self.client.transport.perform_request(method, path, body=body, params=params or {},
                                                              headers=headers)
@@ -316,11 +334,13 @@ class Store:
         if names:
             self._request("POST", f"/{names}/_refresh", params={"ignore_unavailable": "true"})
 
-    def _send_bulk(self, payload: bytes | Blocks, filter_path: str = FILTER_PATH) -> dict:
+    def _send_bulk(self, payload: bytes | Blocks, filter_path: str = FILTER_PATH,
+                   check: Callable[[], None] | None = None) -> dict:
         headers = {"content-type": "application/x-ndjson"}
         if isinstance(payload, Blocks):
             headers["content-length"] = str(payload.size)
-        return self._request("POST", "/_bulk", body=payload, params={"filter_path": filter_path}, headers=headers)
+        return self._request("POST", "/_bulk", body=payload, params={"filter_path": filter_path}, headers=headers,
+                             check=check)
 
     # ---- bulk load of documents ----------------------------------------------------------------------
     def bulk_load(self, items: Iterable[BulkItem], import_id: str | None = None,
@@ -343,15 +363,21 @@ class Store:
         with self._lock:  # searched for copies written without a claim (create mode)
             self._stored_months = frozenset(self._event_indices - claimed)
         paused = _Paused(self)
+        beat = self._beat = _Beat(self, import_id)
+        beat.start()  # before the first claim, which names it
         try:
-            yield from self._bulk_load(items, import_id, stats, write_mode, window, paused)
-        except BaseException:  # the load's own error wins; the lease lets a later load restore the months
             try:
-                paused.resume()
-            except Exception as e:
-                log.warning("could not restore the refresh of %s: %s", ", ".join(sorted(paused.indices)), e)
-            raise
-        paused.resume()
+                yield from self._bulk_load(items, import_id, stats, write_mode, window, paused)
+            except BaseException:  # the load's own error wins; the lease lets a later load restore the months
+                try:
+                    paused.resume()
+                except Exception as e:
+                    log.warning("could not restore the refresh of %s: %s", ", ".join(sorted(paused.indices)), e)
+                raise
+            paused.resume()
+        finally:  # every chunk is back: a claim of this load without its event is nobody's now
+            beat.stop()
+            self._beat = None
         stats.retries += self._retries - retries_before
 
     def _bulk_load(self, items: Iterable[BulkItem], import_id: str | None, stats: LoadStats, write_mode: str,
@@ -530,9 +556,9 @@ class Store:
             if not waiting:
                 return outcomes, requests
             if waited >= self.claim_wait:
-                reason = (f"another load claimed this event id and had not stored it after {waited:.0f} s (it may "
-                          f"have died; its claim lapses {CLAIM_LEASE / 60:.0f} min after it was made): import "
-                          f"the row again later")
+                reason = (f"another load claimed this event id and had not stored it after {waited:.0f} s (that load "
+                          f"is still running, or its claim has no load beat and lapses {CLAIM_LEASE / 60:.0f} min "
+                          f"after it was made): import the row again later")
                 outcomes += [Outcome(it.ref, "failed", reason, id=it.id) for it in waiting]
                 return outcomes, requests
             log.info("%d event id(s) another load is writing (claimed, not stored yet); trying again in %.1f s",
@@ -553,6 +579,8 @@ class Store:
         existed: set[int] = set()  # overwrite: a stored copy (another import's or row's) is replaced
         waiting: list[BulkItem] = []
         holds = _Holds()
+        beat = self._beat
+        epoch = beat.epoch if beat is not None else 0  # before the claims or holds are taken: see _Beat
         if overwrite:  # hold each id's claim while it is written and its old copies deleted
             holds = self._hold_ids(chunk, import_id)
             requests += holds.requests
@@ -606,7 +634,25 @@ class Store:
             return Outcome(it.ref, "loaded", id=it.id)
 
         while chunk:
-            resp = self._send_bulk(self._payload(chunk))
+            try:
+                resp = self._send_bulk(self._payload(chunk), check=None if beat is None else partial(beat.check, epoch))
+            except _Lapsed as e:  # another load may have taken this chunk's claims over meanwhile
+                assert beat is not None
+                log.warning("%s: taking them again before they are written", e)
+                beat.beat()
+                epoch = beat.epoch
+                before = {id(it) for it in chunk}
+                if overwrite:
+                    chunk, later, refused, n = self._hold_again(chunk, holds, import_id)
+                    existed |= holds.existed
+                else:
+                    chunk, refused, n, later = self._claim_ids(chunk, import_id)
+                outcomes += refused
+                waiting += later
+                requests += n
+                gone = before - {id(it) for it in chunk}
+                claimed = [it for it in claimed if id(it) not in gone]
+                continue
             requests += 1
             if not resp.get("errors") and not overwrite:
                 outcomes.extend(Outcome(it.ref, "loaded", id=it.id) for it in chunk)
@@ -651,13 +697,15 @@ class Store:
 
     def _claim_body(self, items: list[BulkItem], import_id: str | None,
                     cas: dict[int, tuple[int, int]] | None = None, writing: bool = False) -> Blocks:
-        """Bulk lines claiming ``items``' ids: ``{"m": month, "i": import, "r": row, "t": epoch s}``, with
-        ``"w": 1`` while an overwrite writes the id (``writing``); a ``create``, or, for the positions in
-        ``cas`` (→ seq_no, primary_term), an ``index`` conditional on the claim read."""
+        """Bulk lines claiming ``items``' ids: ``{"m": month, "i": import, "r": row, "t": epoch s, "l": the
+        load's beat}``, with ``"w": 1`` while an overwrite writes the id (``writing``); a ``create``, or, for
+        the positions in ``cas`` (→ seq_no, primary_term), an ``index`` conditional on the claim read."""
         claims = self.index("claims").encode()
         head = b'{"create":{"_index":"%s","_id":' % claims
         cas_head = b'{"index":{"_index":"%s","_id":' % claims
-        tail = b',"i":%s,"t":%d%s}\n' % (orjson.dumps(import_id), int(self._clock()), b',"w":1' if writing else b"")
+        load = b',"l":"%s"' % self._beat.token.encode() if self._beat is not None else b""
+        tail = b',"i":%s,"t":%d%s%s}\n' % (orjson.dumps(import_id), int(self._clock()), load,
+                                           b',"w":1' if writing else b"")
         months: dict[str, bytes] = {}
         cut, dumps, parts = len(self._event_prefix), orjson.dumps, []
         for k, it in enumerate(items):
@@ -748,12 +796,12 @@ class Store:
                        ) -> tuple[dict[int, tuple[BulkItem, tuple[int, int]]], list[BulkItem], int]:
         """Ids whose claim exists: this row's own claim is written; another's is a duplicate once its
         document is stored where the claim says (read in real time). Another's claim without its
-        document: while younger than ``CLAIM_LEASE`` its load may still write it, so the row goes to
-        ``waiting`` (tried again after the chunk); older (its load died between claim and write and was
-        not retried), or naming a month deleted since, it is returned to be taken over (with the claim's
-        seq_no / primary_term) unless a search finds a copy elsewhere (an overwrite that died between
-        its claim and its write left the copy in the old month). A claim gone by now (released: its event
-        was refused) is returned to be claimed again."""
+        document: while its load runs it may still write it, so the row goes to ``waiting`` (tried again
+        after the chunk); once its load is gone (``_claim_states``: beat removed or stale, or the claim
+        older than ``CLAIM_LEASE``), or naming a month deleted since, it is returned to be taken over
+        (with the claim's seq_no / primary_term) unless a search finds a copy elsewhere (an overwrite
+        that died between its claim and its write left the copy in the old month). A claim gone by now
+        (released: its event was refused) is returned to be claimed again."""
         resp = self._request("POST", "/_mget", body={"docs": [{"_index": self.index("claims"), "_id": it.id}
                                                                for it in items]})
         other: list[tuple[BulkItem, dict, tuple[int, int]]] = []
@@ -763,25 +811,25 @@ class Store:
                 vanished.append(it)
                 continue
             src = d.get("_source") or {}
-            if import_id is not None and src.get("i") == import_id and src.get("r") == it.ref:
+            if self._is_mine(src, import_id, {it.ref}):
                 continue  # this row's claim (an earlier attempt): written, a stored copy answers 409
             other.append((it, src, (d["_seq_no"], d["_primary_term"])))
         if not other:
             return {}, vanished, 1
-        where = self._claimed_docs([(it.id, src) for it, src, _ in other])
-        now = self._clock()
+        where, n = self._claim_states([(it.id, src) for it, src, _ in other])
+        requests = 1 + n
         stale: list[tuple[BulkItem, tuple[int, int]]] = []
-        for (it, src, cas), state in zip(other, where, strict=True):
+        for (it, _, cas), state in zip(other, where, strict=True):
             if state == "stored":
                 drop.add(id(it))
                 outcomes.append(Outcome(it.ref, "duplicate", id=it.id))
-            elif state == "no month" or now - float(src.get("t") or 0) > CLAIM_LEASE:
+            elif state != "absent":  # its load is gone (lease, beat) or so is its month
                 stale.append((it, cas))
             else:  # claimed by a load that has not written it yet
                 drop.add(id(it))
                 waiting.append(it)
         if not stale:
-            return {}, vanished, 2
+            return {}, vanished, requests
         elsewhere = self._find_events([it.id for it, _ in stale])
         retake: dict[int, tuple[BulkItem, tuple[int, int]]] = {}
         for it, cas in stale:
@@ -790,7 +838,51 @@ class Store:
                 outcomes.append(Outcome(it.ref, "duplicate", id=it.id))
             else:
                 retake[id(it)] = (it, cas)
-        return retake, vanished, 3
+        return retake, vanished, requests + 1
+
+    def _claim_states(self, claims: list[tuple[str, dict]]) -> tuple[list[str], int]:
+        """For (event id, another load's claim) pairs: ``stored`` (the event is where the claim says),
+        ``absent`` (its load may still write it), ``no month`` (the month was deleted since), ``lapsed``
+        (older than ``CLAIM_LEASE``) or ``dead`` (its load ended or stopped beating: ``_dead_loads``).
+        A dead load's event is read again after its beat, so one that wrote it and then ended is seen.
+        Returns the states and the requests made."""
+        where, requests = self._claimed_docs(claims), 1
+        now = self._clock()
+        for k, ((_, src), state) in enumerate(zip(claims, where, strict=True)):
+            if state == "absent" and now - float(src.get("t") or 0) > CLAIM_LEASE:
+                where[k] = "lapsed"
+        absent = [k for k, state in enumerate(where) if state == "absent"]
+        dead = self._dead_loads([claims[k][1] for k in absent]) if absent else set()
+        requests += bool(absent)
+        again = [k for k in absent if claims[k][1].get("l") in dead]
+        if again:
+            requests += 1
+            for k, state in zip(again, self._claimed_docs([claims[k] for k in again]), strict=True):
+                where[k] = "dead" if state == "absent" else state
+        return where, requests
+
+    def _dead_loads(self, claims: list[dict]) -> set[str]:
+        """The beat tokens (``"l"``) of these claims whose load ended (beat gone) or stopped beating
+        ``LOAD_STALE`` s ago (killed). A claim without a token (made before beats), or an unreadable beat,
+        is left to ``CLAIM_LEASE``."""
+        tokens = sorted({src["l"] for src in claims if isinstance(src.get("l"), str)})
+        if not tokens:  # (counted as a request by the callers all the same)
+            return set()
+        loads = self.index("loads")
+        resp = self._request("POST", "/_mget", body={"docs": [{"_index": loads, "_id": t} for t in tokens]})
+        now = self._clock()
+        return {t for t, d in zip(tokens, resp["docs"], strict=True) if not d.get("error") and (
+            not d.get("found") or now - float((d.get("_source") or {}).get("t") or 0) > LOAD_STALE)}
+
+    def _is_mine(self, src: dict, import_id: str | None, refs: set[int]) -> bool:
+        """A claim this row made: in an earlier attempt of its import, or in this load."""
+        if src.get("r") not in refs:
+            return False
+        return (import_id is not None and src.get("i") == import_id) or (
+            self._beat is not None and src.get("l") == self._beat.token)
+
+    def _load_mark(self) -> dict[str, str]:
+        return {"l": self._beat.token} if self._beat is not None else {}
 
     def _claimed_docs(self, claims: list[tuple[str, dict]]) -> list[str]:
         """For (event id, claim) pairs, the event where its claim says, read in real time: ``stored``,
@@ -806,9 +898,10 @@ class Store:
         """Overwrite mode: take the claim of every event id of ``chunk`` for the time it is written and its
         old copies deleted (``"w": 1``; ``_give_back`` ends it), so loads writing one id at the same time
         take turns and leave one copy. A missing claim is created; a claim is taken over (conditionally on
-        its seq_no) when it is this row's own (an earlier attempt), older than ``CLAIM_LEASE``, or another
-        load's finished one whose document is stored (its month is then to be deleted). Ids another load
-        is writing (its hold, or its claim whose document is not stored yet) are returned as waiting.
+        its seq_no) when it is this row's own (an earlier attempt), older than ``CLAIM_LEASE``, another
+        load's finished one whose document is stored (its month is then to be deleted), or one whose load
+        is gone (``_dead_loads``). Ids another load is writing (its hold, or its claim whose document is
+        not stored yet) are returned as waiting.
         Several rows of the chunk with one id share one hold; the claim names the last of them."""
         events = self._event_prefix
         groups: dict[str, list[BulkItem]] = {}
@@ -825,32 +918,40 @@ class Store:
             now = self._clock()
             take: list[tuple[str, dict | None, tuple[int, int] | None]] = []  # id, claim read, its seq_no/term
             gone: set[str] = set()  # ids whose claim names a month deleted since: no old copy to delete
+            held: list[tuple[str, dict, tuple[int, int]]] = []  # another load's hold
             check: list[tuple[str, dict, tuple[int, int]]] = []  # another load's finished claim: stored yet?
             for doc_id, d in zip(todo, resp["docs"], strict=True):
                 if not d.get("found"):
                     take.append((doc_id, None, None))
                     continue
                 src, cas = d.get("_source") or {}, (d["_seq_no"], d["_primary_term"])
-                mine = import_id is not None and src.get("i") == import_id and src.get("r") in {
-                    it.ref for it in groups[doc_id]}
-                if mine or now - float(src.get("t") or 0) > CLAIM_LEASE:
+                if self._is_mine(src, import_id, {it.ref for it in groups[doc_id]}) or \
+                        now - float(src.get("t") or 0) > CLAIM_LEASE:
                     take.append((doc_id, src, cas))
                 elif src.get("w"):
-                    holds.waiting.add(doc_id)
+                    held.append((doc_id, src, cas))
                 else:
                     check.append((doc_id, src, cas))
             holds.requests += 1
-            if check:
+            if held:  # another load's hold: taken if that load ended or was killed (its old copy is deleted)
+                dead = self._dead_loads([src for _, src, _ in held])
                 holds.requests += 1
-                for (doc_id, src, cas), state in zip(check, self._claimed_docs([(i, src) for i, src, _ in check]),
-                                                     strict=True):
+                for doc_id, src, cas in held:
+                    if src.get("l") in dead:
+                        take.append((doc_id, src, cas))
+                    else:
+                        holds.waiting.add(doc_id)
+            if check:
+                states, n = self._claim_states([(i, src) for i, src, _ in check])
+                holds.requests += n
+                for (doc_id, src, cas), state in zip(check, states, strict=True):
                     if state == "absent":  # claimed by a create load that has not written it yet
                         holds.waiting.add(doc_id)
                         continue
                     take.append((doc_id, src, cas))
                     if state == "stored":
                         holds.existed.update(it.ref for it in groups[doc_id])
-                    else:
+                    elif state == "no month":
                         gone.add(doc_id)
             if not take:
                 break
@@ -882,6 +983,29 @@ class Store:
         holds.existed.difference_update(it.ref for doc_id in holds.waiting for it in groups[doc_id])
         return holds
 
+    def _hold_again(self, chunk: list[BulkItem], holds: _Holds, import_id: str | None
+                    ) -> tuple[list[BulkItem], list[BulkItem], list[Outcome], int]:
+        """Overwrite, after this load's beats lapsed: the holds of ``chunk``'s event ids taken again (another
+        load may have taken some over meanwhile). One still this load's is renewed and keeps the claim it
+        replaced (for the give-back); the others are waited for, or taken, as ``_hold_ids`` does. Returns
+        what to write, the rows to try again after the chunk, failed outcomes and the requests made."""
+        events = self._event_prefix
+        again = self._hold_ids(chunk, import_id)
+        for doc_id, (group, src, cas) in again.held.items():
+            old = holds.held.get(doc_id)
+            if old is not None and src is not None and self._is_mine(src, import_id, {it.ref for it in group}):
+                holds.held[doc_id] = (old[0], old[1], cas)
+            else:
+                holds.held[doc_id] = (group, src, cas)
+        for lost in again.waiting | {o.id for o in again.failed if o.id is not None}:
+            holds.held.pop(lost, None)  # another load's now (or refused): not this load's to give back
+        holds.existed |= again.existed
+        for ref, months in again.moved.items():
+            holds.moved.setdefault(ref, set()).update(months)
+        keep = [it for it in chunk if not it.index.startswith(events) or it.id in again.held]
+        later = [it for it in chunk if it.index.startswith(events) and it.id in again.waiting]
+        return keep, later, again.failed, again.requests
+
     def _give_back(self, held: dict[str, tuple[list[BulkItem], dict | None, tuple[int, int]]],
                    outcomes: list[Outcome], import_id: str | None) -> int:
         """Overwrite mode: end this chunk's holds (conditionally on the hold's seq_no: a hold that outlived
@@ -895,7 +1019,7 @@ class Store:
                 claims, orjson.dumps(doc_id), seq, term)
             done = [it for it in group if it.ref in written]
             if done:
-                src = {"m": done[-1].index[cut:], "i": import_id, "r": done[-1].ref, "t": now}
+                src = {"m": done[-1].index[cut:], "i": import_id, "r": done[-1].ref, "t": now, **self._load_mark()}
                 lines.append(b'{"index":{%s}}\n%s\n' % (cas, orjson.dumps(src)))
             elif prev is not None:
                 lines.append(b'{"index":{%s}}\n%s\n' % (cas, orjson.dumps(prev)))
@@ -1226,6 +1350,83 @@ class _Paused:
         st.refresh(self.indices)
         st._request("PUT", f"/{names}/_mapping", body=self._meta(0))
         self.indices = set()
+
+
+class _Lapsed(Exception):
+    """Raised before a request that writes claimed events when this load's beats lapsed since it claimed
+    them (``_Beat.check``): another load may have taken the claims over meanwhile."""
+
+
+class _Beat:
+    """One load's sign of life: ``{"t": time, "i": import_id}`` at ``<prefix>import-loads/<token>``, written
+    before its first claim (each claim carries the token as ``"l"``), rewritten every ``LOAD_BEAT`` s by a
+    thread while the load runs and deleted when it ends. Another load meeting one of its claims without
+    the event takes it over once the beat is gone or older than ``LOAD_STALE`` (``Store._dead_loads``).
+
+    The other side of that: this load must not write events it claimed if its beats lapsed since (the
+    process was frozen, or could not reach the store, for ``LOAD_STALE / 2``): each lapse starts a new
+    ``epoch``, and ``check(epoch)`` before every request that writes claimed events raises ``_Lapsed``
+    when the epoch changed or the beats lapse now; the chunk then claims its ids again."""
+
+    def __init__(self, store: Store, import_id: str | None) -> None:
+        import secrets
+
+        self.store = store
+        self.import_id = import_id
+        self.token = secrets.token_urlsafe(8)
+        self.path = f"/{store.index('loads')}/_doc/{self.token}"
+        self.last_ok = store._clock()
+        self.epoch = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def _done(self, at: float) -> None:
+        with self._lock:
+            if at - self.last_ok > LOAD_STALE / 2:  # a gap: claims made before it may have been taken over
+                self.epoch += 1
+            self.last_ok = max(self.last_ok, at)
+
+    def beat(self) -> None:
+        """Write the beat now (with the store's retries; raises ``StoreError`` if it cannot)."""
+        at = self.store._clock()
+        self.store._request("PUT", self.path, body={"t": at, "i": self.import_id})
+        self._done(at)
+
+    def start(self) -> None:
+        self.beat()
+        self._thread = threading.Thread(target=self._run, name="load-beat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(LOAD_BEAT):
+            at = self.store._clock()
+            try:  # one attempt (no retries: the next beat is the retry, and the load's counters stay its own)
+                self.store.client.transport.perform_request("PUT", self.path, body={"t": at, "i": self.import_id})
+            except Exception as e:
+                log.warning("load beat not written (%s); next try in %.0f s", e.__class__.__name__, LOAD_BEAT)
+                continue
+            self._done(at)
+
+    def lapsed(self) -> bool:
+        return self.store._clock() - self.last_ok > LOAD_STALE / 2
+
+    def check(self, epoch: int) -> None:
+        if self.epoch != epoch or self.lapsed():
+            raise _Lapsed(f"no load beat written for over {LOAD_STALE / 2:.0f} s since the chunk's ids were "
+                          f"claimed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:  # one attempt: a beat left behind goes stale, as a killed load's does
+            self.store.client.transport.perform_request("DELETE", self.path)
+        except Exception as e:
+            if getattr(e, "status_code", None) == 404:
+                return
+            log.warning("load beat %s not removed (%s): it goes stale in %.0f s", self.token,
+                        e.__class__.__name__, LOAD_STALE)
 
 
 @dataclass
