@@ -714,3 +714,53 @@ def test_an_overwrite_whose_beats_lapsed_takes_its_holds_again_before_it_writes(
     assert _docs(store) == {"x": ["2025-12"], "y": ["2025-12"], "z": ["2025-11"]}
     assert [(_no_hold(store, i)["i"], _no_hold(store, i)["m"]) for i in ("x", "y")] == [("imp-1", "2025-12")] * 2
     assert (_no_hold(store, "z")["i"], _no_hold(store, "z")["m"]) == ("imp-0", "2025-11")
+
+
+KILLED_LOAD = r"""
+import sys, threading, time
+import orjson
+import cdp_ingest.store as sm
+sm.LOAD_BEAT, sm.LOAD_STALE = 0.5, 4.0
+url, prefix = sys.argv[1:3]
+store = sm.Store(sm.make_client(url), prefix=prefix, chunk_docs=50)
+send = store._send_bulk
+def frozen(payload, *args, **kw):
+    if b"import-event-ids" not in (payload if isinstance(payload, bytes) else payload[0])[:200]:
+        print("claimed", flush=True)  # its claims are made; the event bulk never goes out
+        threading.Event().wait()
+    return send(payload, *args, **kw)
+store._send_bulk = frozen
+items = [sm.BulkItem(f"{prefix}event-2025-10", f"k{i}", orjson.dumps({"id": f"k{i}"}), i) for i in range(40)]
+list(store.bulk_load(items, import_id="imp-killed"))
+"""
+
+
+def test_a_killed_loads_claims_are_taken_over_once_its_beat_is_stale(store, opensearch, monkeypatch):
+    """A real load process claims 40 ids and is killed (SIGKILL) before it writes them. Another import of
+    the same ids waits while the killed load's beat is young, then takes its claims over: every row
+    loaded (none failed, none a duplicate of nothing), one document per id, in this import's month.
+    (Beat every 0.5 s, stale after 4 s here, in both processes.)"""
+    import subprocess
+    import sys
+
+    import cdp_ingest.store as store_module
+
+    monkeypatch.setattr(store_module, "LOAD_STALE", 4.0)
+    child = subprocess.Popen([sys.executable, "-c", KILLED_LOAD, opensearch.info["url"], store.prefix],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "claimed", "the child load never claimed its ids"
+    finally:
+        child.kill()
+        child.wait(30)
+    assert child.returncode == -9
+    killed_at = time.monotonic()
+    claim = _claim(store, "k0")
+    assert claim["i"] == "imp-killed" and claim["l"]
+    out = list(store.bulk_load([_item(store, f"k{i}", "2025-12", i + 1) for i in range(40)], import_id="imp-1"))
+    waited = time.monotonic() - killed_at
+    assert sorted((o.id, o.status) for o in out) == sorted((f"k{i}", "loaded") for i in range(40))
+    assert 2.0 < waited < 30  # it did wait for the beat to go stale, not for the 15-minute lease
+    docs = _docs(store)
+    assert docs == {f"k{i}": ["2025-12"] for i in range(40)}
+    assert {_claim(store, f"k{i}")["i"] for i in range(40)} == {"imp-1"}
