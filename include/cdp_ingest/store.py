@@ -875,11 +875,12 @@ class Store:
             not d.get("found") or now - float((d.get("_source") or {}).get("t") or 0) > LOAD_STALE)}
 
     def _is_mine(self, src: dict, import_id: str | None, refs: set[int]) -> bool:
-        """A claim this row made: in an earlier attempt of its import, or in this load."""
+        """A claim one of these rows made: in an earlier attempt of its import, or in this load; or a hold
+        this load has (one at a time per id: it may name another row of the id's group)."""
+        this_load = self._beat is not None and src.get("l") == self._beat.token
         if src.get("r") not in refs:
-            return False
-        return (import_id is not None and src.get("i") == import_id) or (
-            self._beat is not None and src.get("l") == self._beat.token)
+            return this_load and bool(src.get("w"))
+        return this_load or (import_id is not None and src.get("i") == import_id)
 
     def _load_mark(self) -> dict[str, str]:
         return {"l": self._beat.token} if self._beat is not None else {}
