@@ -650,15 +650,23 @@ def test_an_overwrite_takes_the_hold_of_a_killed_load_at_once_and_waits_for_a_li
         store._request("PUT", f"/{store.prefix}event-{month}/_doc/k", body={"id": "k"}, params={"refresh": "true"})
     _young(store, "k", "2025-10", "killed", w=1)
     _young(store, "a", "2025-10", "alive", w=1)
+    # u: the killed load's hold, its copy written where no search sees it yet (a month whose refresh a
+    # load paused); v: a claim just past its lease, the same
+    store._request("PUT", f"/{store.prefix}event-2025-08", body={"settings": {"index.refresh_interval": "-1"}})
+    for doc_id in ("u", "v"):
+        store._request("PUT", f"/{store.prefix}event-2025-08/_doc/{doc_id}", body={"id": doc_id})
+    _young(store, "u", "2025-08", "killed", w=1)
+    store._request("PUT", f"/{store.index('claims')}/_doc/v", body={
+        "m": "2025-08", "i": "imp-0", "r": 1, "t": int(store._clock() - CLAIM_LEASE - 60)})
     store.claim_wait = 1.0
     slept: list[float] = []
     store._sleep = slept.append  # type: ignore[method-assign]
-    out = {o.id: o.status for o in store.bulk_load([_item(store, "k", "2026-01", 1, "imp-2"),
-                                                    _item(store, "a", "2026-01", 2, "imp-2")],
+    out = {o.id: o.status for o in store.bulk_load([_item(store, i, "2026-01", ref, "imp-2") for ref, i in
+                                                    enumerate(["k", "a", "u", "v"], 1)],
                                                    import_id="imp-2", write_mode="overwrite")}
-    assert out == {"k": "updated", "a": "failed"}
+    assert out == {"k": "updated", "a": "failed", "u": "updated", "v": "updated"}
     assert 1.0 <= sum(slept) < 2.0
-    assert _docs(store) == {"k": ["2026-01"]}
+    assert _docs(store) == {"k": ["2026-01"], "u": ["2026-01"], "v": ["2026-01"]}  # (_docs refreshes)
     assert (_no_hold(store, "k")["i"], _claim(store, "a")["l"]) == ("imp-2", "alive")
 
 

@@ -108,6 +108,9 @@ CLAIM_WAIT = 180.0
 # LOAD_STALE / 2 checks its claims again before it writes what it claimed.
 LOAD_BEAT = 15.0
 LOAD_STALE = 120.0
+# An overwrite that takes over a claim younger than this reads the event where it names (a month a long
+# load paused the refresh of may not show it to a search yet), so its row counts as updated if it was there.
+RECENT = 3600.0
 CLAIM_FILTER_PATH = FILTER_PATH + ",items.*._seq_no,items.*._primary_term"
 PAYLOAD_BLOCK = 64  # documents per block of a bulk body (~50 KB: below glibc's mmap threshold)
 
@@ -920,15 +923,20 @@ class Store:
             take: list[tuple[str, dict | None, tuple[int, int] | None]] = []  # id, claim read, its seq_no/term
             gone: set[str] = set()  # ids whose claim names a month deleted since: no old copy to delete
             held: list[tuple[str, dict, tuple[int, int]]] = []  # another load's hold
+            unread: list[tuple[str, dict]] = []  # another load's claim taken as its load is gone
             check: list[tuple[str, dict, tuple[int, int]]] = []  # another load's finished claim: stored yet?
             for doc_id, d in zip(todo, resp["docs"], strict=True):
                 if not d.get("found"):
                     take.append((doc_id, None, None))
                     continue
                 src, cas = d.get("_source") or {}, (d["_seq_no"], d["_primary_term"])
-                if self._is_mine(src, import_id, {it.ref for it in groups[doc_id]}) or \
-                        now - float(src.get("t") or 0) > CLAIM_LEASE:
+                age = now - float(src.get("t") or 0)
+                if self._is_mine(src, import_id, {it.ref for it in groups[doc_id]}):
                     take.append((doc_id, src, cas))
+                elif age > CLAIM_LEASE:
+                    take.append((doc_id, src, cas))
+                    if age < RECENT:
+                        unread.append((doc_id, src))
                 elif src.get("w"):
                     held.append((doc_id, src, cas))
                 else:
@@ -940,8 +948,16 @@ class Store:
                 for doc_id, src, cas in held:
                     if src.get("l") in dead:
                         take.append((doc_id, src, cas))
+                        unread.append((doc_id, src))
                     else:
                         holds.waiting.add(doc_id)
+            if unread:  # a load gone lately may have left its copy where no search sees it yet: replaced?
+                holds.requests += 1
+                for (doc_id, _), state in zip(unread, self._claimed_docs(unread), strict=True):
+                    if state == "stored":
+                        holds.existed.update(it.ref for it in groups[doc_id])
+                    elif state == "no month":
+                        gone.add(doc_id)
             if check:
                 states, n = self._claim_states([(i, src) for i, src, _ in check])
                 holds.requests += n
