@@ -772,3 +772,52 @@ def test_a_killed_loads_claims_are_taken_over_once_its_beat_is_stale(store, open
     docs = _docs(store)
     assert docs == {f"k{i}": ["2025-12"] for i in range(40)}
     assert {_claim(store, f"k{i}")["i"] for i in range(40)} == {"imp-1"}
+
+
+FROZEN_LOAD = r"""
+import sys, threading
+import orjson
+import cdp_ingest.store as sm
+sm.LOAD_BEAT, sm.LOAD_STALE = 0.5, 4.0
+url, prefix = sys.argv[1:3]
+store = sm.Store(sm.make_client(url), prefix=prefix, chunk_docs=50)
+send = store._send_bulk
+def frozen(payload, *args, **kw):
+    if b"import-event-ids" not in (payload if isinstance(payload, bytes) else payload[0])[:200]:
+        print("claimed", flush=True)  # the parent freezes this process (SIGSTOP) here, then lets it go on
+        sys.stdin.readline()
+    return send(payload, *args, **kw)
+store._send_bulk = frozen
+items = [sm.BulkItem(f"{prefix}event-2025-10", f"f{i}", orjson.dumps({"id": f"f{i}"}), i) for i in range(40)]
+out = list(store.bulk_load(items, import_id="imp-frozen"))
+print(orjson.dumps(sorted({o.status for o in out})).decode(), len(out), flush=True)
+"""
+
+
+def test_a_load_frozen_past_its_beat_does_not_write_beside_the_load_that_took_its_claims(store, opensearch,
+                                                                                         monkeypatch):
+    """A real load process claims 40 ids and is frozen (SIGSTOP) before it writes them, long enough for its
+    beat to go stale: another import takes the claims over and loads the rows. Let go (SIGCONT), the frozen
+    load sees its beats lapsed, claims its ids again and counts them duplicates: one document per id, in
+    the other import's month. (Beat every 0.5 s, stale after 4 s here, in both processes.)"""
+    import signal
+    import subprocess
+    import sys
+
+    import cdp_ingest.store as store_module
+
+    monkeypatch.setattr(store_module, "LOAD_STALE", 4.0)
+    child = subprocess.Popen([sys.executable, "-c", FROZEN_LOAD, opensearch.info["url"], store.prefix],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "claimed", "the child load never claimed its ids"
+        child.send_signal(signal.SIGSTOP)
+        out = list(store.bulk_load([_item(store, f"f{i}", "2025-12", i + 1) for i in range(40)], import_id="imp-1"))
+        assert sorted((o.id, o.status) for o in out) == sorted((f"f{i}", "loaded") for i in range(40))
+        child.send_signal(signal.SIGCONT)
+        last, _ = child.communicate("go\n", timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 0 and last.split() == ['["duplicate"]', "40"], last
+    assert _docs(store) == {f"f{i}": ["2025-12"] for i in range(40)}
+    assert {_claim(store, f"f{i}")["i"] for i in range(40)} == {"imp-1"}
