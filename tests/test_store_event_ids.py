@@ -600,6 +600,17 @@ def test_a_load_writes_a_beat_while_it_runs_names_it_in_its_claims_and_removes_i
     assert gone["found"] is False and store._beat is None
 
 
+def test_a_load_clears_beats_killed_loads_left_over_a_day_ago(store):
+    from cdp_ingest.store import BEAT_KEPT
+
+    _beat(store, "old", BEAT_KEPT + 60)
+    _beat(store, "stale", 600)  # a killed load's, not a day old yet: its claims may still be met
+    assert [o.status for o in store.bulk_load([_item(store, "e", "2025-12", 1)], import_id="imp-1")] == ["loaded"]
+    store.refresh([store.index("loads")])
+    left = store._request("POST", f"/{store.index('loads')}/_search", body={"_source": False})["hits"]["hits"]
+    assert [h["_id"] for h in left] == ["stale"]
+
+
 def test_a_claim_whose_load_ended_or_was_killed_is_taken_over_without_waiting_for_its_lease(store):
     """Young claims of other loads without their events: the killed load's (beat older than LOAD_STALE)
     and the ended one's (beat removed) are taken over at once; the live load's (fresh beat) is waited

@@ -108,6 +108,7 @@ CLAIM_WAIT = 180.0
 # LOAD_STALE / 2 checks its claims again before it writes what it claimed.
 LOAD_BEAT = 15.0
 LOAD_STALE = 120.0
+BEAT_KEPT = 86400.0  # a beat a killed load left behind is deleted by the first load to start a day later
 # An overwrite that takes over a claim younger than this reads the event where it names (a month a long
 # load paused the refresh of may not show it to a search yet), so its row counts as updated if it was there.
 RECENT = 3600.0
@@ -227,8 +228,8 @@ def _mappings(flavor: str) -> dict[str, dict]:
         }},
         # One claim per event id (see Store._claim_ids): nothing indexed but the _id, the source read back.
         "claims": {"dynamic": False, "properties": {}},
-        # One beat per running load (see _Beat), read by _id only.
-        "loads": {"dynamic": False, "properties": {}},
+        # One beat per running load (see _Beat), read by _id; its time indexed to clear killed loads' beats.
+        "loads": {"dynamic": False, "properties": {"t": {"type": "double"}}},
         "ledger": {"dynamic": False, "properties": {
             "unit_id": kw, "import_id": kw, "source": kw, "path": kw, "kind": kw, "status": kw,
             "size": {"type": "long"}, "checksum": kw, "started": date, "finished": date,
@@ -1414,6 +1415,26 @@ class _Beat:
         self.beat()
         self._thread = threading.Thread(target=self._run, name="load-beat", daemon=True)
         self._thread.start()
+        self._clear_old()
+
+    def _clear_old(self) -> None:
+        """Delete beats killed loads left behind over ``BEAT_KEPT`` ago (their claims are settled by now;
+        one attempt: a search, then a bulk delete — no ``_delete_by_query``, which the integ-test
+        distribution lacks)."""
+        transport, loads = self.store.client.transport, self.store.index("loads")
+        try:
+            resp = transport.perform_request("POST", f"/{loads}/_search", params={"filter_path": "hits.hits._id"},
+                                             body={"size": 1000, "_source": False, "query": {
+                                                 "range": {"t": {"lt": self.store._clock() - BEAT_KEPT}}}})
+            old = [h["_id"] for h in ((resp or {}).get("hits") or {}).get("hits") or []]
+            if old:
+                body = b"".join(b'{"delete":{"_index":"%s","_id":%s}}\n' % (loads.encode(), orjson.dumps(i))
+                                for i in old)
+                transport.perform_request("POST", "/_bulk", body=body, params={"filter_path": "errors"},
+                                          headers={"content-type": "application/x-ndjson"})
+                log.info("cleared %d load beat(s) killed loads left behind", len(old))
+        except Exception as e:
+            log.warning("old load beats not cleared (%s)", e.__class__.__name__)
 
     def _run(self) -> None:
         while not self._stop.wait(LOAD_BEAT):
