@@ -18,19 +18,18 @@ Design (measured in benchmarks/bulk_import.py):
   which the server makes atomic per id whatever the month. A claim held by another row makes the row a
   duplicate once that row's document is stored; until then the row is tried again after its chunk's
   other rows (``claim_wait`` seconds at most, then it fails with the reason: a duplicate of a document
-  that never comes would lose the row). This row's own claim (an
-  earlier attempt of a retried import) lets it be written, and
-  the ``create`` then finds or writes its copy. An ``ids`` query over the months that were stored
-  when the load started (not the chunk's own month, which answers the ``create`` itself) finds copies
-  written without a claim (before claims existed, or by a live collector). Within a load, an id
-  window holds the ids of the chunks in flight, so the first row in file order wins. A claim whose
-  document does not exist is taken over, conditionally on its ``_seq_no``, once its load is gone:
-  each load keeps a beat (``_Beat``, named in its claims as ``"l"``) that a killed load stops
-  rewriting (stale after ``LOAD_STALE``) and a load that ended removed; a claim without a beat
-  (made before beats) after ``CLAIM_LEASE``. A load whose own beats lapsed claims again what it
-  claimed before the lapse, before it writes it. Claims cost the node ~10-12 µs per event
-  (a 60-byte document); they replace the search of the months the load itself writes, which grew with
-  them (at 1M events ~7 µs per event and rising).
+  that never comes would lose the row). This row's own claim (an earlier attempt of a retried import)
+  lets it be written, and the ``create`` then finds or writes its copy. An ``ids`` query over the
+  months that were stored when the load started (not the chunk's own month, which answers the
+  ``create`` itself) finds copies written without a claim (before claims existed, or by a live
+  collector). Within a load, an id window holds the ids of the chunks in flight, so the first row in
+  file order wins. A claim whose document does not exist is taken over, conditionally on its
+  ``_seq_no``, once its load is gone: each load keeps a beat (``_Beat``, named in its claims as
+  ``"l"``) that a killed load stops rewriting (stale after ``LOAD_STALE``) and a load that ended
+  removed; a claim without a beat (made before beats) after ``CLAIM_LEASE``. A load whose own beats
+  lapsed claims again what it claimed before the lapse, before it writes it. Claims cost the node
+  ~10-12 µs per event (an ~80-byte document); they replace the search of the months the load itself
+  writes, which grew with them (at 1M events ~7 µs per event and rising).
 - Overwrite mode holds each event's claim (``"w": 1``, taken conditionally on its ``_seq_no``) while
   it writes the event and deletes its old copies, found in the month the claim named and by a search
   of every month (it remembers the ids it sent until a refresh has made them searchable:
@@ -94,8 +93,9 @@ FILTER_PATH = "errors,items.*.status,items.*.error.type,items.*.error.reason"
 WRITE_MODES = ("create", "overwrite")
 _INDEX_NAMES = {"ledger": "import-ledger", "claims": "import-event-ids",  # kinds not named as themselves
                 "loads": "import-loads"}
-# A claim whose event does not exist is left to its load this long (seconds; a chunk writes within a few
-# minutes even through the retries' backoff); past it, another load may take it over (Store._claim_ids).
+# A claim whose event does not exist is left to its load this long at most (seconds; a chunk writes within
+# a few minutes even through the retries' backoff); past it, another load may take it over (Store._claim_ids).
+# Sooner once its load's beat is gone or stale (LOAD_STALE, below); this bound is for claims without one.
 CLAIM_LEASE = 900.0
 # An id another load claimed and has not stored yet (or an overwrite holds) is tried again after the
 # chunk's other rows, waiting 0.2 s doubling to 5 s, CLAIM_WAIT seconds at most: then the row fails with
