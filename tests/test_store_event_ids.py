@@ -735,23 +735,36 @@ def test_an_overwrite_whose_beats_lapsed_takes_its_holds_again_before_it_writes(
     assert (_no_hold(store, "z")["i"], _no_hold(store, "z")["m"]) == ("imp-0", "2025-11")
 
 
-KILLED_LOAD = r"""
-import sys, threading, time
+CHILD_LOAD = r"""
+import sys
 import orjson
 import cdp_ingest.store as sm
 sm.LOAD_BEAT, sm.LOAD_STALE = 0.5, 4.0
-url, prefix = sys.argv[1:3]
+url, prefix, tag = sys.argv[1:4]
 store = sm.Store(sm.make_client(url), prefix=prefix, chunk_docs=50)
 send = store._send_bulk
-def frozen(payload, *args, **kw):
+def stopped(payload, *args, **kw):
     if b"import-event-ids" not in (payload if isinstance(payload, bytes) else payload[0])[:200]:
-        print("claimed", flush=True)  # its claims are made; the event bulk never goes out
-        threading.Event().wait()
+        print("claimed", flush=True)  # its claims are made: the parent kills or freezes it here
+        sys.stdin.readline()
     return send(payload, *args, **kw)
-store._send_bulk = frozen
-items = [sm.BulkItem(f"{prefix}event-2025-10", f"k{i}", orjson.dumps({"id": f"k{i}"}), i) for i in range(40)]
-list(store.bulk_load(items, import_id="imp-killed"))
+store._send_bulk = stopped
+items = [sm.BulkItem(f"{prefix}event-2025-10", f"{tag}{i}", orjson.dumps({"id": f"{tag}{i}"}), i) for i in range(40)]
+out = list(store.bulk_load(items, import_id=f"imp-{tag}"))
+print(orjson.dumps(sorted({o.status for o in out})).decode(), len(out), flush=True)
 """
+
+
+def _child_load(store, opensearch, tag: str):
+    """A load of 40 ids (``<tag>0``..) into 2025-10 in its own process (beat every 0.5 s, stale after 4 s),
+    stopped once it has claimed them, before it writes them; a line on its stdin lets it go on."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", CHILD_LOAD, opensearch.info["url"], store.prefix, tag],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "claimed", "the child never claimed"
+    return child
 
 
 def test_a_killed_loads_claims_are_taken_over_once_its_beat_is_stale(store, opensearch, monkeypatch):
@@ -759,23 +772,16 @@ def test_a_killed_loads_claims_are_taken_over_once_its_beat_is_stale(store, open
     the same ids waits while the killed load's beat is young, then takes its claims over: every row
     loaded (none failed, none a duplicate of nothing), one document per id, in this import's month.
     (Beat every 0.5 s, stale after 4 s here, in both processes.)"""
-    import subprocess
-    import sys
-
     import cdp_ingest.store as store_module
 
     monkeypatch.setattr(store_module, "LOAD_STALE", 4.0)
-    child = subprocess.Popen([sys.executable, "-c", KILLED_LOAD, opensearch.info["url"], store.prefix],
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "claimed", "the child load never claimed its ids"
-    finally:
-        child.kill()
-        child.wait(30)
+    child = _child_load(store, opensearch, "k")
+    child.kill()
+    child.wait(30)
     assert child.returncode == -9
     killed_at = time.monotonic()
     claim = _claim(store, "k0")
-    assert claim["i"] == "imp-killed" and claim["l"]
+    assert claim["i"] == "imp-k" and claim["l"]
     out = list(store.bulk_load([_item(store, f"k{i}", "2025-12", i + 1) for i in range(40)], import_id="imp-1"))
     waited = time.monotonic() - killed_at
     assert sorted((o.id, o.status) for o in out) == sorted((f"k{i}", "loaded") for i in range(40))
@@ -785,26 +791,6 @@ def test_a_killed_loads_claims_are_taken_over_once_its_beat_is_stale(store, open
     assert {_claim(store, f"k{i}")["i"] for i in range(40)} == {"imp-1"}
 
 
-FROZEN_LOAD = r"""
-import sys, threading
-import orjson
-import cdp_ingest.store as sm
-sm.LOAD_BEAT, sm.LOAD_STALE = 0.5, 4.0
-url, prefix = sys.argv[1:3]
-store = sm.Store(sm.make_client(url), prefix=prefix, chunk_docs=50)
-send = store._send_bulk
-def frozen(payload, *args, **kw):
-    if b"import-event-ids" not in (payload if isinstance(payload, bytes) else payload[0])[:200]:
-        print("claimed", flush=True)  # the parent freezes this process (SIGSTOP) here, then lets it go on
-        sys.stdin.readline()
-    return send(payload, *args, **kw)
-store._send_bulk = frozen
-items = [sm.BulkItem(f"{prefix}event-2025-10", f"f{i}", orjson.dumps({"id": f"f{i}"}), i) for i in range(40)]
-out = list(store.bulk_load(items, import_id="imp-frozen"))
-print(orjson.dumps(sorted({o.status for o in out})).decode(), len(out), flush=True)
-"""
-
-
 def test_a_load_frozen_past_its_beat_does_not_write_beside_the_load_that_took_its_claims(store, opensearch,
                                                                                          monkeypatch):
     """A real load process claims 40 ids and is frozen (SIGSTOP) before it writes them, long enough for its
@@ -812,16 +798,12 @@ def test_a_load_frozen_past_its_beat_does_not_write_beside_the_load_that_took_it
     load sees its beats lapsed, claims its ids again and counts them duplicates: one document per id, in
     the other import's month. (Beat every 0.5 s, stale after 4 s here, in both processes.)"""
     import signal
-    import subprocess
-    import sys
 
     import cdp_ingest.store as store_module
 
     monkeypatch.setattr(store_module, "LOAD_STALE", 4.0)
-    child = subprocess.Popen([sys.executable, "-c", FROZEN_LOAD, opensearch.info["url"], store.prefix],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = _child_load(store, opensearch, "f")
     try:
-        assert child.stdout.readline().strip() == "claimed", "the child load never claimed its ids"
         child.send_signal(signal.SIGSTOP)
         out = list(store.bulk_load([_item(store, f"f{i}", "2025-12", i + 1) for i in range(40)], import_id="imp-1"))
         assert sorted((o.id, o.status) for o in out) == sorted((f"f{i}", "loaded") for i in range(40))
