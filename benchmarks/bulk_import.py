@@ -32,6 +32,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -399,6 +400,7 @@ def main() -> int:
     finally:
         if harness:
             harness.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # ~3 GB: the inputs, the bulk bodies, the node's data
     report(results, args)
     return 0
 

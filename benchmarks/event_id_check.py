@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -93,6 +94,7 @@ def main() -> int:
     finally:
         if harness:
             harness.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # the input and the node's data
     summary = {}
     print("\n| id check | runs | rows/s (mean) | node µs/doc | docs in store |\n|---|---:|---:|---:|---:|")
     for mode in ("off", "on"):

@@ -16,10 +16,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Airflow reads its config when first imported, so the embedded defaults are set before any test
 # module imports it: a throw-away AIRFLOW_HOME with a SQLite DB, this repo's dags/ and plugins/.
+_OWN_HOME = not os.environ.get("CDP_TEST_AIRFLOW_HOME")
 _AIRFLOW_HOME = Path(os.environ.get("CDP_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="cdp-test-airflow-"))
 for _key, _value in airflow_env(_AIRFLOW_HOME).items():
     if _key != "PYTHONPATH":
         os.environ[_key] = _value
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The throw-away AIRFLOW_HOME goes with the session (one per run otherwise piles up in /tmp)."""
+    if _OWN_HOME:
+        shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

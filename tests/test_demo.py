@@ -3,6 +3,7 @@ LocalExecutor, SQLite) on sample data, ending with a balanced summary."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,3 +34,4 @@ def test_demo_runs_every_dag_and_accounts_for_every_row():
     # nothing left running: every service was stopped by PID
     state = (run_dir / "services" / "state.json").read_text()
     assert state.strip() == "{}"
+    shutil.rmtree(run_dir)  # ~70 MB per run (kept when the test fails, to look into)
