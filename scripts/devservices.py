@@ -258,6 +258,7 @@ class Harness:
                                                                                  f"HeapDumpPath={base}/data"))
         (base / "data").mkdir(exist_ok=True)
         (base / "logs").mkdir(exist_ok=True)
+        (base / "tmp").mkdir(exist_ok=True)  # its java.io.tmpdir (else a fresh /tmp/<product>-<n> each start)
         _chown_tree(base, user)
         port, tport = port or free_port(), tport or free_port()
         java_home = os.environ.get("JAVA_HOME") or str(Path(os.path.realpath(shutil.which("java") or
@@ -268,6 +269,7 @@ class Harness:
             f"{env_prefix}_JAVA_HOME": java_home,
             "JAVA_HOME": java_home,
             f"{env_prefix}_JAVA_OPTS": f"-Xms{heap} -Xmx{heap}",
+            f"{env_prefix}_TMPDIR": str(base / "tmp"),
         }
         argv = [str(home / "bin" / product),
                 "-E", "discovery.type=single-node", "-E", "network.host=127.0.0.1",
