@@ -814,3 +814,27 @@ def test_a_load_frozen_past_its_beat_does_not_write_beside_the_load_that_took_it
     assert child.returncode == 0 and last.split() == ['["duplicate"]', "40"], last
     assert _docs(store) == {f"f{i}": ["2025-12"] for i in range(40)}
     assert {_claim(store, f"f{i}")["i"] for i in range(40)} == {"imp-1"}
+
+
+def test_an_overwrite_taking_its_holds_again_knows_its_own_hold_by_its_load_whichever_row_it_names(store):
+    """Two rows of x in one overwrite chunk share one hold, which names the last (row 2). If the beats
+    lapse after row 2 was written and row 1 is still to send (a 429 on it alone), the hold is taken again
+    for row 1: it is this load's own hold (its token), renewed, not another load's to wait for, and it
+    keeps the claim it replaced (for the give-back)."""
+    from cdp_ingest.store import _Beat
+
+    store._request("PUT", f"/{store.index('claims')}/_doc/x", body={"m": "2025-11", "i": "imp-0", "r": 9, "t": 1})
+    beat = store._beat = _Beat(store, "imp-1")
+    beat.start()
+    try:
+        rows = [_item(store, "x", "2025-12", 1), _item(store, "x", "2025-12", 2)]
+        holds = store._hold_ids(rows, "imp-1")
+        assert list(holds.held) == ["x"] and _claim(store, "x")["r"] == 2
+        keep, later, failed, _ = store._hold_again(rows[:1], holds, "imp-1")
+    finally:
+        beat.stop()
+        store._beat = None
+    assert ([it.ref for it in keep], later, failed) == ([1], [], [])
+    group, prev, _ = holds.held["x"]
+    assert [it.ref for it in group] == [1, 2] and prev["i"] == "imp-0"
+    assert _claim(store, "x")["w"] == 1
