@@ -1051,10 +1051,11 @@ class Store:
         return self._bulk_retried(lambda part: b"".join(b"%s%s}}\n" % (head, orjson.dumps(it.id)) for it in part),
                                   items, "the claim of a refused event")
 
-    def _delete_copies(self, targets: list[tuple[str, str | None]]) -> int:
-        """Delete the copies an overwrite replaced in other months (a missing one is fine)."""
+    def _delete_copies(self, targets: list[tuple[str, str | None]], what: str = "overwrite: the old copy") -> int:
+        """Delete these (index, id) documents: the copies an overwrite replaced in other months, or old
+        load beats (a missing one is fine)."""
         return self._bulk_retried(lambda part: b"".join(b'{"delete":{"_index":"%s","_id":%s}}\n' % (
-            ix.encode(), orjson.dumps(doc_id)) for ix, doc_id in part), targets, "overwrite: the old copy")
+            ix.encode(), orjson.dumps(doc_id)) for ix, doc_id in part), targets, what)
 
     def _bulk_retried(self, body: Callable[[list], bytes | Blocks], items: list, what: str) -> int:
         """Send ``body(items)``; items answered 429/5xx are sent again (backoff), other failures are
@@ -1418,20 +1419,18 @@ class _Beat:
         self._clear_old()
 
     def _clear_old(self) -> None:
-        """Delete beats killed loads left behind over ``BEAT_KEPT`` ago (their claims are settled by now;
-        one attempt: a search, then a bulk delete — no ``_delete_by_query``, which the integ-test
-        distribution lacks)."""
-        transport, loads = self.store.client.transport, self.store.index("loads")
+        """Delete beats killed loads left behind over ``BEAT_KEPT`` ago (their claims are settled by now):
+        a search, then the store's bulk delete — no ``_delete_by_query``, which the integ-test
+        distribution lacks. A failure is logged, never the load's."""
+        loads = self.store.index("loads")
         try:
-            resp = transport.perform_request("POST", f"/{loads}/_search", params={"filter_path": "hits.hits._id"},
-                                             body={"size": 1000, "_source": False, "query": {
-                                                 "range": {"t": {"lt": self.store._clock() - BEAT_KEPT}}}})
+            resp = self.store.client.transport.perform_request(
+                "POST", f"/{loads}/_search", params={"filter_path": "hits.hits._id"},
+                body={"size": 1000, "_source": False,
+                      "query": {"range": {"t": {"lt": self.store._clock() - BEAT_KEPT}}}})
             old = [h["_id"] for h in ((resp or {}).get("hits") or {}).get("hits") or []]
             if old:
-                body = b"".join(b'{"delete":{"_index":"%s","_id":%s}}\n' % (loads.encode(), orjson.dumps(i))
-                                for i in old)
-                transport.perform_request("POST", "/_bulk", body=body, params={"filter_path": "errors"},
-                                          headers={"content-type": "application/x-ndjson"})
+                self.store._delete_copies([(loads, i) for i in old], what="a killed load's beat")
                 log.info("cleared %d load beat(s) killed loads left behind", len(old))
         except Exception as e:
             log.warning("old load beats not cleared (%s)", e.__class__.__name__)
