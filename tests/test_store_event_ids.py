@@ -740,29 +740,38 @@ import sys
 import orjson
 import cdp_ingest.store as sm
 sm.LOAD_BEAT, sm.LOAD_STALE = 0.5, 4.0
-url, prefix, tag = sys.argv[1:4]
+url, prefix, tag, where, mode = sys.argv[1:6]
 store = sm.Store(sm.make_client(url), prefix=prefix, chunk_docs=50)
-send = store._send_bulk
+send, stops = store._send_bulk, []
+def stop():
+    if not stops:  # its claims are made: the parent kills or freezes it here
+        stops.append(1)
+        print("claimed", flush=True)
+        sys.stdin.readline()
 def stopped(payload, *args, **kw):
     if b"import-event-ids" not in (payload if isinstance(payload, bytes) else payload[0])[:200]:
-        print("claimed", flush=True)  # its claims are made: the parent kills or freezes it here
-        sys.stdin.readline()
+        if where == "checked" and kw.get("check"):  # after the lapse check passed, before the request
+            check = kw["check"]
+            kw["check"] = lambda: (check(), stop())
+        else:
+            stop()
     return send(payload, *args, **kw)
 store._send_bulk = stopped
 items = [sm.BulkItem(f"{prefix}event-2025-10", f"{tag}{i}", orjson.dumps({"id": f"{tag}{i}"}), i) for i in range(40)]
-out = list(store.bulk_load(items, import_id=f"imp-{tag}"))
+out = list(store.bulk_load(items, import_id=f"imp-{tag}", write_mode=mode))
 print(orjson.dumps(sorted({o.status for o in out})).decode(), len(out), flush=True)
 """
 
 
-def _child_load(store, opensearch, tag: str):
+def _child_load(store, opensearch, tag: str, where: str = "before", mode: str = "create"):
     """A load of 40 ids (``<tag>0``..) into 2025-10 in its own process (beat every 0.5 s, stale after 4 s),
-    stopped once it has claimed them, before it writes them; a line on its stdin lets it go on."""
+    stopped once it has claimed them, before it writes them (``where``: before its lapse check, or
+    ``checked``: between that check and the request); a line on its stdin lets it go on."""
     import subprocess
     import sys
 
-    child = subprocess.Popen([sys.executable, "-c", CHILD_LOAD, opensearch.info["url"], store.prefix, tag],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", CHILD_LOAD, opensearch.info["url"], store.prefix, tag, where,
+                              mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None and child.stdout.readline().strip() == "claimed", "the child never claimed"
     return child
 
@@ -814,6 +823,42 @@ def test_a_load_frozen_past_its_beat_does_not_write_beside_the_load_that_took_it
     assert child.returncode == 0 and last.split() == ['["duplicate"]', "40"], last
     assert _docs(store) == {f"f{i}": ["2025-12"] for i in range(40)}
     assert {_claim(store, f"f{i}")["i"] for i in range(40)} == {"imp-1"}
+
+
+@pytest.mark.parametrize("mode", ["create", "overwrite"])
+def test_a_load_frozen_between_its_lapse_check_and_its_request_removes_what_it_wrote_beside(store, opensearch,
+                                                                                             monkeypatch, mode):
+    """A real load process claims (holds) 40 ids, passes its lapse check and is frozen (SIGSTOP) before its
+    request goes out, long enough for another import to take the claims over and load the rows in
+    2025-12. Let go, its request writes the 40 events in 2025-10; the answer comes after its beats
+    lapsed, so it reads the claims again, deletes its 40 copies beside the other import's and tries the
+    rows again: in create mode they are duplicates (the other import's copies stay), in overwrite mode
+    they replace them (last write wins, counted updated). One document per id either way."""
+    import signal
+
+    import cdp_ingest.store as store_module
+
+    monkeypatch.setattr(store_module, "LOAD_STALE", 4.0)
+    tag = "c" if mode == "create" else "o"
+    child = _child_load(store, opensearch, tag, "checked", mode)
+    try:
+        child.send_signal(signal.SIGSTOP)
+        out = list(store.bulk_load([_item(store, f"{tag}{i}", "2025-12", i + 1) for i in range(40)],
+                                   import_id="imp-1", write_mode=mode))
+        assert sorted((o.id, o.status) for o in out) == sorted((f"{tag}{i}", "loaded") for i in range(40))
+        child.send_signal(signal.SIGCONT)
+        last, _ = child.communicate("go\n", timeout=60)
+    finally:
+        child.kill()
+    if mode == "create":
+        assert child.returncode == 0 and last.split() == ['["duplicate"]', "40"], last
+        assert _docs(store) == {f"{tag}{i}": ["2025-12"] for i in range(40)}
+        assert {_claim(store, f"{tag}{i}")["i"] for i in range(40)} == {"imp-1"}
+    else:
+        assert child.returncode == 0 and last.split() == ['["updated"]', "40"], last
+        assert _docs(store) == {f"{tag}{i}": ["2025-10"] for i in range(40)}
+        assert {(_no_hold(store, f"{tag}{i}")["i"], _no_hold(store, f"{tag}{i}")["m"])
+                for i in range(40)} == {(f"imp-{tag}", "2025-10")}
 
 
 def test_an_overwrite_taking_its_holds_again_knows_its_own_hold_by_its_load_whichever_row_it_names(store):

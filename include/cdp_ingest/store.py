@@ -27,7 +27,9 @@ Design (measured in benchmarks/bulk_import.py):
   ``_seq_no``, once its load is gone: each load keeps a beat (``_Beat``, named in its claims as
   ``"l"``) that a killed load stops rewriting (stale after ``LOAD_STALE``) and a load that ended
   removed; a claim without a beat (made before beats) after ``CLAIM_LEASE``. A load whose own beats
-  lapsed claims again what it claimed before the lapse, before it writes it. Claims cost the node
+  lapsed claims again what it claimed before the lapse, before it writes it; one whose request was
+  answered only after such a lapse reads its claims again and removes a copy it wrote beside the load
+  that took the claim over (``_taken_meanwhile``). Claims cost the node
   ~10-12 µs per event (an ~80-byte document); they replace the search of the months the load itself
   writes, which grew with them (at 1M events ~7 µs per event and rising).
 - Overwrite mode holds each event's claim (``"w": 1``, taken conditionally on its ``_seq_no``) while
@@ -637,6 +639,7 @@ class Store:
                 return Outcome(it.ref, "updated", id=it.id)
             return Outcome(it.ref, "loaded", id=it.id)
 
+        sent_late: list[BulkItem] = []  # sent while this load's beats had lapsed: see _taken_meanwhile
         while chunk:
             try:
                 resp = self._send_bulk(self._payload(chunk), check=None if beat is None else partial(beat.check, epoch))
@@ -658,6 +661,9 @@ class Store:
                 claimed = [it for it in claimed if id(it) not in gone]
                 continue
             requests += 1
+            if beat is not None and (beat.epoch != epoch or beat.lapsed()):
+                # checked before it was sent, but it may have reached the store only after the lapse
+                sent_late += [it for it in chunk if it.index.startswith(events)]
             if not resp.get("errors") and not overwrite:
                 outcomes.extend(Outcome(it.ref, "loaded", id=it.id) for it in chunk)
                 break
@@ -685,6 +691,10 @@ class Store:
                     self._retries += 1
                 self._sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
             chunk = again
+        if sent_late:
+            outcomes, n = self._taken_meanwhile(sent_late, outcomes, waiting, holds)
+            requests += n
+            claimed = [it for it in claimed if it.id not in holds.taken]  # not this load's to release
         if conflicts:
             outcomes.extend(self._resolve_conflicts(conflicts, import_id))
             requests += 1
@@ -698,6 +708,44 @@ class Store:
         if overwrite and holds.held:
             requests += self._give_back(holds.held, outcomes, import_id)
         return outcomes, requests, waiting
+
+    def _taken_meanwhile(self, items: list[BulkItem], outcomes: list[Outcome], waiting: list[BulkItem],
+                         holds: _Holds) -> tuple[list[Outcome], int]:
+        """``items`` were written by a request checked before it was sent (``_Beat.check``) whose answer came
+        after this load's beats had lapsed: it may have reached the store after another load took their
+        claims (or holds) over — the process was frozen, or cut off, between the check and the send. The
+        claims are read again (in real time); an id another load claims now whose claim names another
+        month had its copy written beside that load's: this load's copy is deleted and its row goes to
+        ``waiting`` (claimed again later: a duplicate once the other load's copy is stored; an overwrite
+        replaces it). In the same month there is one document (the other load's write meets it). Such
+        ids are put in ``holds.taken``: neither released nor given back by this load. Returns the
+        outcomes left and the requests made."""
+        beat = self._beat
+        assert beat is not None
+        ids = sorted({it.id for it in items})
+        resp = self._request("POST", "/_mget", body={"docs": [{"_index": self.index("claims"), "_id": i} for i in ids]})
+        now = {i: d.get("_source") or {} for i, d in zip(ids, resp["docs"], strict=True) if d.get("found")}
+        taken = {i: src.get("m") for i, src in now.items() if src.get("l") != beat.token}
+        if not taken:
+            return outcomes, 1
+        holds.taken |= set(taken)
+        for doc_id in taken:
+            holds.held.pop(doc_id, None)
+        cut = len(self._event_prefix)
+        beside = {(it.ref, it.id): it for it in items if it.id in taken and it.index[cut:] != taken[it.id]}
+        kept: list[Outcome] = []
+        copies: list[tuple[str, str | None]] = []
+        for o in outcomes:
+            it = beside.get((o.ref, o.id or ""))
+            if it is None or o.status not in ("loaded", "updated"):
+                kept.append(o)
+                continue
+            copies.append((it.index, it.id))
+            waiting.append(it)
+        log.warning("%d event id(s) of this load were taken over by another load while its beats had lapsed; "
+                    "%d copy(ies) written beside that load's are deleted and tried again", len(taken), len(copies))
+        return kept, 1 + (self._delete_copies(copies, what="a copy written after its claim was taken over")
+                          if copies else 0)
 
     def _claim_body(self, items: list[BulkItem], import_id: str | None,
                     cas: dict[int, tuple[int, int]] | None = None, writing: bool = False) -> Blocks:
@@ -1475,6 +1523,7 @@ class _Holds:
     failed: list[Outcome] = field(default_factory=list)
     existed: set[int] = field(default_factory=set)  # rows replacing a copy another load stored
     moved: dict[int, set[str]] = field(default_factory=dict)  # row → the month its old copy is in
+    taken: set[str] = field(default_factory=set)  # ids another load took over meanwhile (_taken_meanwhile)
     requests: int = 0
 
 
