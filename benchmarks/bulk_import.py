@@ -11,6 +11,8 @@ Variants (each runs in its own child process, so peak RSS is per variant):
   c  ceiling   pre-serialised NDJSON (made before the clock starts) sent with the best chunk
                size/concurrency of a small sweep: what the cluster accepts at most (after an untimed
                warm-up pass; measured again after the engine variants (c2), "vs (c)" uses the better one)
+  c3 claims    (events) the ceiling's bodies, each sent after the bulk body of its ids' claims, as the
+               engine writes them: what one document per event id (SPEC) costs the node at least
   d  engine    cdp_ingest streamed (map + load overlapped), end to end from the CSV, with
                validation, error file, ledger and accounting
   d0 rows      (events) the engine as (d) with the columnar mapping switched off (CDP_ROW_MAPPING=1):
@@ -116,23 +118,29 @@ def run_helpers_tuned(kind, csv_path, url, prefix, limit, chunk, concurrency):
     return sum(1 for ok, _ in results if ok)
 
 
-def run_ceiling(kind, ndjson_dir, url, prefix, limit, chunk, concurrency):
-    """Send pre-made bulk bodies (files of ``chunk`` documents each) with ``concurrency`` threads."""
+def run_ceiling(kind, ndjson_dir, url, prefix, limit, chunk, concurrency, claims=False):
+    """Send pre-made bulk bodies (files of ``chunk`` documents each) with ``concurrency`` threads; with
+    ``claims``, each body after the body of its documents' claims (as the engine's create path writes
+    them: one small document per event id in ``<prefix>import-event-ids``), in the same thread."""
     from concurrent.futures import ThreadPoolExecutor
 
     import urllib3
 
     http = urllib3.PoolManager(maxsize=concurrency)
     files = sorted(Path(ndjson_dir).glob(f"{chunk}-*.ndjson"))
-    bodies = [f.read_bytes().replace(b"@PREFIX@", prefix.encode()) for f in files]  # before the clock
-    counts = [b.count(b"\n") // 2 for b in bodies]
+    bodies = [[f.read_bytes().replace(b"@PREFIX@", prefix.encode())] for f in files]  # before the clock
+    if claims:
+        for body, f in zip(bodies, files, strict=True):
+            body.insert(0, (f.parent / f"claims-{f.name}").read_bytes().replace(b"@PREFIX@", prefix.encode()))
+    counts = [b[-1].count(b"\n") // 2 for b in bodies]
     t0 = time.perf_counter()
 
-    def send(body: bytes) -> None:
-        r = http.request("POST", f"{url}/_bulk?filter_path=errors", body=body,
-                         headers={"content-type": "application/x-ndjson"})
-        if r.status != 200 or b'"errors":false' not in r.data:
-            raise RuntimeError(f"bulk failed: {r.status} {r.data[:300]!r}")
+    def send(pair: list[bytes]) -> None:
+        for body in pair:
+            r = http.request("POST", f"{url}/_bulk?filter_path=errors", body=body,
+                             headers={"content-type": "application/x-ndjson"})
+            if r.status != 200 or b'"errors":false' not in r.data:
+                raise RuntimeError(f"bulk failed: {r.status} {r.data[:300]!r}")
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(send, bodies))
@@ -162,9 +170,9 @@ def child(args) -> None:
         n = run_helpers(args.kind, args.csv, args.url, args.prefix, args.limit)
     elif args.variant == "helpers-tuned":
         n = run_helpers_tuned(args.kind, args.csv, args.url, args.prefix, args.limit, args.chunk, args.concurrency)
-    elif args.variant == "ceiling":
+    elif args.variant in ("ceiling", "ceiling-claims"):
         n, secs = run_ceiling(args.kind, args.ndjson, args.url, args.prefix, args.limit, args.chunk,
-                              args.concurrency)
+                              args.concurrency, claims=args.variant == "ceiling-claims")
         t0 = time.perf_counter() - secs
     else:
         n, extra = run_engine(args.kind, args.csv, args.url, args.prefix, args.variant == "staged", args.work,
@@ -235,27 +243,39 @@ def _node_cpu() -> float | None:
 def prepare_ndjson(kind: str, csv_path: Path, out_dir: Path, chunks: list[int]) -> None:
     """Serialise the engine's documents once (orjson), cut into bulk bodies of each chunk size, in one pass:
     only the ids seen and one unfinished body per chunk size are in memory (holding every document first,
-    1M events took ~8 GB: each orjson result keeps a ~4 KB allocation)."""
+    1M events took ~8 GB: each orjson result keeps a ~4 KB allocation). Events also get the bodies of
+    their ids' claims (``claims-<file>``, for (c3)), shaped as the engine's (``Store._claim_body``)."""
     import orjson
 
     out_dir.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
     bodies: dict[int, list[bytes]] = {c: [] for c in chunks}
+    claims: dict[int, list[bytes]] = {c: [] for c in chunks}
     written = dict.fromkeys(chunks, 0)
+    tail = b',"i":"bench-import-0","t":%d,"l":"bench-load-0"}\n' % int(time.time())
 
     def flush(chunk: int) -> None:
-        (out_dir / f"{chunk}-{written[chunk]:06d}.ndjson").write_bytes(b"".join(bodies[chunk]))
+        name = f"{chunk}-{written[chunk]:06d}.ndjson"
+        (out_dir / name).write_bytes(b"".join(bodies[chunk]))
+        if claims[chunk]:
+            (out_dir / f"claims-{name}").write_bytes(b"".join(claims[chunk]))
         written[chunk] += 1
         bodies[chunk].clear()
+        claims[chunk].clear()
 
-    for index, doc_id, doc in _docs(kind, str(csv_path), "bench-"):
+    for ref, (index, doc_id, doc) in enumerate(_docs(kind, str(csv_path), "bench-")):
         if doc_id in seen:  # create: a duplicate would 409
             continue
         seen.add(doc_id)
         line = b'{"create":{"_index":"%s","_id":"%s"}}\n%s\n' % (index.replace("bench-", "@PREFIX@", 1).encode(),
                                                                   doc_id.encode(), orjson.dumps(doc))
+        claim = (b'{"create":{"_index":"@PREFIX@import-event-ids","_id":"%s"}}\n{"m":"%s","r":%d%s' % (
+            doc_id.encode(), index.removeprefix("bench-event-").encode(), ref, tail)
+            if index.startswith("bench-event-") else None)
         for chunk, body in bodies.items():
             body.append(line)
+            if claim is not None:
+                claims[chunk].append(claim)
             if len(body) == chunk:
                 flush(chunk)
     for chunk, body in bodies.items():
@@ -382,6 +402,9 @@ def main() -> int:
             # the ceiling once more, after the engine: "vs (c)" divides by the better of the two
             one("ceiling", f"c2 raw bulk ceiling again, last ({best[1]}x{best[2]})", ndjson=nd, chunk=best[1],
                 concurrency=best[2])
+            if kind == "events":  # what one document per event id costs the node at least (not in "vs (c)")
+                one("ceiling-claims", f"c3 raw ceiling + each id's claim ({best[1]}x{best[2]})", ndjson=nd,
+                    chunk=best[1], concurrency=best[2])
         if args.big_factor and args.events:
             big = tmp / "events-big.csv"
             exp = sample.write_events(big, args.events * args.big_factor, profiles=args.events,
@@ -406,8 +429,8 @@ def main() -> int:
 
 
 def report(results: list[dict], args) -> None:
-    lines = ["", "| data | variant | docs | rows/s | vs (c) | vs (a) | peak RSS MB | client CPU µs/row "
-                 "| node CPU µs/row |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["", "| data | variant | docs | rows/s | vs (c) | vs (c3) | vs (a) | peak RSS MB | client CPU µs/row "
+                 "| node CPU µs/row |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for kind in ("events", "profiles"):
         rows = [r for r in results if r["kind"] == kind and "sweep" not in r["variant"]
                 and "warm-up" not in r["variant"]]
@@ -415,11 +438,13 @@ def report(results: list[dict], args) -> None:
             continue
         ceiling = max((r["rows_per_s"] for r in rows if r["variant"].startswith(("c ", "c2 "))), default=None)
         naive = next((r["rows_per_s"] for r in rows if r["variant"].startswith("a ")), None)
+        claims = next((r["rows_per_s"] for r in rows if r["variant"].startswith("c3 ")), None)
         for r in sorted(rows, key=lambda r: r["variant"]):
             vc = f"{r['rows_per_s'] / ceiling:.2f}" if ceiling else "-"
+            v3 = f"{r['rows_per_s'] / claims:.2f}" if claims else "-"
             va = f"{r['rows_per_s'] / naive:.1f}x" if naive else "-"
             node = f"{r['node_cpu_us']:.0f}" if "node_cpu_us" in r else "-"
-            lines.append(f"| {kind} | {r['variant']} | {r['docs']:,} | {r['rows_per_s']:,.0f} | {vc} | {va} | "
+            lines.append(f"| {kind} | {r['variant']} | {r['docs']:,} | {r['rows_per_s']:,.0f} | {vc} | {v3} | {va} | "
                          f"{r['peak_rss_mb']:.0f} | {r['client_cpu_us']:.1f} | {node} |")
     table = "\n".join(lines)
     print(table)
