@@ -735,6 +735,37 @@ def test_an_overwrite_whose_beats_lapsed_takes_its_holds_again_before_it_writes(
     assert (_no_hold(store, "z")["i"], _no_hold(store, "z")["m"]) == ("imp-0", "2025-11")
 
 
+def test_a_request_answered_after_a_lapse_removes_copies_beside_a_taken_claim_and_reclaims_a_given_back_one(
+        store, monkeypatch):
+    """This load's first event request passed its lapse check, but its answer came after its beats had
+    lapsed (frozen between check and send); meanwhile another load took x's claim over (its copy in
+    2025-09) and took y's and gave it back (its row refused: the claim deleted). This load's copies of x
+    and y in 2025-12 are deleted and the rows claimed again: x is a duplicate (the other copy stays), y is
+    written again under this load's claim; z, untouched, stays loaded. One copy per id, none unclaimed."""
+    from cdp_ingest.store import LOAD_STALE
+
+    send, done = store._send_bulk, []
+    claims = store.index("claims")
+
+    def answered_late(payload, *args, **kw):
+        resp = send(payload, *args, **kw)
+        if not done and b"import-event-ids" not in (payload if isinstance(payload, bytes) else payload[0])[:200]:
+            done.append(True)
+            store._beat.last_ok -= LOAD_STALE
+            store._request("PUT", f"/{claims}/_doc/x", body={"m": "2025-09", "i": "imp-9", "r": 1,
+                                                             "t": int(store._clock()), "l": "other"})
+            store._request("PUT", f"/{store.prefix}event-2025-09/_doc/x", body={"id": "x"})
+            store._request("DELETE", f"/{claims}/_doc/y")
+        return resp
+    monkeypatch.setattr(store, "_send_bulk", answered_late)
+    out = {o.id: o.status for o in store.bulk_load([_item(store, i, "2025-12", k) for k, i in enumerate("xyz", 1)],
+                                                   import_id="imp-1")}
+    assert done and out == {"x": "duplicate", "y": "loaded", "z": "loaded"}
+    assert _docs(store) == {"x": ["2025-09"], "y": ["2025-12"], "z": ["2025-12"]}
+    assert [(_claim(store, i)["i"], _claim(store, i)["m"]) for i in "xyz"] == [
+        ("imp-9", "2025-09"), ("imp-1", "2025-12"), ("imp-1", "2025-12")]
+
+
 CHILD_LOAD = r"""
 import sys
 import orjson

@@ -717,15 +717,17 @@ class Store:
         claims are read again (in real time); an id another load claims now whose claim names another
         month had its copy written beside that load's: this load's copy is deleted and its row goes to
         ``waiting`` (claimed again later: a duplicate once the other load's copy is stored; an overwrite
-        replaces it). In the same month there is one document (the other load's write meets it). Such
+        replaces it), as does one whose claim is gone (that load gave it back: its row was refused), so
+        that no copy is left without a claim. In the same month there is one document (the other
+        load's write meets it). Such
         ids are put in ``holds.taken``: neither released nor given back by this load. Returns the
         outcomes left and the requests made."""
         beat = self._beat
         assert beat is not None
         ids = sorted({it.id for it in items})
         resp = self._request("POST", "/_mget", body={"docs": [{"_index": self.index("claims"), "_id": i} for i in ids]})
-        now = {i: d.get("_source") or {} for i, d in zip(ids, resp["docs"], strict=True) if d.get("found")}
-        taken = {i: src.get("m") for i, src in now.items() if src.get("l") != beat.token}
+        now = {i: (d.get("_source") or {}) if d.get("found") else {} for i, d in zip(ids, resp["docs"], strict=True)}
+        taken = {i: src.get("m") for i, src in now.items() if src.get("l") != beat.token}  # (or given back since)
         if not taken:
             return outcomes, 1
         holds.taken |= set(taken)
