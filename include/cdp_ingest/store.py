@@ -725,8 +725,8 @@ class Store:
         beat = self._beat
         assert beat is not None
         ids = sorted({it.id for it in items})
-        resp = self._request("POST", "/_mget", body={"docs": [{"_index": self.index("claims"), "_id": i} for i in ids]})
-        now = {i: (d.get("_source") or {}) if d.get("found") else {} for i, d in zip(ids, resp["docs"], strict=True)}
+        now = {i: (d.get("_source") or {}) if d.get("found") else {} for i, d in zip(ids, self._read_claims(ids),
+                                                                                     strict=True)}
         taken = {i: src.get("m") for i, src in now.items() if src.get("l") != beat.token}  # (or given back since)
         if not taken:
             return outcomes, 1
@@ -856,11 +856,9 @@ class Store:
         (with the claim's seq_no / primary_term) unless a search finds a copy elsewhere (an overwrite
         that died between its claim and its write left the copy in the old month). A claim gone by now
         (released: its event was refused) is returned to be claimed again."""
-        resp = self._request("POST", "/_mget", body={"docs": [{"_index": self.index("claims"), "_id": it.id}
-                                                               for it in items]})
         other: list[tuple[BulkItem, dict, tuple[int, int]]] = []
         vanished: list[BulkItem] = []
-        for it, d in zip(items, resp["docs"], strict=True):
+        for it, d in zip(items, self._read_claims([it.id for it in items]), strict=True):
             if d.get("found") is False:
                 vanished.append(it)
                 continue
@@ -936,6 +934,11 @@ class Store:
             return this_load and bool(src.get("w"))
         return this_load or (import_id is not None and src.get("i") == import_id)
 
+    def _read_claims(self, ids: list[str]) -> list[dict]:
+        """The claims of these event ids, read in real time (``_mget`` docs, in order)."""
+        return self._request("POST", "/_mget", body={"docs": [{"_index": self.index("claims"), "_id": i}
+                                                               for i in ids]})["docs"]
+
     def _load_mark(self) -> dict[str, str]:
         return {"l": self._beat.token} if self._beat is not None else {}
 
@@ -964,19 +967,18 @@ class Store:
             if it.index.startswith(events):
                 groups.setdefault(it.id, []).append(it)
         holds = _Holds()
-        claims = self.index("claims")
         todo = list(groups)
         for attempt in range(self.max_retries + 1):
             if not todo:
                 break
-            resp = self._request("POST", "/_mget", body={"docs": [{"_index": claims, "_id": i} for i in todo]})
+            read = self._read_claims(todo)
             now = self._clock()
             take: list[tuple[str, dict | None, tuple[int, int] | None]] = []  # id, claim read, its seq_no/term
             gone: set[str] = set()  # ids whose claim names a month deleted since: no old copy to delete
             held: list[tuple[str, dict, tuple[int, int]]] = []  # another load's hold
             unread: list[tuple[str, dict]] = []  # another load's claim taken as its load is gone
             check: list[tuple[str, dict, tuple[int, int]]] = []  # another load's finished claim: stored yet?
-            for doc_id, d in zip(todo, resp["docs"], strict=True):
+            for doc_id, d in zip(todo, read, strict=True):
                 if not d.get("found"):
                     take.append((doc_id, None, None))
                     continue
