@@ -681,20 +681,25 @@ def test_an_overwrite_takes_the_hold_of_a_killed_load_at_once_and_waits_for_a_li
     assert (_no_hold(store, "k")["i"], _claim(store, "a")["l"]) == ("imp-2", "alive")
 
 
-def _lapse_then(store, monkeypatch, meanwhile) -> None:
+def _lapse_then(store, monkeypatch, meanwhile, answered: bool = False) -> list:
     """The load's beats lapse between its claims (or holds) and its first event write (it was frozen, or
-    cut off from the store, for over LOAD_STALE / 2), and ``meanwhile`` another load acts."""
+    cut off from the store, for over LOAD_STALE / 2), and ``meanwhile`` another load acts; ``answered``:
+    after that write passed its lapse check and was sent (its answer comes after the lapse). Returns a
+    list that holds True once it has happened."""
     from cdp_ingest.store import LOAD_STALE
 
     send, done = store._send_bulk, []
 
     def lapsed(payload, *args, **kw):
-        if not done and b"import-event-ids" not in (payload if isinstance(payload, bytes) else payload[0])[:200]:
-            done.append(True)
-            store._beat.last_ok -= LOAD_STALE
-            meanwhile()
-        return send(payload, *args, **kw)
+        if done or b"import-event-ids" in (payload if isinstance(payload, bytes) else payload[0])[:200]:
+            return send(payload, *args, **kw)
+        done.append(True)
+        resp = send(payload, *args, **kw) if answered else None
+        store._beat.last_ok -= LOAD_STALE
+        meanwhile()
+        return resp if answered else send(payload, *args, **kw)
     monkeypatch.setattr(store, "_send_bulk", lapsed)
+    return done
 
 
 def test_a_create_load_whose_beats_lapsed_claims_again_before_it_writes(store, monkeypatch):
@@ -742,22 +747,14 @@ def test_a_request_answered_after_a_lapse_removes_copies_beside_a_taken_claim_an
     2025-09) and took y's and gave it back (its row refused: the claim deleted). This load's copies of x
     and y in 2025-12 are deleted and the rows claimed again: x is a duplicate (the other copy stays), y is
     written again under this load's claim; z, untouched, stays loaded. One copy per id, none unclaimed."""
-    from cdp_ingest.store import LOAD_STALE
-
-    send, done = store._send_bulk, []
     claims = store.index("claims")
 
-    def answered_late(payload, *args, **kw):
-        resp = send(payload, *args, **kw)
-        if not done and b"import-event-ids" not in (payload if isinstance(payload, bytes) else payload[0])[:200]:
-            done.append(True)
-            store._beat.last_ok -= LOAD_STALE
-            store._request("PUT", f"/{claims}/_doc/x", body={"m": "2025-09", "i": "imp-9", "r": 1,
-                                                             "t": int(store._clock()), "l": "other"})
-            store._request("PUT", f"/{store.prefix}event-2025-09/_doc/x", body={"id": "x"})
-            store._request("DELETE", f"/{claims}/_doc/y")
-        return resp
-    monkeypatch.setattr(store, "_send_bulk", answered_late)
+    def took_over():
+        store._request("PUT", f"/{claims}/_doc/x", body={"m": "2025-09", "i": "imp-9", "r": 1,
+                                                         "t": int(store._clock()), "l": "other"})
+        store._request("PUT", f"/{store.prefix}event-2025-09/_doc/x", body={"id": "x"})
+        store._request("DELETE", f"/{claims}/_doc/y")
+    done = _lapse_then(store, monkeypatch, took_over, answered=True)
     out = {o.id: o.status for o in store.bulk_load([_item(store, i, "2025-12", k) for k, i in enumerate("xyz", 1)],
                                                    import_id="imp-1")}
     assert done and out == {"x": "duplicate", "y": "loaded", "z": "loaded"}
