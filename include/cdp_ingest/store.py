@@ -719,15 +719,14 @@ class Store:
         ``waiting`` (claimed again later: a duplicate once the other load's copy is stored; an overwrite
         replaces it), as does one whose claim is gone (that load gave it back: its row was refused), so
         that no copy is left without a claim. In the same month there is one document (the other
-        load's write meets it). Such
-        ids are put in ``holds.taken``: neither released nor given back by this load. Returns the
-        outcomes left and the requests made."""
+        load's write meets it). Such ids are put in ``holds.taken``: neither released nor given back
+        by this load. Returns the outcomes left and the requests made."""
         beat = self._beat
         assert beat is not None
         ids = sorted({it.id for it in items})
-        now = {i: (d.get("_source") or {}) if d.get("found") else {} for i, d in zip(ids, self._read_claims(ids),
-                                                                                     strict=True)}
-        taken = {i: src.get("m") for i, src in now.items() if src.get("l") != beat.token}  # (or given back since)
+        read = {i: (d.get("_source") or {}) if d.get("found") else {}
+                for i, d in zip(ids, self._read_claims(ids), strict=True)}
+        taken = {i: src.get("m") for i, src in read.items() if src.get("l") != beat.token}  # month; None: given back
         if not taken:
             return outcomes, 1
         holds.taken |= set(taken)
@@ -744,8 +743,8 @@ class Store:
                 continue
             copies.append((it.index, it.id))
             waiting.append(it)
-        log.warning("%d event id(s) of this load were taken over by another load while its beats had lapsed; "
-                    "%d copy(ies) written beside that load's are deleted and tried again", len(taken), len(copies))
+        log.warning("%d event id(s) of this load were taken over (or taken and given back) by another load while "
+                    "its beats had lapsed; %d copy(ies) it wrote are deleted and tried again", len(taken), len(copies))
         return kept, 1 + (self._delete_copies(copies, what="a copy written after its claim was taken over")
                           if copies else 0)
 
@@ -1527,7 +1526,7 @@ class _Holds:
     failed: list[Outcome] = field(default_factory=list)
     existed: set[int] = field(default_factory=set)  # rows replacing a copy another load stored
     moved: dict[int, set[str]] = field(default_factory=dict)  # row → the month its old copy is in
-    taken: set[str] = field(default_factory=set)  # ids another load took over meanwhile (_taken_meanwhile)
+    taken: set[str] = field(default_factory=set)  # ids another load took over (or gave back): _taken_meanwhile
     requests: int = 0
 
 
