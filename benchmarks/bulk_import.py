@@ -244,21 +244,24 @@ def prepare_ndjson(kind: str, csv_path: Path, out_dir: Path, chunks: list[int]) 
     """Serialise the engine's documents once (orjson), cut into bulk bodies of each chunk size, in one pass:
     only the ids seen and one unfinished body per chunk size are in memory (holding every document first,
     1M events took ~8 GB: each orjson result keeps a ~4 KB allocation). Events also get the bodies of
-    their ids' claims (``claims-<file>``, for (c3)), shaped as the engine's (``Store._claim_body``)."""
+    their ids' claims (``claims-<file>``, for (c3)), made by the engine's own ``Store._claim_body``."""
     import orjson
+
+    from cdp_ingest.store import BulkItem, Store, _Beat
 
     out_dir.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
     bodies: dict[int, list[bytes]] = {c: [] for c in chunks}
-    claims: dict[int, list[bytes]] = {c: [] for c in chunks}
+    claims: dict[int, list[BulkItem]] = {c: [] for c in chunks}
     written = dict.fromkeys(chunks, 0)
-    tail = b',"i":"bench-import-0","t":%d,"l":"bench-load-0"}\n' % int(time.time())
+    claimer = Store(None, prefix="@PREFIX@")  # builds bodies only: no request is made
+    claimer._beat = _Beat(claimer, "bench-import-0")  # (a token for "l"; not started)
 
     def flush(chunk: int) -> None:
         name = f"{chunk}-{written[chunk]:06d}.ndjson"
         (out_dir / name).write_bytes(b"".join(bodies[chunk]))
         if claims[chunk]:
-            (out_dir / f"claims-{name}").write_bytes(b"".join(claims[chunk]))
+            (out_dir / f"claims-{name}").write_bytes(b"".join(claimer._claim_body(claims[chunk], "bench-import-0")))
         written[chunk] += 1
         bodies[chunk].clear()
         claims[chunk].clear()
@@ -267,11 +270,9 @@ def prepare_ndjson(kind: str, csv_path: Path, out_dir: Path, chunks: list[int]) 
         if doc_id in seen:  # create: a duplicate would 409
             continue
         seen.add(doc_id)
-        line = b'{"create":{"_index":"%s","_id":"%s"}}\n%s\n' % (index.replace("bench-", "@PREFIX@", 1).encode(),
-                                                                  doc_id.encode(), orjson.dumps(doc))
-        claim = (b'{"create":{"_index":"@PREFIX@import-event-ids","_id":"%s"}}\n{"m":"%s","r":%d%s' % (
-            doc_id.encode(), index.removeprefix("bench-event-").encode(), ref, tail)
-            if index.startswith("bench-event-") else None)
+        index = index.replace("bench-", "@PREFIX@", 1)
+        line = b'{"create":{"_index":"%s","_id":"%s"}}\n%s\n' % (index.encode(), doc_id.encode(), orjson.dumps(doc))
+        claim = BulkItem(index, doc_id, b"", ref) if index.startswith("@PREFIX@event-") else None
         for chunk, body in bodies.items():
             body.append(line)
             if claim is not None:
