@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from cdp_ingest.errors import StoreError
-from cdp_ingest.store import Store
+from cdp_ingest.store import BulkItem, ItemBatch, Outcome, Store
 
 
 @contextmanager
@@ -31,3 +31,54 @@ def crash_on_send(store: Store, n: int, message: str = "worker lost its connecti
         yield
     finally:
         store._send_bulk = original  # type: ignore[method-assign]
+
+
+def as_item_batches(items: list[BulkItem], run: int = 3) -> Iterator[BulkItem | ItemBatch]:
+    """``items`` as a columnar mapping hands them to ``Store.bulk_load``: consecutive create events in
+    ``ItemBatch``es of at most ``run`` rows (so chunks cut through them), anything else as it is."""
+    batch: list[BulkItem] = []
+    for it in items:
+        if it.op == "create" and "-event-" in it.index and len(batch) < run:
+            batch.append(it)
+            continue
+        if batch:
+            yield ItemBatch.of(batch)
+            batch = []
+        if it.op == "create" and "-event-" in it.index:
+            batch.append(it)
+        else:
+            yield it
+    if batch:
+        yield ItemBatch.of(batch)
+
+
+def columnar_loads(monkeypatch) -> None:
+    """From here on ``Store.bulk_load`` gets its items as ``as_item_batches`` makes them, and its
+    outcomes are given back one per row as before: the rows an ``ItemBatch`` chunk wrote without an
+    outcome each become "loaded" outcomes when its ``final`` outcome comes — checked to be exactly
+    ``count`` rows, all of them up to its row number — so every test of the row-by-row load runs
+    unchanged against the columnar one."""
+    original = Store.bulk_load
+
+    def bulk_load(self, items, *args, **kw):
+        items = list(items)
+        if any(type(it) is not BulkItem for it in items):
+            yield from original(self, items, *args, **kw)
+            return
+        by_ref = {it.ref: it for it in items}
+        assert len(by_ref) == len(items), "the rows' numbers must differ"
+        open_refs = sorted(by_ref)  # the rows without an outcome yet
+        for o in original(self, as_item_batches(items), *args, **kw):
+            if not o.final:
+                assert o.ref in open_refs, f"a second outcome for row {o.ref}"
+                open_refs.remove(o.ref)
+                yield o
+                continue
+            done = [r for r in open_refs if r <= o.ref]
+            assert len(done) == o.count, f"final outcome at row {o.ref} counts {o.count}, rows left {done}"
+            open_refs = [r for r in open_refs if r > o.ref]
+            for r in done:
+                yield Outcome(r, "loaded", id=by_ref[r].id)
+        assert not open_refs, f"rows without an outcome: {open_refs}"
+
+    monkeypatch.setattr(Store, "bulk_load", bulk_load)

@@ -288,3 +288,25 @@ def test_staged_origs_finds_refused_rows_in_any_row_group(tmp_path, monkeypatch)
         assert (got is None) if ref == 5 else orjson.loads(got) == rows[ref - 1], ref
     # staged refs by group: 1-4,6,7 | 8-13 | ... | 38-40; two groups cached, the oldest evicted
     assert reads == [6, 0, 1, 6, 0]
+
+
+def test_source_rows_of_a_streamed_load_are_found_for_refused_rows_and_forgotten_when_final():
+    """``SourceRows``: a batch's rows are one entry, a row mapped alone is its own; a failed outcome finds its
+    source row either way, a final outcome forgets everything up to its row."""
+    from cdp_ingest.arrow import pa
+    from cdp_ingest.pipeline import SourceRows, _BatchRows
+    from cdp_ingest.store import Outcome
+
+    src = SourceRows()
+    src.add_batch(10, _BatchRows(pa.record_batch({"a": ["x10", "x11", "x12"]})))
+    src.add_row(13, {"a": "alone"})
+    src.add_batch(14, _BatchRows(pa.record_batch({"a": ["x14", "x15"]})))
+    assert src.done(Outcome(11, "failed", "no")).as_dict() == {"a": "x11"}
+    assert src.done(Outcome(13, "failed", "no")) == {"a": "alone"}
+    assert src.done(Outcome(12, "loaded")) is None  # (not looked up)
+    assert src.done(Outcome(12, "loaded", count=2, final=True)) is None
+    assert src.done(Outcome(10, "failed", "no")) is None  # forgotten
+    assert src.done(Outcome(15, "failed", "no")).as_dict() == {"a": "x15"}
+    src.add_row(16, {"a": "late"})
+    src.done(Outcome(16, "loaded", count=0, final=True))
+    assert (len(src._batches), len(src._rows)) == (0, 0)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-from store_kit import crash_on_send
+from store_kit import columnar_loads, crash_on_send
 
 from cdp_ingest.errors import StoreError
 from cdp_ingest.ledger import Ledger, SourceUnit
@@ -36,6 +36,13 @@ def _bounded_sleep(limit: float = 60.0):
         assert total[0] <= limit, f"the load waited over {limit:.0f} s"
         time.sleep(s)
     return sleep
+
+
+@pytest.fixture(autouse=True, params=["rows", "columns"])
+def _load_shape(request, monkeypatch):
+    """Every test once with ``BulkItem``s, once with the create events as ``ItemBatch``es."""
+    if request.param == "columns":
+        columnar_loads(monkeypatch)
 
 
 @pytest.fixture
@@ -119,7 +126,7 @@ def _racing(store, barrier: threading.Barrier) -> Store:
     send = other._send_bulk
 
     def held(payload, *args, **kw):
-        if b"import-event-ids" not in (payload if isinstance(payload, bytes) else payload[0])[:200]:
+        if b"import-event-ids" not in bytes((payload if isinstance(payload, bytes) else payload[0])[:200]):
             try:
                 barrier.wait()
             except threading.BrokenBarrierError:
@@ -352,7 +359,7 @@ def test_an_overwrite_waits_for_a_create_load_between_its_claim_and_its_write(st
     send = first._send_bulk
 
     def held(payload, *args, **kw):
-        if b"import-event-ids" not in (payload if isinstance(payload, bytes) else payload[0])[:200]:
+        if b"import-event-ids" not in bytes((payload if isinstance(payload, bytes) else payload[0])[:200]):
             claimed.set()
             assert go.wait(30)
         return send(payload, *args, **kw)
@@ -691,7 +698,7 @@ def _lapse_then(store, monkeypatch, meanwhile, answered: bool = False) -> list:
     send, done = store._send_bulk, []
 
     def lapsed(payload, *args, **kw):
-        if done or b"import-event-ids" in (payload if isinstance(payload, bytes) else payload[0])[:200]:
+        if done or b"import-event-ids" in bytes((payload if isinstance(payload, bytes) else payload[0])[:200]):
             return send(payload, *args, **kw)
         done.append(True)
         resp = send(payload, *args, **kw) if answered else None
@@ -777,7 +784,7 @@ def stop():
         print("claimed", flush=True)
         sys.stdin.readline()
 def stopped(payload, *args, **kw):
-    if b"import-event-ids" not in (payload if isinstance(payload, bytes) else payload[0])[:200]:
+    if b"import-event-ids" not in bytes((payload if isinstance(payload, bytes) else payload[0])[:200]):
         if where == "checked" and kw.get("check"):  # after the lapse check passed, before the request
             check = kw["check"]
             kw["check"] = lambda: (check(), stop())

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-from store_kit import crash_on_send
+from store_kit import columnar_loads, crash_on_send
 
 from cdp_ingest.errors import AccountingError, MappingError, StoreError
 from cdp_ingest.ledger import Accounting, Ledger, SourceUnit
@@ -24,6 +24,14 @@ NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 MAPPING = {"kind": "event", "source_id": "t", "id_column": "insert_id", "identity": ["email"],
            "time": {"column": "ts", "format": "iso"}, "event_type": {"column": "event"},
            "fields": {"price": {"target": "properties.price", "type": "FLOAT"}}}
+
+
+@pytest.fixture(params=["rows", "columns"])
+def shape(request, monkeypatch):
+    """A test of ``Store.bulk_load`` once with ``BulkItem``s, once with the create events as ``ItemBatch``es."""
+    if request.param == "columns":
+        columnar_loads(monkeypatch)
+    return request.param
 
 
 @pytest.fixture
@@ -52,7 +60,7 @@ def _docs(store) -> dict[str, list[tuple[str, int]]]:
     return out
 
 
-def test_overwrite_replaces_wherever_the_month_is_and_counts_updated(store):
+def test_overwrite_replaces_wherever_the_month_is_and_counts_updated(store, shape):
     first = [_item(store, f"e{i}", "2025-11", i, 1, "imp-1") for i in range(1, 5)]
     assert {o.status for o in store.bulk_load(first, import_id="imp-1")} == {"loaded"}
     store.refresh([f"{store.prefix}event-*"])

@@ -22,12 +22,14 @@ import logging
 import os
 import shutil
 import threading
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -38,7 +40,7 @@ from cdp_ingest.errorfile import ErrorFileWriter
 from cdp_ingest.errors import RowError
 from cdp_ingest.ledger import Accounting, Ledger, LedgerEntry, SourceUnit
 from cdp_ingest.mapping import Mapped
-from cdp_ingest.store import MAX_CELL_BYTES, WRITE_MODES, BulkItem, LoadStats, Outcome, ProfileRow, Store
+from cdp_ingest.store import MAX_CELL_BYTES, WRITE_MODES, BulkItem, ItemBatch, LoadStats, Outcome, ProfileRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +265,38 @@ class LazyRow:
         return self.rows.json()[self.i] or memoryview(orjson.dumps(self.as_dict(), default=str)).tobytes()
 
 
+class SourceRows:
+    """The source rows of the rows in flight in a streamed load, by row number, for the ones the store
+    refuses: a mapped batch's rows as one entry (a ``LazyRow`` made when one is asked for), a row mapped
+    alone as itself; forgotten once the store says every row up to a number has its outcome
+    (``Outcome.final``), or, for a row mapped alone, when its own outcome comes."""
+
+    def __init__(self) -> None:
+        self._batches: deque[tuple[int, int, _BatchRows]] = deque()  # (first row, last row, rows), in order
+        self._rows: OrderedDict[int, dict[str, Any] | LazyRow] = OrderedDict()
+
+    def add_batch(self, first: int, rows: _BatchRows) -> None:
+        self._batches.append((first, first + rows.batch.num_rows - 1, rows))
+
+    def add_row(self, ref: int, row: dict[str, Any] | LazyRow) -> None:
+        self._rows[ref] = row
+
+    def done(self, o: Outcome) -> dict[str, Any] | LazyRow | None:
+        """Settle ``o``; the source row of a failed one (None if unknown)."""
+        if o.final:
+            while self._batches and self._batches[0][1] <= o.ref:
+                self._batches.popleft()
+            while self._rows and next(iter(self._rows)) <= o.ref:
+                self._rows.popitem(last=False)
+            return None
+        row = self._rows.pop(o.ref, None)
+        if row is None and o.status == "failed":
+            for first, last, rows in self._batches:  # the batches of the chunks in flight: a few
+                if first <= o.ref <= last:
+                    return LazyRow(rows, o.ref - first)
+        return row
+
+
 def _as_row(row: dict[str, Any] | LazyRow | None) -> dict[str, Any]:
     return row.as_dict() if isinstance(row, LazyRow) else row or {}
 
@@ -375,6 +409,51 @@ class RowMapper:
             self.accepted += accepted
             if accepted:
                 self.kinds.add(kind)
+
+    def item_batches(self, batches: Iterable, prefix: str, import_id: str, sources: SourceRows
+                     ) -> Iterator[ItemBatch | BulkItem]:
+        """What ``items`` gives, for the bulk load: the rows the columnar event mapping took as
+        ``ItemBatch``es (runs of consecutive rows), the rest as ``BulkItem``s, in file order; every row's
+        source row goes to ``sources``."""
+        fast = _batch_mapper(self.row_fn)
+        if fast is None or fast.kind != "event":
+            for ref, _kind, index, doc_id, body, row in self.items(batches, prefix, import_id):
+                sources.add_row(ref, row)
+                yield BulkItem(index, doc_id, body, ref)
+            return
+        for sb, bad, fb in self._mapped_slices(fast, batches, prefix, import_id):
+            if fb is None:
+                for ref, m, row in self.run([sb]):
+                    sources.add_row(ref, row)
+                    yield BulkItem(*mapped_to_stage_row(m, prefix, import_id, ref), ref)
+                continue
+            batch = sb.batch
+            first, n = sb.first_row, batch.num_rows
+            rows = _BatchRows(batch)
+            if fb.origs is not None:
+                rows._json = fb.origs
+            self.rows_in += n
+            sources.add_batch(first, rows)
+            whole = ItemBatch(pa.array(np.arange(first, first + n, dtype=np.int64)), fb.column("indices"),
+                              fb.column("ids"), fb.column("bodies"))
+            slow = np.flatnonzero(~np.asarray(fb.ok, dtype=bool)).tolist()
+            slow_rows = dict(zip(slow, batch.take(slow).to_pylist(), strict=True)) if slow else {}
+            start = accepted = 0
+            for i in [*slow, n]:
+                if i > start:
+                    accepted += i - start
+                    yield whole if i - start == n else whole.slice(start, i - start)
+                start = i + 1
+                if i == n:
+                    break
+                row, ref = slow_rows[i], first + i
+                left = self._row(row, ref, bad.get(i))
+                if left is not None:
+                    sources.add_row(ref, row)
+                    yield BulkItem(*mapped_to_stage_row(left, prefix, import_id, ref), ref)
+            self.accepted += accepted
+            if accepted:
+                self.kinds.add(fast.kind)
 
     def _mapped_slices(self, fast: Any, batches: Iterable, prefix: str, import_id: str
                        ) -> Iterator[tuple[Any, dict[int, str], Any]]:
@@ -527,11 +606,11 @@ def stream_unit(batches: Iterable, row_fn: RowFn, store: Store, *, kind: str, im
     now = now or datetime.now(UTC)
     rm = RowMapper(row_fn, error_path, max_cell_bytes)
     stats = LoadStats()
-    pending: dict[int, dict[str, Any] | LazyRow] = {}  # ref -> original row, only while its outcome is not back
+    pending = SourceRows()  # the original rows, only while their outcome is not back
 
     def mapped() -> Iterator[tuple[int, Mapped]]:
         for ref, m, row in rm.run(batches):
-            pending[ref] = row
+            pending.add_row(ref, row)
             yield ref, m
 
     def profile_rows() -> Iterator[ProfileRow]:
@@ -540,19 +619,15 @@ def stream_unit(batches: Iterable, row_fn: RowFn, store: Store, *, kind: str, im
                 yield ProfileRow(m.doc_id, ref, m.operations)
             return
         for ref, _kind, _index, pid, body, row in rm.items(batches, store.prefix, import_id):
-            pending[ref] = row
+            pending.add_row(ref, row)
             yield staged_profile_row(pid, ref, body)
 
-    def documents() -> Iterator[BulkItem]:
-        for ref, _kind, index, doc_id, body, row in rm.items(batches, store.prefix, import_id):
-            pending[ref] = row
-            yield BulkItem(index, doc_id, body, ref)
-
     outcomes = (store.merge_profiles(profile_rows(), import_id, now, stats=stats) if kind == "profile"
-                else store.bulk_load(documents(), import_id=import_id, stats=stats, write_mode=write_mode))
+                else store.bulk_load(rm.item_batches(batches, store.prefix, import_id, pending), import_id=import_id,
+                                     stats=stats, write_mode=write_mode))
     try:
         for o in outcomes:
-            row = pending.pop(o.ref, None)
+            row = pending.done(o)
             if o.status == "failed":
                 rm.reject(_as_row(row), o.reason or "store rejected the row")
     finally:
@@ -585,11 +660,17 @@ def read_stage(staged_path: str | Path, batch_rows: int = STAGE_ROWS,
     memory grew with the file (45 → 89 MB over 850k staged SFTP rows, peak RSS 343 → 431 MB);
     reading one row group (bounded by the transform's flush size) and slicing it stays flat.
     """
+    for batch in read_stage_batches(staged_path, batch_rows, columns):
+        yield batch.to_pydict()
+
+
+def read_stage_batches(staged_path: str | Path, batch_rows: int = STAGE_ROWS,
+                       columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """``read_stage``'s batches as Arrow record batches."""
     pf = pq.ParquetFile(staged_path, pre_buffer=False)
     for i in range(pf.num_row_groups):
         group = pf.read_row_group(i, columns=columns, use_threads=False)
-        for batch in group.to_batches(max_chunksize=batch_rows):
-            yield batch.to_pydict()
+        yield from group.to_batches(max_chunksize=batch_rows)
         del group
 
 
@@ -667,9 +748,16 @@ def load_unit(staged_path: str | Path, store: Store, *, import_id: str, error_pa
                 if kind == "profile":
                     yield staged_profile_row(pid, ref, body)
 
-    def documents(kind: str) -> Iterator[BulkItem]:
-        for b in read_stage(staged_path, columns=["ref", "kind", "index", "id", "body"]):
-            for ref, k, index, doc_id, body in zip(b["ref"], b["kind"], b["index"], b["id"], b["body"], strict=True):
+    def documents(kind: str) -> Iterator[BulkItem | ItemBatch]:
+        for b in read_stage_batches(staged_path, columns=["ref", "kind", "index", "id", "body"]):
+            if kind == "event":  # as Arrow columns (the store takes them row by row where it must)
+                mine = pc.equal(b.column(1), kind)
+                if not pc.all(mine).as_py():
+                    b = b.filter(mine)
+                if b.num_rows:
+                    yield ItemBatch(b.column(0), b.column(2), b.column(3), b.column(4))
+                continue
+            for ref, k, index, doc_id, body in zip(*(b.column(i).to_pylist() for i in range(5)), strict=True):
                 if k == kind:
                     yield BulkItem(index, doc_id, body, ref)
 

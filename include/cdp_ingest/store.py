@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import threading
 import time
 import zlib
@@ -115,6 +116,7 @@ BEAT_KEPT = 86400.0  # a beat a killed load left behind is deleted by the first 
 # load paused the refresh of may not show it to a search yet), so its row counts as updated if it was there.
 RECENT = 3600.0
 CLAIM_FILTER_PATH = FILTER_PATH + ",items.*._seq_no,items.*._primary_term"
+_CONTROL = re.compile(r"[\x00-\x1f]")  # an id with one needs a JSON escape Arrow does not write
 PAYLOAD_BLOCK = 64  # documents per block of a bulk body (~50 KB: below glibc's mmap threshold)
 
 
@@ -164,12 +166,64 @@ class BulkItem:
     op: str = "create"
 
 
+class ItemBatch:
+    """Documents of source rows in file order as Arrow columns — ``refs`` (int64), ``indices``, ``ids``
+    (string) and ``bodies`` (binary) — as the columnar mapping and a staged file's record batches hold
+    them. ``bulk_load`` writes them (create mode, events) without a Python object per row while nothing
+    goes wrong; a chunk that meets anything else (a claim conflict, a refused document, a lapse) is
+    turned into ``BulkItem``s and goes the row-by-row way from there."""
+
+    __slots__ = ("refs", "indices", "ids", "bodies")
+
+    def __init__(self, refs: Any, indices: Any, ids: Any, bodies: Any):
+        self.refs, self.indices, self.ids, self.bodies = refs, indices, ids, bodies
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def items(self) -> list[BulkItem]:
+        return [BulkItem(ix, doc_id, body, ref) for ix, doc_id, body, ref in zip(
+            self.indices.to_pylist(), self.ids.to_pylist(), self.bodies.to_pylist(), self.refs.to_pylist(),
+            strict=True)]
+
+    def slice(self, start: int, n: int) -> ItemBatch:
+        return ItemBatch(self.refs.slice(start, n), self.indices.slice(start, n), self.ids.slice(start, n),
+                         self.bodies.slice(start, n))
+
+    def filter(self, keep: Any) -> ItemBatch:
+        import pyarrow.compute as pc
+
+        return ItemBatch(*(pc.filter(a, keep) for a in (self.refs, self.indices, self.ids, self.bodies)))
+
+    @staticmethod
+    def of(items: list[BulkItem]) -> ItemBatch:
+        from cdp_ingest.arrow import pa
+
+        return ItemBatch(pa.array([it.ref for it in items], pa.int64()), pa.array([it.index for it in items],
+                                                                                    pa.string()),
+                         pa.array([it.id for it in items], pa.string()), pa.array([it.source for it in items],
+                                                                                  pa.binary()))
+
+    @staticmethod
+    def concat(parts: list[ItemBatch]) -> ItemBatch:
+        if len(parts) == 1:
+            return parts[0]
+        from cdp_ingest.arrow import pa
+
+        return ItemBatch(*(pa.concat_arrays([getattr(p, name) for p in parts])
+                           for name in ("refs", "indices", "ids", "bodies")))
+
+
 @dataclass(slots=True)
 class Outcome:
     ref: int
     status: str  # "loaded" | "updated" | "duplicate" | "failed"
     reason: str | None = None
     id: str | None = None
+    # An ``ItemBatch`` chunk's rows written without an outcome each: ``count`` of them (may be 0), and
+    # ``final``: every row up to ``ref`` has had its outcome (the chunk's last row; chunks come back in order).
+    count: int = 1
+    final: bool = False
 
 
 @dataclass
@@ -191,13 +245,13 @@ class LoadStats:
 
     def add(self, o: Outcome) -> None:
         if o.status == "loaded":
-            self.loaded += 1
+            self.loaded += o.count
         elif o.status == "updated":
-            self.updated += 1
+            self.updated += o.count
         elif o.status == "duplicate":
-            self.duplicates += 1
+            self.duplicates += o.count
         else:
-            self.failed += 1
+            self.failed += o.count
 
 
 def _mappings(flavor: str) -> dict[str, dict]:
@@ -349,7 +403,7 @@ class Store:
                              check=check)
 
     # ---- bulk load of documents ----------------------------------------------------------------------
-    def bulk_load(self, items: Iterable[BulkItem], import_id: str | None = None,
+    def bulk_load(self, items: Iterable[BulkItem | ItemBatch], import_id: str | None = None,
                   stats: LoadStats | None = None, write_mode: str = "create") -> Iterator[Outcome]:
         """Write ``items`` in bounded chunks; yield one ``Outcome`` per item (order not guaranteed).
 
@@ -386,8 +440,8 @@ class Store:
             self._beat = None
         stats.retries += self._retries - retries_before
 
-    def _bulk_load(self, items: Iterable[BulkItem], import_id: str | None, stats: LoadStats, write_mode: str,
-                   window: _IdWindow, paused: _Paused) -> Iterator[Outcome]:
+    def _bulk_load(self, items: Iterable[BulkItem | ItemBatch], import_id: str | None, stats: LoadStats,
+                   write_mode: str, window: _IdWindow, paused: _Paused) -> Iterator[Outcome]:
         pending: deque[tuple[int, Future]] = deque()
         too_big: list[Outcome] = []
         kept = 0  # ids still in the window after the last expiry (chunks in flight)
@@ -398,12 +452,16 @@ class Store:
         overwrite = write_mode == "overwrite"
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="bulk") as pool, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh") as refresher:
-            for seq, chunk in enumerate(self._chunks(items, too_big), 1):
+            fed = [False]  # ItemBatches met: every chunk's outcomes end with a final one (see _load_chunk)
+            for seq, chunk in enumerate(self._chunks(items, too_big, columnar=not overwrite, fed=fed), 1):
                 for o in too_big:
                     stats.add(o)
                     yield o
                 too_big.clear()
-                chunk, early, replaces, after = self._check_window(chunk, window, seq, write_mode, paused)
+                if isinstance(chunk, ItemBatch):
+                    chunk, early, replaces, after = self._check_window_columns(chunk, window, seq, paused)
+                else:
+                    chunk, early, replaces, after = self._check_window(chunk, window, seq, write_mode, paused)
                 for o in early:
                     stats.add(o)
                     yield o
@@ -412,8 +470,9 @@ class Store:
                 while pending and pending[0][0] <= after:  # a copy this chunk replaces is still being written
                     window.done, fut = pending.popleft()
                     yield from self._collect(fut, stats)
-                stats.indices.update(i.index for i in chunk)
-                pending.append((seq, pool.submit(self._load_chunk, chunk, import_id, write_mode, replaces)))
+                stats.indices.update(self._months_of(chunk) if isinstance(chunk, ItemBatch)
+                                     else (i.index for i in chunk))
+                pending.append((seq, pool.submit(self._load_chunk, chunk, import_id, write_mode, replaces, fed[0])))
                 while len(pending) > self.concurrency:
                     window.done, fut = pending.popleft()
                     yield from self._collect(fut, stats)
@@ -471,6 +530,56 @@ class Store:
                 self._event_indices = self._event_indices | months
         return send, early, replaces, after
 
+    def _check_window_columns(self, chunk: ItemBatch, window: _IdWindow, seq: int, paused: _Paused | None = None
+                              ) -> tuple[ItemBatch, list[Outcome], dict[int, set[str]], int]:
+        """``_check_window`` of a create load's ``ItemBatch`` chunk: an id this load sent already, or met
+        earlier in the chunk, is a duplicate (the first row in file order wins); the others join the window."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        from cdp_ingest.arrow import pa
+
+        ids = chunk.ids.to_pylist()
+        seen, order = window._ids, window._order
+        again = seen.keys() & ids
+        unique = dict.fromkeys(ids)
+        early: list[Outcome] = []
+        if again or len(unique) < len(ids):
+            counts = pc.value_counts(chunk.ids)
+            twice = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1)).to_pylist()
+            suspects = pa.array(sorted(again | set(twice)), pa.string())
+            keep = np.ones(len(ids), dtype=bool)
+            met = set(again)
+            refs = chunk.refs
+            for i in np.flatnonzero(pc.is_in(chunk.ids, value_set=suspects).to_numpy(zero_copy_only=False)):
+                doc_id = ids[i]
+                if doc_id in met:
+                    keep[i] = False
+                    early.append(Outcome(refs[int(i)].as_py(), "duplicate", id=doc_id))
+                else:
+                    met.add(doc_id)
+            chunk = chunk.filter(pa.array(keep))
+        fresh = [x for x in unique if x not in again] if again else unique
+        seen.update(zip(fresh, itertools.repeat(("", seq))))  # (a create load does not look at the month)
+        order.extend(zip(itertools.repeat(seq), fresh))
+        if not len(chunk):
+            return chunk, early, {}, 0
+        months = set(self._months_of(chunk))
+        window.indices.update(months)
+        if not months <= self._event_indices:
+            if paused is not None:
+                for ix in sorted(months - self._event_indices):
+                    paused.create(ix)
+            with self._lock:
+                self._event_indices = self._event_indices | months
+        return chunk, early, {}, 0
+
+    @staticmethod
+    def _months_of(chunk: ItemBatch) -> list[str]:
+        import pyarrow.compute as pc
+
+        return pc.unique(chunk.indices).to_pylist()
+
     @property
     def _event_prefix(self) -> str:
         return f"{self.prefix}event-"
@@ -496,7 +605,10 @@ class Store:
     def _collect(self, fut: Future, stats: LoadStats) -> Iterator[Outcome]:
         outcomes, requests = fut.result()
         stats.requests += requests
-        stats.add_counts(Counter(o.status for o in outcomes))
+        counts: Counter[str] = Counter()
+        for o in outcomes:
+            counts[o.status] += o.count
+        stats.add_counts(counts)
         yield from outcomes
 
     def _oversized(self, size: int, what: str) -> str | None:
@@ -504,26 +616,110 @@ class Store:
             return None
         return f"{what} is {size:,} bytes, over the store limit of {self.max_document_bytes:,}"
 
-    def _chunks(self, items: Iterable[BulkItem], too_big: list[Outcome]) -> Iterator[list[BulkItem]]:
+    def _chunks(self, items: Iterable[BulkItem | ItemBatch], too_big: list[Outcome], columnar: bool = True,
+                fed: list[bool] | None = None) -> Iterator[list[BulkItem] | ItemBatch]:
         """Chunks of at most ``chunk_docs`` items / ``chunk_bytes``; items over the document limit are
-        not sent but appended to ``too_big`` as failed outcomes (an empty chunk hands them over)."""
-        chunk: list[BulkItem] = []
-        size = 0
+        not sent but appended to ``too_big`` as failed outcomes (an empty chunk hands them over).
+        ``ItemBatch``es are cut into ``ItemBatch`` chunks (with any ``BulkItem`` met among them, in order)
+        when ``columnar`` and they hold events only, no document over the limit and only ids whose JSON
+        needs no control escape; otherwise they are taken row by row. ``fed[0]`` is set once one is met."""
+        parts: list[BulkItem | ItemBatch] = []
+        rows = size = 0
         limit, chunk_docs, chunk_bytes = self.max_document_bytes, self.chunk_docs, self.chunk_bytes
+        events = self._event_prefix
+
+        def cut() -> list[BulkItem] | ItemBatch:
+            if not any(isinstance(p, ItemBatch) for p in parts):
+                return parts  # type: ignore[return-value]
+            if not all(isinstance(p, ItemBatch) or (p.op == "create" and p.index.startswith(events)
+                                                    and not _CONTROL.search(p.id)) for p in parts):
+                return [it for p in parts for it in (p.items() if isinstance(p, ItemBatch) else (p,))]
+            runs: list[ItemBatch] = []
+            loose: list[BulkItem] = []
+            for p in parts:
+                if isinstance(p, ItemBatch):
+                    if loose:
+                        runs.append(ItemBatch.of(loose))
+                        loose = []
+                    runs.append(p)
+                else:
+                    loose.append(p)
+            if loose:
+                runs.append(ItemBatch.of(loose))
+            return ItemBatch.concat(runs)
+
         for item in items:
+            if isinstance(item, ItemBatch):
+                if fed is not None:
+                    fed[0] = True
+                sizes = self._columnar_sizes(item) if columnar else None
+                if sizes is None:
+                    for it in item.items():  # row by row (below)
+                        n = len(it.source)
+                        if n > limit:
+                            too_big.append(Outcome(it.ref, "failed", self._oversized(n, "the document"), id=it.id))
+                            if len(too_big) >= chunk_docs:
+                                yield []
+                            continue
+                        parts.append(it)
+                        rows += 1
+                        size += n + len(it.index) + len(it.id) + 48
+                        if rows >= chunk_docs or size >= chunk_bytes:
+                            yield cut()
+                            parts, rows, size = [], 0, 0
+                    continue
+                start, n = 0, len(item)
+                while start < n:
+                    take = min(n - start, chunk_docs - rows)
+                    over = sizes[start:start + take].cumsum().searchsorted(chunk_bytes - size)  # first ≥ room
+                    if over < take:
+                        take = int(over) + 1
+                        full = True
+                    else:
+                        full = rows + take >= chunk_docs
+                    parts.append(item.slice(start, take) if take < n else item)
+                    rows += take
+                    size += int(sizes[start:start + take].sum())
+                    start += take
+                    if full:
+                        yield cut()
+                        parts, rows, size = [], 0, 0
+                continue
             n = len(item.source)
             if n > limit:
                 too_big.append(Outcome(item.ref, "failed", self._oversized(n, "the document"), id=item.id))
                 if len(too_big) >= chunk_docs:
                     yield []
                 continue
-            chunk.append(item)
+            parts.append(item)
+            rows += 1
             size += n + len(item.index) + len(item.id) + 48
-            if len(chunk) >= chunk_docs or size >= chunk_bytes:
-                yield chunk
-                chunk, size = [], 0
-        if chunk or too_big:
-            yield chunk
+            if rows >= chunk_docs or size >= chunk_bytes:
+                yield cut()
+                parts, rows, size = [], 0, 0
+        if parts or too_big:
+            yield cut()
+
+    def _columnar_sizes(self, batch: ItemBatch) -> Any:
+        """Each row's share of a bulk body (as ``_chunks`` counts it, a NumPy array), or None when ``batch``
+        is to go row by row: not all events, a document over the limit, an id needing a control escape."""
+        import pyarrow.compute as pc
+
+        from cdp_ingest.fastmap import value_bytes
+
+        if (not len(batch) or batch.ids.null_count or batch.indices.null_count or batch.bodies.null_count
+                or not self._event_prefix.isascii()):
+            return None
+        body = pc.binary_length(batch.bodies).to_numpy(zero_copy_only=False)
+        if int(body.max()) > self.max_document_bytes:
+            return None
+        if not pc.all(pc.starts_with(batch.indices, self._event_prefix)).as_py():
+            return None
+        data, offsets = value_bytes(batch.ids)
+        if (data[offsets[0]:offsets[-1]] < 0x20).any():
+            return None
+        return (body + pc.binary_length(batch.indices).to_numpy(zero_copy_only=False)
+                + pc.binary_length(batch.ids).to_numpy(zero_copy_only=False) + 48)
 
     @staticmethod
     def _payload(chunk: list[BulkItem]) -> Blocks:
@@ -544,28 +740,42 @@ class Store:
             blocks.append(b"".join(parts))
         return blocks
 
-    def _load_chunk(self, chunk: list[BulkItem], import_id: str | None, write_mode: str = "create",
-                    replaces: dict[int, set[str]] | None = None) -> tuple[list[Outcome], int]:
+    def _load_chunk(self, chunk: list[BulkItem] | ItemBatch, import_id: str | None, write_mode: str = "create",
+                    replaces: dict[int, set[str]] | None = None, final: bool = False) -> tuple[list[Outcome], int]:
         """Write one chunk; returns its outcomes and the requests made. An event id another load is writing
         right now (claimed, not stored yet; in ``overwrite`` mode also held) waits for it: it is tried
         again once this chunk's other ids are written (and their holds given back, so two loads never
-        wait for each other)."""
+        wait for each other). An ``ItemBatch`` chunk's outcomes (any chunk's with ``final``: a load fed with
+        ``ItemBatch``es) end with one ``final`` outcome at its last row, counting the rows written without an
+        outcome each."""
         replaces = replaces if replaces is not None else {}
         outcomes: list[Outcome] = []
         requests = 0
         wait, most = HOLD_WAIT
         waited = 0.0
+        if isinstance(chunk, ItemBatch):
+            import pyarrow.compute as pc
+
+            last = pc.max(chunk.refs).as_py()
+        else:
+            last = max(it.ref for it in chunk) if final and chunk else None
+        written = 0
         while True:
-            out, n, waiting = self._write_chunk(chunk, import_id, write_mode, replaces)
+            if isinstance(chunk, ItemBatch):
+                out, n, waiting, written = self._write_columns(chunk, import_id)
+            else:
+                out, n, waiting = self._write_chunk(chunk, import_id, write_mode, replaces)
             outcomes += out
             requests += n
-            if not waiting:
-                return outcomes, requests
-            if waited >= self.claim_wait:
+            if waiting and waited >= self.claim_wait:
                 reason = (f"another load claimed this event id and had not stored it after {waited:.0f} s (that load "
                           f"is still running, or its claim has no load beat and lapses {CLAIM_LEASE / 60:.0f} min "
                           f"after it was made): import the row again later")
                 outcomes += [Outcome(it.ref, "failed", reason, id=it.id) for it in waiting]
+                waiting = []
+            if not waiting:
+                if last is not None:
+                    outcomes.append(Outcome(last, "loaded", count=written, final=True))
                 return outcomes, requests
             log.info("%d event id(s) another load is writing (claimed, not stored yet); trying again in %.1f s",
                      len(waiting), wait)
@@ -573,8 +783,87 @@ class Store:
             waited += wait
             chunk, wait = waiting, min(most, wait * 2)
 
+    def _write_columns(self, chunk: ItemBatch, import_id: str | None
+                       ) -> tuple[list[Outcome], int, list[BulkItem], int]:
+        """Create mode, an ``ItemBatch`` of events: the search of ``_write_chunk``, the claims and the events
+        as bulk bodies joined by Arrow. When every claim and every document is accepted (and the load's
+        beats did not lapse), that is all: returns the outcomes (duplicates the search found), the
+        requests, no rows to try again, and the count of rows written. Anything else is carried on row by
+        row from the answers in hand (``_write_chunk`` with ``pre``): the same outcomes as if the chunk had
+        been ``BulkItem``s from the start."""
+        import pyarrow.compute as pc
+
+        from cdp_ingest.arrow import pa
+        from cdp_ingest.fastmap import json_strings
+
+        beat = self._beat
+        epoch = beat.epoch if beat is not None else 0  # before the claims: see _Beat
+        outcomes: list[Outcome] = []
+        requests = 0
+        if self._stored_months:  # a copy written without a claim in another month stored at the start
+            found: set[str] = set()
+            for ix in self._months_of(chunk):
+                months = self._stored_months - {ix}
+                if months:
+                    found.update(self._find_events(pc.filter(chunk.ids, pc.equal(chunk.indices, ix)).to_pylist(),
+                                                   months))
+                    requests += 1
+            if found:
+                stored = pc.is_in(chunk.ids, value_set=pa.array(sorted(found), pa.string()))
+                dup = chunk.filter(stored)
+                outcomes += [Outcome(ref, "duplicate", id=doc_id)
+                             for ref, doc_id in zip(dup.refs.to_pylist(), dup.ids.to_pylist(), strict=True)]
+                chunk = chunk.filter(pc.invert(stored))
+                if not len(chunk):
+                    return outcomes, requests, [], 0
+        id_json = json_strings(chunk.ids)[0].cast(pa.binary())
+        claims = self._send_bulk(self._claim_columns(chunk, id_json, import_id))
+        requests += 1
+        events = None
+        if not claims.get("errors"):
+            try:
+                events = self._send_bulk(self._payload_columns(chunk, id_json),
+                                         check=None if beat is None else partial(beat.check, epoch))
+            except _Lapsed:
+                pass  # _write_chunk takes the claims again
+            else:
+                requests += 1
+                if not events.get("errors") and (beat is None or (beat.epoch == epoch and not beat.lapsed())):
+                    return outcomes, requests, [], len(chunk)
+        out, n, waiting = self._write_chunk(chunk.items(), import_id, "create", {}, _Sent(epoch, claims, events))
+        return outcomes + out, requests + n, waiting, 0
+
+    def _claim_columns(self, chunk: ItemBatch, id_json: Any, import_id: str | None) -> Blocks:
+        """``_claim_body(chunk.items(), import_id)``, joined by Arrow (``id_json``: the ids as JSON strings)."""
+        import pyarrow.compute as pc
+
+        from cdp_ingest.arrow import pa
+
+        load = b',"l":"%s"' % self._beat.token.encode() if self._beat is not None else b""
+        tail = b',"i":%s,"t":%d%s}\n' % (orjson.dumps(import_id), int(self._clock()), load)
+        month = pc.utf8_slice_codeunits(chunk.indices, len(self._event_prefix)).cast(pa.binary())
+        body = pc.binary_join_element_wise(b'{"create":{"_index":"%s","_id":' % self.index("claims").encode(),
+                                           id_json, b'}}\n{"m":"', month, b'","r":',
+                                           pc.cast(chunk.refs, pa.string()).cast(pa.binary()), tail, b"")
+        return _arrow_blocks(body)
+
+    @staticmethod
+    def _payload_columns(chunk: ItemBatch, id_json: Any) -> Blocks:
+        """``_payload(chunk.items())`` (create), joined by Arrow."""
+        import pyarrow.compute as pc
+
+        from cdp_ingest.arrow import pa
+
+        return _arrow_blocks(pc.binary_join_element_wise(
+            b'{"create":{"_index":"', chunk.indices.cast(pa.binary()), b'","_id":', id_json, b"}}\n",
+            chunk.bodies, b"\n", b""))
+
     def _write_chunk(self, chunk: list[BulkItem], import_id: str | None, write_mode: str,
-                     replaces: dict[int, set[str]]) -> tuple[list[Outcome], int, list[BulkItem]]:
+                     replaces: dict[int, set[str]], pre: _Sent | None = None
+                     ) -> tuple[list[Outcome], int, list[BulkItem]]:
+        """Write one chunk (one attempt at its ids another load is writing: see ``_load_chunk``). ``pre``: a
+        create chunk ``_write_columns`` searched and sent already — its claims' answer and, unless the
+        send was stopped by a lapse, its events' — to be carried on from there."""
         outcomes: list[Outcome] = []
         conflicts: list[BulkItem] = []
         requests = 0
@@ -586,7 +875,8 @@ class Store:
         waiting: list[BulkItem] = []
         holds = _Holds()
         beat = self._beat
-        epoch = beat.epoch if beat is not None else 0  # before the claims or holds are taken: see _Beat
+        epoch = pre.epoch if pre is not None else beat.epoch if beat is not None else 0  # before the claims or
+        # holds are taken: see _Beat
         if overwrite:  # hold each id's claim while it is written and its old copies deleted
             holds = self._hold_ids(chunk, import_id)
             requests += holds.requests
@@ -608,7 +898,7 @@ class Store:
             found = {}
             for ix, ids in by_index.items():
                 months = self._stored_months - {ix}
-                if months:
+                if months and pre is None:
                     found.update(self._find_events(ids, months))
                     requests += 1
         if found:  # stored already (any month): this import's own earlier write, or a duplicate
@@ -629,7 +919,7 @@ class Store:
         if overwrite:
             claimed: list[BulkItem] = []
         else:
-            chunk, refused, n, waiting = self._claim_ids(chunk, import_id)
+            chunk, refused, n, waiting = self._claim_ids(chunk, import_id, pre.claims if pre is not None else None)
             outcomes += refused
             requests += n
             claimed = [it for it in chunk if it.index.startswith(events)]  # released if the store refuses one
@@ -640,9 +930,15 @@ class Store:
             return Outcome(it.ref, "loaded", id=it.id)
 
         sent_late: list[BulkItem] = []  # sent while this load's beats had lapsed: see _taken_meanwhile
+        answered = pre.events if pre is not None else None
         while chunk:
             try:
-                resp = self._send_bulk(self._payload(chunk), check=None if beat is None else partial(beat.check, epoch))
+                if answered is not None:
+                    resp, answered = answered, None
+                    requests -= 1  # (counted by _write_columns)
+                else:
+                    resp = self._send_bulk(self._payload(chunk),
+                                           check=None if beat is None else partial(beat.check, epoch))
             except _Lapsed as e:  # another load may have taken this chunk's claims over meanwhile
                 assert beat is not None
                 log.warning("%s: taking them again before they are written", e)
@@ -772,7 +1068,7 @@ class Store:
                 parts.append(b"%s%s%s%d%s" % (head, dumps(it.id), m, it.ref, tail))
         return Blocks(b"".join(parts[k:k + PAYLOAD_BLOCK]) for k in range(0, len(parts), PAYLOAD_BLOCK))
 
-    def _claim_ids(self, chunk: list[BulkItem], import_id: str | None
+    def _claim_ids(self, chunk: list[BulkItem], import_id: str | None, first: dict | None = None
                    ) -> tuple[list[BulkItem], list[Outcome], int, list[BulkItem]]:
         """Create mode: claim every event id of ``chunk`` before its document is written (``create`` in
         ``<prefix>import-event-ids``, atomic per id whatever the month): a claim made by another row is
@@ -783,7 +1079,8 @@ class Store:
         An id claimed already is written only when the claim is this import's own from the same row (an
         earlier attempt: the create then finds its copy or writes it). A claim older than
         ``CLAIM_LEASE`` whose document does not exist (its load died between claim and write and was
-        not retried) is taken over, conditionally on its sequence number, so only one load takes it."""
+        not retried) is taken over, conditionally on its sequence number, so only one load takes it.
+        ``first``: the store's answer to the chunk's claims when they were sent already (not counted here)."""
         events = self._event_prefix
         todo = [it for it in chunk if it.index.startswith(events)]
         if not todo:
@@ -794,8 +1091,11 @@ class Store:
         requests = attempt = 0
         takeover: dict[int, tuple[int, int]] = {}
         while todo:
-            resp = self._send_bulk(self._claim_body(todo, import_id, takeover))
-            requests += 1
+            if first is not None:  # the answer to these claims, sent already (``_write_columns``)
+                resp, first = first, None
+            else:
+                resp = self._send_bulk(self._claim_body(todo, import_id, takeover))
+                requests += 1
             if not resp.get("errors"):
                 break
             again: list[BulkItem] = []
@@ -1528,6 +1828,25 @@ class _Holds:
     moved: dict[int, set[str]] = field(default_factory=dict)  # row → the month its old copy is in
     taken: set[str] = field(default_factory=set)  # ids another load took over (or gave back): _taken_meanwhile
     requests: int = 0
+
+
+@dataclass(slots=True)
+class _Sent:
+    """What ``Store._write_columns`` sent of a chunk before handing it to ``_write_chunk``: the load's beat
+    epoch taken before the claims, the claims' answer, and the events' (None: not sent)."""
+
+    epoch: int
+    claims: dict
+    events: dict | None
+
+
+def _arrow_blocks(body: Any) -> Blocks:
+    """An Arrow binary array's bytes (no nulls) as a request body, without a copy."""
+    import numpy as np
+
+    offsets = np.frombuffer(body.buffers()[1], np.int32)[body.offset:body.offset + len(body) + 1]
+    data = body.buffers()[2]
+    return Blocks([memoryview(data)[int(offsets[0]):int(offsets[-1])]]) if data is not None else Blocks()
 
 
 class _IdWindow:
