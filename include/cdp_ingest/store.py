@@ -527,13 +527,7 @@ class Store:
                 order.append((seq, it.id))
             send.append(it)
         months = {it.index for it in send if it.index.startswith(events)}
-        window.indices.update(months)
-        if not months <= self._event_indices:
-            if paused is not None:
-                for ix in sorted(months - self._event_indices):
-                    paused.create(ix)
-            with self._lock:
-                self._event_indices = self._event_indices | months
+        self._months_written(months, window, paused)
         return send, early, replaces, after
 
     def _check_window_columns(self, chunk: ItemBatch, window: _IdWindow, seq: int, paused: _Paused | None = None
@@ -571,6 +565,11 @@ class Store:
         if not len(chunk):
             return chunk, early, {}, 0
         months = set(self._months_of(chunk))
+        self._months_written(months, window, paused)
+        return chunk, early, {}, 0
+
+    def _months_written(self, months: set[str], window: _IdWindow, paused: _Paused | None) -> None:
+        """A chunk about to be sent writes to ``months``: each new one is created first (see ``_Paused``)."""
         window.indices.update(months)
         if not months <= self._event_indices:
             if paused is not None:
@@ -578,7 +577,6 @@ class Store:
                     paused.create(ix)
             with self._lock:
                 self._event_indices = self._event_indices | months
-        return chunk, early, {}, 0
 
     @staticmethod
     def _months_of(chunk: ItemBatch) -> list[str]:
@@ -655,27 +653,15 @@ class Store:
             return ItemBatch.concat(runs)
 
         for item in items:
+            one_by_one: Iterable[BulkItem] = (item,) if isinstance(item, BulkItem) else ()
             if isinstance(item, ItemBatch):
                 if fed is not None:
                     fed[0] = True
                 sizes = self._columnar_sizes(item) if columnar else None
                 if sizes is None:
-                    for it in item.items():  # row by row (below)
-                        n = len(it.source)
-                        if n > limit:
-                            too_big.append(Outcome(it.ref, "failed", self._oversized(n, "the document"), id=it.id))
-                            if len(too_big) >= chunk_docs:
-                                yield []
-                            continue
-                        parts.append(it)
-                        rows += 1
-                        size += n + len(it.index) + len(it.id) + 48
-                        if rows >= chunk_docs or size >= chunk_bytes:
-                            yield cut()
-                            parts, rows, size = [], 0, 0
-                    continue
+                    one_by_one = item.items()
                 start, n = 0, len(item)
-                while start < n:
+                while sizes is not None and start < n:
                     take = min(n - start, chunk_docs - rows)
                     over = sizes[start:start + take].cumsum().searchsorted(chunk_bytes - size)  # first ≥ room
                     if over < take:
@@ -690,19 +676,19 @@ class Store:
                     if full:
                         yield cut()
                         parts, rows, size = [], 0, 0
-                continue
-            n = len(item.source)
-            if n > limit:
-                too_big.append(Outcome(item.ref, "failed", self._oversized(n, "the document"), id=item.id))
-                if len(too_big) >= chunk_docs:
-                    yield []
-                continue
-            parts.append(item)
-            rows += 1
-            size += n + len(item.index) + len(item.id) + 48
-            if rows >= chunk_docs or size >= chunk_bytes:
-                yield cut()
-                parts, rows, size = [], 0, 0
+            for it in one_by_one:
+                n = len(it.source)
+                if n > limit:
+                    too_big.append(Outcome(it.ref, "failed", self._oversized(n, "the document"), id=it.id))
+                    if len(too_big) >= chunk_docs:
+                        yield []
+                    continue
+                parts.append(it)
+                rows += 1
+                size += n + len(it.index) + len(it.id) + 48
+                if rows >= chunk_docs or size >= chunk_bytes:
+                    yield cut()
+                    parts, rows, size = [], 0, 0
         if parts or too_big:
             yield cut()
 
