@@ -310,3 +310,31 @@ def test_source_rows_of_a_streamed_load_are_found_for_refused_rows_and_forgotten
     src.add_row(16, {"a": "late"})
     src.done(Outcome(16, "loaded", count=0, final=True))
     assert (len(src._batches), len(src._rows)) == (0, 0)
+
+
+@pytest.mark.parametrize("docs,size", [(5, 1024), (1000, 1024), (7, 1 << 20)])
+def test_item_batches_are_cut_into_the_chunks_rows_would_be(docs, size):
+    """``Store._chunks`` cuts ``ItemBatch``es where it cuts the same rows given one by one (by count and
+    by bytes), keeps the rows' order with a row mapped alone among them, and takes a batch holding a
+    document over the limit, or an id that needs a control escape, row by row (that row refused)."""
+    from cdp_ingest.store import BulkItem, ItemBatch, Store
+
+    store = Store(None, prefix="u-", chunk_docs=docs, chunk_bytes=size, max_document_bytes=1024)
+    rows = [BulkItem("u-event-2025-11", f"e{i}", b'{"x":"%s"}' % (b"y" * (i * 37 % 300)), i) for i in range(1, 61)]
+    rows[40] = BulkItem("u-event-2025-11", "big", b"z" * 2000, 41)
+    rows[50] = BulkItem("u-event-2025-11", "ctl\x01", b"{}", 51)
+
+    def refs(chunks, too_big):
+        return [[it.ref for it in c] if isinstance(c, list) else c.refs.to_pylist() for c in chunks], \
+            [o.ref for o in too_big]
+
+    one_by_one: list = []
+    expected = refs(list(Store._chunks(store, rows, one_by_one)), one_by_one)
+    fed = [False]
+    mixed = [ItemBatch.of(rows[:17]), rows[17], ItemBatch.of(rows[18:45]), ItemBatch.of(rows[45:])]
+    too_big: list = []
+    chunks = list(store._chunks(mixed, too_big, fed=fed))
+    assert refs(chunks, too_big) == expected and fed == [True]
+    assert expected[1] == [41]
+    assert isinstance(chunks[0], ItemBatch)  # the first batch went the columnar way
+    assert any(isinstance(c, list) for c in chunks)  # the batch with "big" and "ctl\x01" row by row

@@ -205,10 +205,10 @@ class ItemBatch:
     def of(items: list[BulkItem]) -> ItemBatch:
         from cdp_ingest.arrow import pa
 
-        return ItemBatch(pa.array([it.ref for it in items], pa.int64()), pa.array([it.index for it in items],
-                                                                                    pa.string()),
-                         pa.array([it.id for it in items], pa.string()), pa.array([it.source for it in items],
-                                                                                  pa.binary()))
+        return ItemBatch(pa.array([it.ref for it in items], pa.int64()),
+                         pa.array([it.index for it in items], pa.string()),
+                         pa.array([it.id for it in items], pa.string()),
+                         pa.array([it.source for it in items], pa.binary()))
 
     @staticmethod
     def concat(parts: list[ItemBatch]) -> ItemBatch:
@@ -411,7 +411,9 @@ class Store:
     # ---- bulk load of documents ----------------------------------------------------------------------
     def bulk_load(self, items: Iterable[BulkItem | ItemBatch], import_id: str | None = None,
                   stats: LoadStats | None = None, write_mode: str = "create") -> Iterator[Outcome]:
-        """Write ``items`` in bounded chunks; yield one ``Outcome`` per item (order not guaranteed).
+        """Write ``items`` in bounded chunks; yield one ``Outcome`` per item (order not guaranteed) — per
+        row of an ``ItemBatch``, except the rows of a chunk the store took whole: once ``items`` held an
+        ``ItemBatch``, every chunk's outcomes end with a ``final`` one counting them (see ``Outcome``).
 
         ``import_id`` lets a retried import recognise its own earlier writes; ``write_mode`` is
         ``create`` or ``overwrite`` (see module doc).
@@ -867,8 +869,8 @@ class Store:
         waiting: list[BulkItem] = []
         holds = _Holds()
         beat = self._beat
-        epoch = pre.epoch if pre is not None else beat.epoch if beat is not None else 0  # before the claims or
-        # holds are taken: see _Beat
+        # taken before the claims or holds are (by _write_columns, with pre): see _Beat
+        epoch = pre.epoch if pre is not None else beat.epoch if beat is not None else 0
         if overwrite:  # hold each id's claim while it is written and its old copies deleted
             holds = self._hold_ids(chunk, import_id)
             requests += holds.requests
@@ -924,31 +926,30 @@ class Store:
         sent_late: list[BulkItem] = []  # sent while this load's beats had lapsed: see _taken_meanwhile
         answered = pre.events if pre is not None else None
         while chunk:
-            try:
-                if answered is not None:
-                    resp, answered = answered, None
-                    requests -= 1  # (counted by _write_columns)
-                else:
+            if answered is not None:  # sent (and counted) by _write_columns
+                resp, answered = answered, None
+            else:
+                try:
                     resp = self._send_bulk(self._payload(chunk),
                                            check=None if beat is None else partial(beat.check, epoch))
-            except _Lapsed as e:  # another load may have taken this chunk's claims over meanwhile
-                assert beat is not None
-                log.warning("%s: taking them again before they are written", e)
-                beat.beat()
-                epoch = beat.epoch
-                before = {id(it) for it in chunk}
-                if overwrite:
-                    chunk, later, refused, n = self._hold_again(chunk, holds, import_id)
-                    existed |= holds.existed
-                else:
-                    chunk, refused, n, later = self._claim_ids(chunk, import_id)
-                outcomes += refused
-                waiting += later
-                requests += n
-                gone = before - {id(it) for it in chunk}
-                claimed = [it for it in claimed if id(it) not in gone]
-                continue
-            requests += 1
+                except _Lapsed as e:  # another load may have taken this chunk's claims over meanwhile
+                    assert beat is not None
+                    log.warning("%s: taking them again before they are written", e)
+                    beat.beat()
+                    epoch = beat.epoch
+                    before = {id(it) for it in chunk}
+                    if overwrite:
+                        chunk, later, refused, n = self._hold_again(chunk, holds, import_id)
+                        existed |= holds.existed
+                    else:
+                        chunk, refused, n, later = self._claim_ids(chunk, import_id)
+                    outcomes += refused
+                    waiting += later
+                    requests += n
+                    gone = before - {id(it) for it in chunk}
+                    claimed = [it for it in claimed if id(it) not in gone]
+                    continue
+                requests += 1
             if beat is not None and (beat.epoch != epoch or beat.lapsed()):
                 # checked before it was sent, but it may have reached the store only after the lapse
                 sent_late += [it for it in chunk if it.index.startswith(events)]
