@@ -38,16 +38,16 @@ def as_item_batches(items: list[BulkItem], run: int = 3) -> Iterator[BulkItem | 
     ``ItemBatch``es of at most ``run`` rows (so chunks cut through them), anything else as it is."""
     batch: list[BulkItem] = []
     for it in items:
-        if it.op == "create" and "-event-" in it.index and len(batch) < run:
+        if it.op == "create" and "-event-" in it.index:
             batch.append(it)
+            if len(batch) == run:
+                yield ItemBatch.of(batch)
+                batch = []
             continue
         if batch:
             yield ItemBatch.of(batch)
             batch = []
-        if it.op == "create" and "-event-" in it.index:
-            batch.append(it)
-        else:
-            yield it
+        yield it
     if batch:
         yield ItemBatch.of(batch)
 
