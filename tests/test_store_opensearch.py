@@ -15,6 +15,7 @@ import pytest
 from store_kit import crash_on_send
 
 from cdp_ingest import sample
+from cdp_ingest.documents import NOW_MARK, apply_operation, new_document, stamp
 from cdp_ingest.errorfile import FAILURE_COLUMN, read_error_file
 from cdp_ingest.errors import StoreError
 from cdp_ingest.ledger import Ledger, SourceUnit
@@ -143,6 +144,65 @@ def test_profile_merge_retries_on_concurrent_update(store):
     out = list(store.merge_profiles([ProfileRow(pid, 7, [("$set", "traits.c", 3)])], "imp-1", NOW))
     assert [o.status for o in out] == ["loaded"]
     assert store.get(store.index("profile"), pid)["_source"]["traits"] == {"a": 1, "b": 2, "c": 3}
+
+
+def _new_profile_rows(first: int, n: int, value: int, import_id: str, ref0: int = 1) -> list[ProfileRow]:
+    """Rows as the columnar mapping makes them: operations as JSON and the whole new document."""
+    rows = []
+    mark = orjson.loads(NOW_MARK)
+    for k in range(first, first + n):
+        pid = profile_id_for(f"blind{k}@example.com")
+        ops = [("$set", "traits.v", value), ("$set", "traits.k", k)]
+        doc = new_document("profile", pid, mark)
+        for op, path, val in ops:
+            apply_operation(doc, op, path, val)
+        doc["metadata"]["time"]["update"] = mark
+        stamp(doc, import_id, ref0 + k - first)
+        rows.append(ProfileRow(pid, ref0 + k - first, None, new=orjson.dumps(doc), ops_json=orjson.dumps(ops)))
+    return rows
+
+
+def test_new_profiles_are_created_unread_and_stored_ones_read_and_merged(store):
+    """A row alone on its profile, with the columnar mapping's new document, is created without a read
+    while most such profiles are new; when they are mostly stored already (409), the load goes back to
+    reading them first: every profile ends up merged either way, with the latest row's values."""
+    store.concurrency = 1
+    reads, conflicts = [], []
+    request, send = store._request, store._send_bulk
+
+    def counting_request(method, path, **kw):
+        if path == "/_mget":
+            reads.append(len(kw["body"]["docs"]))
+        return request(method, path, **kw)
+
+    def counting_send(payload, *args, **kw):
+        result = send(payload, *args, **kw)
+        conflicts.extend(1 for item in result.get("items", []) if next(iter(item.values())).get("status") == 409)
+        return result
+
+    store._request, store._send_bulk = counting_request, counting_send
+    index = store.index("profile")
+
+    def run(rows: list[ProfileRow], import_id: str) -> None:
+        reads.clear()
+        conflicts.clear()
+        out = list(store.merge_profiles(rows, import_id, NOW, chunk_rows=200))
+        assert sorted(o.ref for o in out) == [r.ref for r in rows] and {o.status for o in out} == {"loaded"}
+
+    run(_new_profile_rows(0, 1000, 1, "imp-1"), "imp-1")  # all new: nothing read, nothing refused
+    assert (reads, conflicts) == ([], [])
+    run(_new_profile_rows(0, 1000, 2, "imp-2"), "imp-2")  # all stored: the first part's creates are refused (409),
+    assert conflicts == [1] * 200               # read and merged; then every part is read first
+    assert reads == [200, 200, 200, 200, 200]
+    run(_new_profile_rows(1000, 1000, 3, "imp-3"), "imp-3")  # all new again: read while the first part shows it
+    assert (reads, conflicts) == ([200], [])
+    store.refresh([index])
+    assert store.count(index) == 2000
+    for k, value, import_id in ((0, 2, "imp-2"), (999, 2, "imp-2"), (1000, 3, "imp-3"), (1999, 3, "imp-3")):
+        doc = store.get(index, profile_id_for(f"blind{k}@example.com"))["_source"]
+        assert doc["traits"] == {"v": value, "k": k}
+        assert doc["metadata"]["aux"]["cdp"]["import_id"] == import_id
+        assert doc["metadata"]["time"]["insert"] == NOW.replace(tzinfo=None).isoformat(timespec="microseconds")
 
 
 def test_streamed_profiles_import_matches_expected_counts(store, tmp_path):

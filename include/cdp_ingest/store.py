@@ -343,6 +343,7 @@ class Store:
         self._stored_months: frozenset[str] = frozenset()  # the ones at the load's start (create mode's search)
         self._retries = 0  # cumulative retries (requests and items), read into LoadStats
         self._beat: _Beat | None = None  # the running load's (bulk_load)
+        self._blind_creates = True  # profiles: create a row's new profile unread (_merge_chunk)
 
     # ---- names and templates ---------------------------------------------------------------------
     def index(self, kind: str) -> str:
@@ -1504,15 +1505,25 @@ class Store:
         todo = rows
         now_mark = orjson.dumps(now_iso)
         for attempt in range(self.max_retries + 1):
-            ids = list(dict.fromkeys(r.profile_id for r in todo))
-            resp = self._request("POST", "/_mget", body={"docs": [{"_index": index, "_id": i} for i in ids]})
-            current = {d["_id"]: d for d in resp["docs"] if d.get("found")}
+            rows_of = Counter(r.profile_id for r in todo) if any(r.new is not None for r in todo) else None
+            # a profile that only this row of the part touches, with the whole document the columnar mapping
+            # made for it: while most such profiles are new, it is created without being read first (a
+            # stored one answers 409 and goes the read-and-merge way on the next attempt)
+            alone = {r.profile_id for r in todo if r.new is not None and not r.ids
+                     and rows_of is not None and rows_of[r.profile_id] == 1}
+            blind = alone if attempt == 0 and self._blind_creates else set()
+            ids = [i for i in dict.fromkeys(r.profile_id for r in todo) if i not in blind]
+            current: dict[str, dict] = {}
+            if ids:
+                resp = self._request("POST", "/_mget", body={"docs": [{"_index": index, "_id": i} for i in ids]})
+                current = {d["_id"]: d for d in resp["docs"] if d.get("found")}
+                requests += 1
+                if attempt == 0 and not blind and len(alone) >= 100:  # most of them new again: create unread
+                    self._blind_creates = len(alone & current.keys()) <= len(alone) // 10
             merged: dict[str, dict] = {}
             bodies: dict[str, bytes] = {}  # in the order the profiles come, written as they are
-            rows_of = Counter(r.profile_id for r in todo) if any(r.new is not None for r in todo) else None
             for r in todo:
-                if (r.new is not None and rows_of is not None and rows_of[r.profile_id] == 1 and not r.ids
-                        and r.profile_id not in current):
+                if r.new is not None and r.profile_id in alone and r.profile_id not in current:
                     # a new profile, only this row: the document the columnar mapping made for it
                     bodies[r.profile_id] = r.new.replace(NOW_MARK, now_mark, 2)
                     continue
@@ -1555,7 +1566,7 @@ class Store:
             step = 2 * PAYLOAD_BLOCK  # blocks of PAYLOAD_BLOCK profiles (an action line and a document each)
             result = self._send_bulk(Blocks(b"\n".join(lines[k:k + step]) + b"\n"
                                             for k in range(0, len(lines), step)))
-            requests += 2
+            requests += 1
             status = {}
             if result.get("errors"):
                 for pid, item in zip(order, result["items"], strict=True):
@@ -1573,7 +1584,11 @@ class Store:
                                                         f"{_short(err.get('reason'))}", id=r.profile_id))
             if not retry:
                 return out, requests
-            log.info("profile merge: %s rows hit a concurrent update, retry %s", len(retry), attempt + 1)
+            stored = sum(1 for r in retry if r.profile_id in blind and status[r.profile_id][0] == 409)
+            if blind and len(blind) >= 100:  # most of them stored already: read before writing from now on
+                self._blind_creates = stored <= len(blind) // 2
+            if len(retry) > stored:
+                log.info("profile merge: %s rows hit a concurrent update, retry %s", len(retry) - stored, attempt + 1)
             todo = retry
         out.extend(Outcome(r.ref, "failed", "profile kept changing concurrently; gave up after retries",
                            id=r.profile_id) for r in todo)
