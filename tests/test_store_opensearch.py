@@ -191,8 +191,9 @@ def test_new_profiles_are_created_unread_and_stored_ones_read_and_merged(store):
 
     run(_new_profile_rows(0, 1000, 1, "imp-1"), "imp-1")  # all new: nothing read, nothing refused
     assert (reads, conflicts) == ([], [])
-    run(_new_profile_rows(0, 1000, 2, "imp-2"), "imp-2")  # all stored: the first part's creates are refused (409),
-    assert conflicts == [1] * 200               # read and merged; then every part is read first
+    # all stored: the first part's creates are refused (409), read and merged; then every part is read first
+    run(_new_profile_rows(0, 1000, 2, "imp-2"), "imp-2")
+    assert conflicts == [1] * 200
     assert reads == [200, 200, 200, 200, 200]
     run(_new_profile_rows(1000, 1000, 3, "imp-3"), "imp-3")  # all new again: read while the first part shows it
     assert (reads, conflicts) == ([200], [])

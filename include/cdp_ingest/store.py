@@ -1505,12 +1505,13 @@ class Store:
         todo = rows
         now_mark = orjson.dumps(now_iso)
         for attempt in range(self.max_retries + 1):
-            rows_of = Counter(r.profile_id for r in todo) if any(r.new is not None for r in todo) else None
             # a profile that only this row of the part touches, with the whole document the columnar mapping
             # made for it: while most such profiles are new, it is created without being read first (a
             # stored one answers 409 and goes the read-and-merge way on the next attempt)
-            alone = {r.profile_id for r in todo if r.new is not None and not r.ids
-                     and rows_of is not None and rows_of[r.profile_id] == 1}
+            alone: set[str] = set()
+            if any(r.new is not None for r in todo):
+                rows_of = Counter(r.profile_id for r in todo)
+                alone = {r.profile_id for r in todo if r.new is not None and not r.ids and rows_of[r.profile_id] == 1}
             blind = alone if attempt == 0 and self._blind_creates else set()
             ids = [i for i in dict.fromkeys(r.profile_id for r in todo) if i not in blind]
             current: dict[str, dict] = {}
