@@ -7,6 +7,9 @@ import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import orjson
+
+from cdp_ingest.documents import apply_operation, new_document, stamp
 from cdp_ingest.errors import StoreError
 from cdp_ingest.store import BulkItem, ItemBatch, Outcome, Store
 
@@ -82,3 +85,14 @@ def columnar_loads(monkeypatch) -> None:
         assert not open_refs, f"rows without an outcome: {open_refs}"
 
     monkeypatch.setattr(Store, "bulk_load", bulk_load)
+
+
+def merged_new(pid: str, ref: int, ops: list, import_id: str, now: str = "NOW") -> bytes:
+    """What Store._merge_chunk writes for a profile that is not stored yet, from one row (insert and
+    update times ``now``)."""
+    doc = new_document("profile", pid, now)
+    for op, path, value in ops:
+        apply_operation(doc, op, path, value)
+    doc["metadata"]["time"]["update"] = now
+    stamp(doc, import_id, ref)
+    return orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)

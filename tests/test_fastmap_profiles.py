@@ -18,8 +18,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from store_kit import merged_new
 
-from cdp_ingest.documents import NOW_MARK, apply_operation, new_document, stamp
+from cdp_ingest.documents import NOW_MARK
 from cdp_ingest.fastmap import ProfileBatchMapper, split_profile_body
 from cdp_ingest.ledger import Ledger
 from cdp_ingest.mapping import Mapper, Mapping
@@ -54,16 +55,6 @@ def write(path: Path, header: list[str], rows: list[list[str]]) -> Path:
         w.writerow(header)
         w.writerows(rows)
     return path
-
-
-def merged_new(pid: str, ref: int, ops: list, import_id: str) -> bytes:
-    """What Store._merge_chunk writes for a profile that is not stored yet, from one row."""
-    doc = new_document("profile", pid, "NOW")
-    for op, path, value in ops:
-        apply_operation(doc, op, path, value)
-    doc["metadata"]["time"]["update"] = "NOW"
-    stamp(doc, import_id, ref)
-    return orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
 
 
 def compare(mapping: Mapping, path: Path, tmp: Path, batch_rows: int = 7) -> tuple[int, int, int]:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from store_kit import crash_on_send
+from store_kit import crash_on_send, merged_new
 
 from cdp_ingest import sample
-from cdp_ingest.documents import NOW_MARK, apply_operation, new_document, stamp
+from cdp_ingest.documents import NOW_MARK
 from cdp_ingest.errorfile import FAILURE_COLUMN, read_error_file
 from cdp_ingest.errors import StoreError
 from cdp_ingest.ledger import Ledger, SourceUnit
@@ -153,12 +153,8 @@ def _new_profile_rows(first: int, n: int, value: int, import_id: str, ref0: int 
     for k in range(first, first + n):
         pid = profile_id_for(f"blind{k}@example.com")
         ops = [("$set", "traits.v", value), ("$set", "traits.k", k)]
-        doc = new_document("profile", pid, mark)
-        for op, path, val in ops:
-            apply_operation(doc, op, path, val)
-        doc["metadata"]["time"]["update"] = mark
-        stamp(doc, import_id, ref0 + k - first)
-        rows.append(ProfileRow(pid, ref0 + k - first, None, new=orjson.dumps(doc), ops_json=orjson.dumps(ops)))
+        new = merged_new(pid, ref0 + k - first, ops, import_id, now=mark)
+        rows.append(ProfileRow(pid, ref0 + k - first, None, new=new, ops_json=orjson.dumps(ops)))
     return rows
 
 
