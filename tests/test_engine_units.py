@@ -290,6 +290,47 @@ def test_staged_origs_finds_refused_rows_in_any_row_group(tmp_path, monkeypatch)
     assert reads == [6, 0, 1, 6, 0]
 
 
+def test_staged_file_written_beside_the_mapping_keeps_file_order_and_a_failed_write_fails_the_transform(
+        tmp_path, monkeypatch):
+    """``transform_unit`` compresses and writes each staged table in a thread while the next rows map: the
+    row groups still come in file order, and a write that fails fails the transform with its own error
+    (no staged file, rather than a file missing the rows of the failed write)."""
+    import threading
+
+    import pyarrow.parquet as pq
+
+    from cdp_ingest.pipeline import read_stage, transform_unit
+    from cdp_ingest.readers import read_batches
+
+    path = tmp_path / "ev.csv"
+    path.write_text("id,email,ts\n" + "".join(f"e{i},u{i}@x.io,{1761955200 + i}\n" for i in range(1, 101)))
+    mapping = Mapping.from_dict({"kind": "event", "id_column": "id", "identity": ["email"],
+                                 "time": {"column": "ts", "format": "epoch"}, "event_type": {"value": "visit"}})
+    real = pq.ParquetWriter.write_table
+    writers: list[str] = []
+
+    def write(self, table, *a, fail_at=None, **kw):
+        writers.append(threading.current_thread().name)
+        if fail_at is not None and len(writers) == fail_at:
+            raise OSError("No space left on device")
+        return real(self, table, *a, **kw)
+
+    def run(staged, **kw):
+        monkeypatch.setattr(pq.ParquetWriter, "write_table", lambda self, t, *a, **k: write(self, t, *a, **kw, **k))
+        writers.clear()
+        return transform_unit(read_batches(str(path), batch_rows=16), Mapper(mapping, unit_key="u", now=NOW).map_row,
+                              prefix="p-", import_id="imp", staged_path=staged, error_path=tmp_path / "e.csv")
+
+    t = run(tmp_path / "ok.parquet")
+    refs = [r for b in read_stage(t.staged, columns=["ref"]) for r in b["ref"]]
+    assert refs == list(range(1, 101)) and t.accepted == 100
+    assert len(writers) > 3 and all(n.startswith("stage-write") for n in writers), writers
+    with pytest.raises(OSError, match="No space left"):
+        run(tmp_path / "bad.parquet", fail_at=3)
+    assert not (tmp_path / "bad.parquet").exists() and len(writers) == 3
+
+
+
 def test_source_rows_of_a_streamed_load_are_found_for_refused_rows_and_forgotten_when_final():
     """``SourceRows``: a batch's rows are one entry, a row mapped alone is its own; a failed outcome finds its
     source row either way, a final outcome forgets everything up to its row."""

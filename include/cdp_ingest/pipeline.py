@@ -24,6 +24,7 @@ import shutil
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -583,12 +584,19 @@ def transform_unit(batches: Iterable, row_fn: RowFn, *, prefix: str, import_id: 
     writer = pq.ParquetWriter(tmp, STAGE_SCHEMA.with_metadata({WRITE_MODE_KEY: write_mode.encode()}),
                               compression="zstd")
     rm = RowMapper(row_fn, error_path, max_cell_bytes)
+    write = ThreadPoolExecutor(1, thread_name_prefix="stage-write")  # compresses and writes while the next maps
+    written: Future | None = None
     try:
         for table in rm.stage_tables(batches, prefix, import_id, flush_rows, flush_bytes):
             payload = table.column("body").nbytes + table.column("orig").nbytes
             group = max(1, min(flush_rows, flush_bytes * table.num_rows // payload if payload else flush_rows))
-            writer.write_table(table, row_group_size=group)
+            if written is not None:
+                written.result()
+            written = write.submit(writer.write_table, table, row_group_size=group)
+        if written is not None:
+            written.result()
     finally:
+        write.shutdown(wait=True, cancel_futures=True)
         writer.close()
         error_file = rm.close()
     os.replace(tmp, staged_path)
