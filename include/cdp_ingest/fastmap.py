@@ -126,6 +126,33 @@ def _leaf_literal(leaf: tuple[str, Any], col: dict[str, pa.Array], need: Callabl
     return pc.if_else(empty, pa.scalar(dflt, pa.string()), lit)
 
 
+# RE2 twins of mapping.EMAIL_RE / PHONE_RE that accept a subset of what those accept (printable ASCII only: no
+# space, no control character, no Unicode digit or space, no trailing newline), so a value they pass is one
+# map_row passes with the same value; what they do not pass goes to map_row, which accepts or rejects it.
+_EMAIL_ASCII = r"^[!-?A-~]+@[!-?A-~]+\.[!-?A-~]+$"  # [^@\s] within printable ASCII: 0x21-0x7e but "@"
+_PHONE_ASCII = r"^\+[1-9][0-9]{7,14}$"
+_PHONE_STRIP_RE = r"[ ().\-]"  # mapping._PHONE_STRIP's characters
+
+
+def _validated_literal(rule: Any, text: pa.Array, need: Callable[[pa.Array], None],
+                       strings: Callable[[pa.Array], pa.Array]) -> Any:
+    """A STRING field with ``validate: email`` or ``phone`` as JSON text per row (``Mapper._value``): empty
+    gives the default, a phone loses ``_PHONE_STRIP``'s characters; a value the ASCII check does not pass
+    (invalid, or outside printable ASCII) and a ``$D_`` date are left to map_row."""
+    empty = pc.equal(text, "")
+    if rule.required and rule.default is None:
+        need(pc.invert(empty))
+    if rule.validate == "phone":
+        value = pc.replace_substring_regex(text, _PHONE_STRIP_RE, "")
+        good = pc.match_substring_regex(value, _PHONE_ASCII)
+    else:
+        value = text
+        good = pc.and_(pc.match_substring_regex(text, _EMAIL_ASCII), pc.invert(pc.starts_with(text, "$D_")))
+    need(pc.or_(empty, good))
+    dflt = orjson.dumps(rule.default, default=str).decode() if rule.default is not None else None
+    return pc.if_else(empty, pa.scalar(dflt, pa.string()), strings(value))
+
+
 class FastBatch:
     """A mapped batch: ``ok[i]`` says row i was mapped here; ``indices``, ``ids``, ``bodies`` hold its index,
     id and body, and ``origs`` the source rows as JSON when the mapper makes them (else None: made lazily).
@@ -485,8 +512,9 @@ class ProfileBatchMapper(_ProfileIds):
     """Maps whole batches for one profile ``Mapper``: the profile id, the operations ``map_row`` gives
     and the document a new profile gets, for every clean row (see ``split_profile_body``).
 
-    Takes: kind ``profile``; any field types, ``validate`` and ``DATETIME`` fields (those through the
-    mapper's own ``_value``, once per distinct value), ``derived`` templates of plain ``{column}``
+    Takes: kind ``profile``; any field types, ``validate`` and ``DATETIME`` fields (email and phone checks
+    of printable-ASCII text with Arrow regexes, the rest through the mapper's own ``_value``, once per
+    distinct value), ``derived`` templates of plain ``{column}``
     fields, ``identity_normalize``; defaults that are not objects or lists. Targets must not sit inside
     another target or under a skeleton value that is not an object, and the targets under a new object
     must be listed together (key order). Rows are left to ``map_row`` as in ``EventBatchMapper``."""
@@ -590,6 +618,8 @@ class ProfileBatchMapper(_ProfileIds):
                     cache[key] = orjson.dumps(x, default=str).decode()
                 elif what == "derived":
                     cache[key] = derived(x)
+                elif what == "col" and x.type == "STRING" and x.validate in ("email", "phone"):
+                    cache[key] = _validated_literal(x, col[x.column], need, strings)
                 elif what == "col" and (x.validate or x.type == "DATETIME"):
                     cache[key] = python(x)
                 else:
