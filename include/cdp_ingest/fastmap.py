@@ -26,6 +26,7 @@ writes as it is when the profile is not stored yet (tests/test_fastmap_profiles.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Collection
 from typing import Any
@@ -38,7 +39,7 @@ from cdp_ingest.arrow import pa
 from cdp_ingest.coerce import FALSE_WORDS, INT32_MAX, INT32_MIN, MAX_EPOCH, TRUE_WORDS
 from cdp_ingest.documents import NOW_MARK, SKELETONS, deterministic_id
 from cdp_ingest.errors import RowError
-from cdp_ingest.mapping import Mapper, _safe_key, profile_id_for
+from cdp_ingest.mapping import _IDENTITY_PREFIX, Mapper, _safe_key
 
 # Event skeleton keys that are empty objects no later step of map_row touches.
 FREE_ROOTS = frozenset({"properties", "traits", "context", "device", "os", "app", "utm", "hit", "data", "aux",
@@ -306,32 +307,51 @@ def _render_json(skel: dict | None, node: _Node, value: Callable[[tuple[str, Any
     return whole if skel is None else pc.coalesce(whole, pa.scalar(orjson.dumps(skel).decode()))
 
 
+_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
+_UUID_DIGITS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])  # the hex digits' places
+
+
+def profile_ids_for(identities: list[str]) -> list[str]:
+    """``mapping.profile_id_for`` of each identity: one SHA-1 per value, the UUID's version and variant
+    bits and its text made for all of them at once with NumPy (~3x faster than one by one)."""
+    if not identities:
+        return []
+    sha1 = hashlib.sha1
+    digests = b"".join([sha1(_IDENTITY_PREFIX + v.encode(), usedforsecurity=False).digest() for v in identities])
+    raw = np.frombuffer(digests, np.uint8).reshape(-1, 20)[:, :16].copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x50  # version 5
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = np.full((len(identities), 36), ord("-"), np.uint8)
+    text[:, _UUID_DIGITS[0::2]] = _HEX[raw >> 4]
+    text[:, _UUID_DIGITS[1::2]] = _HEX[raw & 15]
+    joined = text.tobytes().decode("ascii")
+    return [joined[k:k + 36] for k in range(0, len(joined), 36)]
+
+
 class _ProfileIds:
     """``mapping.profile_id_for`` with a larger cache of its own (files often hold more identities than
     that one keeps)."""
 
     _profile_ids: dict[str, str]
+    cache_size = PROFILE_ID_CACHE
 
-    def _profile_id(self, identity: str) -> str:
-        pid = self._profile_ids.get(identity)
-        if pid is None:
-            if not identity:
-                return ""
-            if len(self._profile_ids) >= PROFILE_ID_CACHE:
+    def _profile_ids_of(self, identities: list[str]) -> list[str]:
+        """The profile id of each identity ("" for ""): the cached ones looked up, the others made together."""
+        get = self._profile_ids.get
+        pids = [get(v) or "" for v in identities]
+        if "" in pids:
+            missing = list(dict.fromkeys(v for v, p in zip(identities, pids, strict=True) if not p and v))
+            made = dict(zip(missing, profile_ids_for(missing), strict=True))
+            if len(self._profile_ids) + len(made) > self.cache_size:
                 self._profile_ids.clear()
-            pid = self._profile_ids[identity] = profile_id_for.__wrapped__(identity)
-        return pid
+            self._profile_ids.update(made)
+            pids = [p or made.get(v, "") for v, p in zip(identities, pids, strict=True)]
+        return pids
 
     def _profile_id_array(self, identities: pa.Array) -> pa.Array:
-        """``_profile_id`` of every value (null as ""), computed once per distinct value; the cached ones
-        are looked up in one pass (a method call per value cost more than the lookup)."""
+        """The profile id of every value (null as ""), made once per distinct value."""
         enc = pc.dictionary_encode(pc.fill_null(identities, ""))
-        values = enc.dictionary.to_pylist()
-        get = self._profile_ids.get
-        pids = [get(v) for v in values]
-        if None in pids:
-            pids = [p if p is not None else self._profile_id(v) for v, p in zip(values, pids, strict=True)]
-        return pc.take(pa.array(pids, pa.string()), enc.indices)
+        return pc.take(pa.array(self._profile_ids_of(enc.dictionary.to_pylist()), pa.string()), enc.indices)
 
 
 class EventBatchMapper(_ProfileIds):

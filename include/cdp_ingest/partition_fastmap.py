@@ -22,8 +22,7 @@ import orjson
 import pyarrow.compute as pc
 
 from cdp_ingest.arrow import pa
-from cdp_ingest.fastmap import FastBatch, json_strings, value_bytes
-from cdp_ingest.mapping import profile_id_for
+from cdp_ingest.fastmap import FastBatch, _ProfileIds, json_strings, value_bytes
 from cdp_ingest.partitions import (
     COLUMNS,
     MAP_COLUMNS,
@@ -154,16 +153,17 @@ class _Map:
         return pc.take(self.items, pa.array(where, mask=where < 0))
 
 
-class PartitionBatchMapper:
+class PartitionBatchMapper(_ProfileIds):
     """The columnar twin of one ``PartitionMapper`` (same source id and import time)."""
 
     kind = "event"
+    cache_size = PROFILE_ID_CACHE
 
     def __init__(self, mapper: PartitionMapper):
         self.mapper = mapper
         self._templates: dict[str, tuple[list[str], list[str]]] = {}
         self._names: dict[str, tuple[bool, str, str]] = {}  # raw event_key -> (ok, type JSON, name JSON)
-        self._profile_ids: dict[str, str] = {}  # identity -> profile id JSON
+        self._profile_ids: dict[str, str] = {}  # identity -> profile id
 
     @classmethod
     def compile(cls, row_fn: Any) -> PartitionBatchMapper | None:
@@ -196,14 +196,6 @@ class PartitionBatchMapper:
             ok = bool(key) and len(key) <= MAX_EVENT_KEY
             got = self._names[raw] = (ok, orjson.dumps(key).decode(), orjson.dumps(event_name(key)).decode()
                                       if ok else "")
-        return got
-
-    def _profile_id(self, identity: str) -> str:
-        got = self._profile_ids.get(identity)
-        if got is None:
-            if len(self._profile_ids) >= PROFILE_ID_CACHE:
-                self._profile_ids.clear()
-            got = self._profile_ids[identity] = '"' + profile_id_for(identity) + '"'
         return got
 
     def map_batch(self, batch: pa.RecordBatch, first_row: int, prefix: str, import_id: str,
@@ -250,9 +242,8 @@ class PartitionBatchMapper:
         unclean |= ~np.array([ok for ok, _, _ in looked] or [True])[_np_indices(enc.indices)]
         type_lit = pc.take(pa.array([t for _, t, _ in looked], pa.string()), enc.indices)
         name_lit = pc.take(pa.array([nm for _, _, nm in looked], pa.string()), enc.indices)
-        ienc = pc.dictionary_encode(pc.if_else(pa.array(unclean), pa.scalar(None, pa.string()), identity))
-        pids = pc.take(pa.array([self._profile_id(i) for i in ienc.dictionary.to_pylist()], pa.string()),
-                       ienc.indices)
+        pids = pc.binary_join_element_wise('"', self._profile_id_array(
+            pc.if_else(pa.array(unclean), pa.scalar(None, pa.string()), identity)), '"', "")
 
         def lit(values: pa.Array) -> pa.Array:
             text, ok = _lit(values)
