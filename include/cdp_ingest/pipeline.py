@@ -492,17 +492,19 @@ class RowMapper:
             slow = [i for i, ok in enumerate(fb.ok) if not ok]
             tables = []
             if len(slow) < n:  # the rows mapped here, straight from their Arrow columns
-                mask = pa.array(fb.ok, pa.bool_())
                 orig = fb.column("origs")
-                orig = (orig if orig is not None else _BatchRows(batch).json_array()).filter(mask)
+                cols = [pa.array(np.arange(first, first + n, dtype=np.int64)), fb.column("indices"), fb.column("ids"),
+                        fb.column("bodies"), orig if orig is not None else _BatchRows(batch).json_array()]
+                if slow:  # (most slices have none: no copy of their bodies then)
+                    mask = pa.array(fb.ok, pa.bool_())
+                    cols = [c.filter(mask) for c in cols]
+                orig = cols.pop()
                 if orig.null_count:  # rows the Arrow JSON left to orjson
                     at, source = [i for i, ok in enumerate(fb.ok) if ok], _BatchRows(batch)
                     orig = pa.array([v if v is not None else orjson.dumps(LazyRow(source, at[j]).as_dict(), default=str)
                                      for j, v in enumerate(orig.to_pylist())], pa.binary())
                 k = n - len(slow)
-                tables.append(pa.table([pa.array(range(first, first + n), pa.int64()).filter(mask),
-                                        pa.array([kind] * k, pa.string()), fb.column("indices").filter(mask),
-                                        fb.column("ids").filter(mask), fb.column("bodies").filter(mask), orig],
+                tables.append(pa.table([cols[0], pa.array([kind] * k, pa.string()), *cols[1:], orig],
                                        schema=STAGE_SCHEMA))
                 self.accepted += k
                 self.kinds.add(kind)
