@@ -39,7 +39,7 @@ from cdp_ingest.arrow import pa
 from cdp_ingest.coerce import FALSE_WORDS, INT32_MAX, INT32_MIN, MAX_EPOCH, TRUE_WORDS
 from cdp_ingest.documents import NOW_MARK, SKELETONS, deterministic_id
 from cdp_ingest.errors import RowError
-from cdp_ingest.mapping import _IDENTITY_PREFIX, Mapper, _safe_key
+from cdp_ingest.mapping import _IDENTITY_PREFIX, PHONE_STRIP_CHARS, Mapper, _safe_key
 
 # Event skeleton keys that are empty objects no later step of map_row touches.
 FREE_ROOTS = frozenset({"properties", "traits", "context", "device", "os", "app", "utm", "hit", "data", "aux",
@@ -132,13 +132,13 @@ def _leaf_literal(leaf: tuple[str, Any], col: dict[str, pa.Array], need: Callabl
 # map_row passes with the same value; what they do not pass goes to map_row, which accepts or rejects it.
 _EMAIL_ASCII = r"^[!-?A-~]+@[!-?A-~]+\.[!-?A-~]+$"  # [^@\s] within printable ASCII: 0x21-0x7e but "@"
 _PHONE_ASCII = r"^\+[1-9][0-9]{7,14}$"
-_PHONE_STRIP_RE = r"[ ().\-]"  # mapping._PHONE_STRIP's characters
+_PHONE_STRIP_RE = "[" + "".join("\\" + c if c in "-]\\^" else c for c in PHONE_STRIP_CHARS) + "]"
 
 
 def _validated_literal(rule: Any, text: pa.Array, need: Callable[[pa.Array], None],
                        strings: Callable[[pa.Array], pa.Array]) -> Any:
     """A STRING field with ``validate: email`` or ``phone`` as JSON text per row (``Mapper._value``): empty
-    gives the default, a phone loses ``_PHONE_STRIP``'s characters; a value the ASCII check does not pass
+    gives the default, a phone loses ``PHONE_STRIP_CHARS``; a value the ASCII check does not pass
     (invalid, or outside printable ASCII) and a ``$D_`` date are left to map_row."""
     empty = pc.equal(text, "")
     if rule.required and rule.default is None:

@@ -45,7 +45,8 @@ from cdp_ingest.errors import MappingError, RowError
 TYPES = ("STRING", "INTEGER", "LONG", "FLOAT", "BOOLEAN", "DATETIME")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 PHONE_RE = re.compile(r"^\+[1-9]\d{7,14}$")
-_PHONE_STRIP = str.maketrans("", "", " -().")
+PHONE_STRIP_CHARS = " -()."  # dropped from a phone number before it is checked (and by e164)
+_PHONE_STRIP = str.maketrans("", "", PHONE_STRIP_CHARS)
 VALIDATORS = ("email", "phone")
 # Steps applied, in order, to an identity value before the profile id is derived (identity_normalize).
 IDENTITY_STEPS = ("trim", "lower", "e164")
