@@ -330,7 +330,6 @@ def test_staged_file_written_beside_the_mapping_keeps_file_order_and_a_failed_wr
     assert not (tmp_path / "bad.parquet").exists() and len(writers) == 3
 
 
-
 def test_source_rows_of_a_streamed_load_are_found_for_refused_rows_and_forgotten_when_final():
     """``SourceRows``: a batch's rows are one entry, a row mapped alone is its own; a failed outcome finds its
     source row either way, a final outcome forgets everything up to its row."""
