@@ -130,28 +130,20 @@ def _leaf_literal(leaf: tuple[str, Any], col: dict[str, pa.Array], need: Callabl
 # RE2 twins of mapping.EMAIL_RE / PHONE_RE that accept a subset of what those accept (printable ASCII only: no
 # space, no control character, no Unicode digit or space, no trailing newline), so a value they pass is one
 # map_row passes with the same value; what they do not pass goes to map_row, which accepts or rejects it.
-_EMAIL_ASCII = r"^[!-?A-~]+@[!-?A-~]+\.[!-?A-~]+$"  # [^@\s] within printable ASCII: 0x21-0x7e but "@"
-_PHONE_ASCII = r"^\+[1-9][0-9]{7,14}$"
+_CHECKS = {"email": r"^[!-?A-~]+@[!-?A-~]+\.[!-?A-~]+$",  # [^@\s] within printable ASCII: 0x21-0x7e but "@"
+           "phone": r"^\+[1-9][0-9]{7,14}$"}
 _PHONE_STRIP_RE = "[" + "".join("\\" + c if c in "-]\\^" else c for c in PHONE_STRIP_CHARS) + "]"
 
 
-def _validated_literal(rule: Any, text: pa.Array, need: Callable[[pa.Array], None],
-                       strings: Callable[[pa.Array], pa.Array]) -> Any:
-    """A STRING field with ``validate: email`` or ``phone`` as JSON text per row (``Mapper._value``): empty
-    gives the default, a phone loses ``PHONE_STRIP_CHARS``; a value the ASCII check does not pass
-    (invalid, or outside printable ASCII) and a ``$D_`` date are left to map_row."""
-    empty = pc.equal(text, "")
-    if rule.required and rule.default is None:
-        need(pc.invert(empty))
-    if rule.validate == "phone":
-        value = pc.replace_substring_regex(text, _PHONE_STRIP_RE, "")
-        good = pc.match_substring_regex(value, _PHONE_ASCII)
-    else:
-        value = text
-        good = pc.and_(pc.match_substring_regex(text, _EMAIL_ASCII), pc.invert(pc.starts_with(text, "$D_")))
-    need(pc.or_(empty, good))
-    dflt = orjson.dumps(rule.default, default=str).decode() if rule.default is not None else None
-    return pc.if_else(empty, pa.scalar(dflt, pa.string()), strings(value))
+def _validated_literal(rule: Any, col: dict[str, pa.Array], need: Callable[[pa.Array], None],
+                       strings: Callable[[pa.Array], pa.Array], n: int) -> Any:
+    """A STRING field with ``validate: email`` or ``phone`` as ``_leaf_literal`` makes it (``Mapper._value``),
+    of the value a phone has once ``PHONE_STRIP_CHARS`` are gone; a non-empty cell whose value the ASCII
+    check does not pass (invalid, or outside printable ASCII) is left to map_row."""
+    text = col[rule.column]
+    value = pc.replace_substring_regex(text, _PHONE_STRIP_RE, "") if rule.validate == "phone" else text
+    need(pc.or_(pc.equal(text, ""), pc.match_substring_regex(value, _CHECKS[rule.validate])))
+    return _leaf_literal(("col", rule), {rule.column: value}, need, strings, n)
 
 
 class FastBatch:
@@ -639,7 +631,7 @@ class ProfileBatchMapper(_ProfileIds):
                 elif what == "derived":
                     cache[key] = derived(x)
                 elif what == "col" and x.type == "STRING" and x.validate in ("email", "phone"):
-                    cache[key] = _validated_literal(x, col[x.column], need, strings)
+                    cache[key] = _validated_literal(x, col, need, strings, n)
                 elif what == "col" and (x.validate or x.type == "DATETIME"):
                     cache[key] = python(x)
                 else:
