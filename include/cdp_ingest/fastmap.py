@@ -305,7 +305,7 @@ _UUID_DIGITS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])  # t
 
 def profile_ids_for(identities: list[str]) -> list[str]:
     """``mapping.profile_id_for`` of each identity: one SHA-1 per value, the UUID's version and variant
-    bits and its text made for all of them at once with NumPy (~3x faster than one by one)."""
+    bits and its text made for all of them at once with NumPy (8,192 e-mails: 0.84 vs 1.27 µs per id)."""
     if not identities:
         return []
     sha1 = hashlib.sha1
