@@ -63,6 +63,18 @@ def test_mapping_checks_identity_normalize():
     assert Mapping.from_dict(PROFILES).identity_normalize == {"email": ("trim", "lower"), "phone": ("e164",)}
 
 
+@pytest.mark.parametrize("ftype", ["INTEGER", "DATETIME", "FLOAT"])
+def test_mapping_checks_validate_only_on_string_fields(ftype):
+    """``validate`` reads text: on another type the mapping is refused up front (map_row crashed on the first
+    row with an AttributeError/TypeError before, failing the whole import)."""
+    fields = {"email": {"target": "data.contact.email"}, "code": {"target": "traits.code", "type": ftype,
+                                                                  "validate": "phone"}}
+    with pytest.raises(MappingError, match="field 'code': validate applies to STRING fields, not " + ftype):
+        Mapping.from_dict({"kind": "profile", "identity": ["email"], "fields": fields})
+    fields["code"]["type"] = "STRING"
+    assert Mapping.from_dict({"kind": "profile", "identity": ["email"], "fields": fields}).fields[1].validate == "phone"
+
+
 @pytest.mark.services
 def test_variants_of_one_email_merge_into_one_profile_in_the_store(opensearch, tmp_path):
     store = Store(make_client(opensearch.info["url"]), prefix=f"t-ident{next(_prefixes)}-", backoff=0.01)

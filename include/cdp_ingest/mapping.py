@@ -168,6 +168,8 @@ class Mapping:
                 raise fail(f"field {column!r}: type must be one of {TYPES}")
             if spec.get("validate") not in (None, *VALIDATORS):
                 raise fail(f"field {column!r}: validate must be one of {VALIDATORS}")
+            if spec.get("validate") and ftype != "STRING":  # the checks read text (an int or a date crashed them)
+                raise fail(f"field {column!r}: validate applies to STRING fields, not {ftype}")
             _check_target(kind, spec["target"], fail)
             rules.append(FieldRule(str(column), spec["target"], ftype, bool(spec.get("required", False)),
                                    spec.get("default"), spec.get("validate")))
