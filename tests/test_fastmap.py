@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from times_kit import EDGES, time_cell
 
 from cdp_ingest import sample
 from cdp_ingest.documents import deterministic_id
@@ -162,9 +163,10 @@ def test_another_mapping_defaults_nested_targets_and_types(tmp_path):
     assert any(b'"hit":{"x":5,"y":"const"}' in body and b'"odd_col":' in body for *_, body in items)
 
 
-@pytest.mark.parametrize("change", [{"derived": {"traits.x": "{email}"}}, {"time": {"column": "ts", "format": "iso"}},
-                                    {"identity_normalize": {"email": ["lower"]}},
-                                    {"fields": {"email": {"target": "traits.e", "validate": "email"}}},
+@pytest.mark.parametrize("change", [{"derived": {"traits.x": "{email!r}"}}, {"derived": {"traits.x": "{email:>9}"}},
+                                    {"time": {"column": "ts", "format": "epoch_ms"}},
+                                    {"time": {"column": "ts", "format": "%Y-%m-%d"}},
+                                    {"defaults": {"traits.x": {"a": 1}}},
                                     {"fields": {"page": "metadata.channel"}}])
 def test_mappings_it_cannot_reproduce_stay_on_the_row_path(change):
     raw = {"kind": "event", "id_column": "insert_id", "identity": ["email"], "time": {"column": "ts"},
@@ -248,3 +250,81 @@ def test_json_strings_match_orjson_on_slices(values):
             assert [bool(c) for c in clean.to_pylist()] == ok
             assert [x if good else None for x, good in zip(lit.to_pylist(), ok, strict=True)] == [
                 orjson.dumps(v).decode() if good else None for v, good in zip(want, ok, strict=True)]
+
+
+CHECKED = {  # ISO event times, a DATETIME field, e-mail/phone checks, normalised identities, derived fields
+    "kind": "event", "id_column": "insert_id", "identity": ["email", "phone"],
+    "identity_normalize": {"email": ["trim", "lower"], "phone": ["e164"]},
+    "time": {"column": "ts", "format": "iso"}, "event_type": {"column": "event"}, "session_column": "session_id",
+    "fields": {"email": {"target": "traits.email", "validate": "email"},
+               "seen": {"target": "properties.seen", "type": "DATETIME"},
+               "phone": {"target": "traits.phone", "validate": "phone", "default": "n/a"},  # (bags interleaved)
+               "due": {"target": "properties.due", "type": "DATETIME", "default": "never"},
+               "code": {"target": "properties.code", "validate": "phone"},
+               "n": {"target": "properties.n", "type": "INTEGER"}},
+    "derived": {"properties.label": "{event}: {page}", "context.const": " fixed "},
+    "unmapped": "properties", "defaults": {"hit.x": 1},
+}
+CHECKED_HEADER = ["insert_id", "ts", "event", "email", "phone", "session_id", "seen", "due", "code", "n", "page"]
+
+
+def _checked_rows(rnd: random.Random, count: int) -> list[list[str]]:
+    def pick(clean: list[str], messy: list[str]) -> str:
+        return rnd.choice(clean if rnd.random() < 0.9 else messy)
+    return [[f"e-{i}", time_cell(rnd, 0.75), rnd.choice(["search", "page-view", " buy "]),
+             pick(["", "Ada@Example.com", " ada@example.com", "b@x.org"], ["not an email", "\u00e9@x.org", " "]),
+             pick(["", "+49 30 1234567", "+48221234567"], ["12", "0049301234567", "+4930123456\n"]),
+             rnd.choice(["", "s-1"]), time_cell(rnd, 0.75), rnd.choice(["", time_cell(rnd, 0.75)]),
+             pick(["", "+4930123456"], ["5", "\u0663"]), pick(["", "7"], ["x", "1e3"]), rnd.choice(["", "/p", 'q"']),
+             ] for i in range(count)] + [[f"edge-{i}", a, "search", "", "", "", b, "", "", "", ""]
+                                         for i, (a, b) in enumerate(zip(EDGES, EDGES[::-1], strict=True))]
+
+
+def test_iso_times_datetimes_checks_normalised_identities_and_derived_fields_match_the_row_path(tmp_path,
+                                                                                              monkeypatch):
+    """An event mapping with ISO times, DATETIME fields, e-mail/phone checks, identity normalisation and
+    derived fields takes the columnar path: 3,000 rows of random time cells (forms Arrow and
+    ``datetime.fromisoformat`` read alike and forms they do not, in and out of range) give the same documents,
+    counts and error file both ways."""
+    rnd = random.Random(5)
+    path = write(tmp_path / "checked.csv", CHECKED_HEADER, _checked_rows(rnd, 3000))
+    mapping = Mapping.from_dict(CHECKED, name="checked")
+    assert EventBatchMapper.compile(Mapper(mapping, unit_key="u", now=NOW)) is not None
+    items, counts, errors = same(mapping, path, tmp_path, batch_rows=256)
+    assert counts[1] > 600 and counts[2] > 900  # both accepted and rejected rows were compared
+    calls: list[int] = []
+    real = Mapper.map_row
+    monkeypatch.setattr(Mapper, "map_row", lambda self, row, ref: calls.append(ref) or real(self, row, ref))
+    run(mapping, path, tmp_path, fast=True, batch_rows=256)
+    columnar = counts[0] - len(calls)  # every rejected row goes through map_row (for its message)
+    assert columnar > 300 and counts[1] - columnar > 100  # accepted both ways: odd forms only Python reads
+    assert "(time) out of range" in errors and "not a valid email address" in errors and "not a valid phone" in errors
+    assert any(b'"seen":"2025-11-01T09:00:00+00:00"' in body or b'"seen":"2025-11-01T10:00:00+00:00"' in body
+               for *_, body in items)
+    assert any(index == "p-event-2025-10" for _r, _k, index, _i, _b in items)  # a zone that moves the month
+
+
+def test_clean_iso_rows_take_the_columnar_path_without_python_per_value(tmp_path, monkeypatch):
+    """Clean ISO times, DATETIME cells and checked values are mapped by Arrow kernels: no row goes through
+    map_row (a row without an identity neither: its event has no profile) and no DATETIME cell through
+    ``Mapper._value``."""
+    rows = [[f"e-{i}", f"2025-11-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:00" + ["", "Z", ".25+01:00"][i % 3],
+             "search", f"u{i % 50}@x.org" if i % 7 else "", "", "s-1", str(1761955200 + i),
+             f"2026-01-0{1 + i % 9} 10:00:00.5", "", str(i), "/p"] for i in range(500)]
+    path = write(tmp_path / "clean.csv", CHECKED_HEADER, rows)
+    mapping = Mapping.from_dict(CHECKED, name="checked")
+    row_calls: list[int] = []
+    value_calls: list[str] = []
+    real_row, real_value = Mapper.map_row, Mapper._value
+    monkeypatch.setattr(Mapper, "map_row", lambda self, row, ref: row_calls.append(ref) or real_row(self, row, ref))
+    monkeypatch.setattr(Mapper, "_value", lambda self, rule, text: value_calls.append(rule.column) or real_value(
+        self, rule, text))
+    items, counts, _ = run(mapping, path, tmp_path, fast=True, batch_rows=128)
+    assert counts[:3] == (500, 500, 0) and row_calls == []
+    assert value_calls == []
+    bodies = {doc_id: orjson.loads(body) for _r, _k, _i, doc_id, body in items}
+    assert bodies["e-1"]["metadata"]["time"]["create"] == "2025-11-02T01:01:00.000000"
+    assert bodies["e-2"]["metadata"]["time"]["create"] == "2025-11-03T01:02:00.250000"  # 02:02:00.25+01:00
+    assert bodies["e-2"]["properties"]["seen"] == "2025-11-01T00:00:02+00:00"
+    assert bodies["e-2"]["properties"]["due"] == "2026-01-03T10:00:00.500000+00:00"
+    assert bodies["e-7"]["profile"] is None and bodies["e-7"]["metadata"]["profile_less"] is True

@@ -8,14 +8,17 @@ mapping once into a JSON template and fills it for a whole batch with Arrow kern
 row costs no per-row interpretation at all.
 
 It only takes what it can reproduce exactly; everything else goes to ``map_row``:
-- mappings: kind ``event`` with ``time.format: epoch``, no ``derived``, no ``identity_normalize``,
-  no ``validate``/``DATETIME`` fields, targets under the event's free-form bags only (properties,
-  traits, context, ...), no target inside another, and the targets under any one object listed
-  together (so keys keep the order ``map_row`` gives them). Otherwise ``compile`` returns None.
-- rows: any cell the fast path cannot prove clean (a time that is not whole epoch seconds in range,
-  an id with surrounding whitespace or non-ASCII, a typed value not in its plain form, a ``$D_``
-  cell, a control character, a required cell that is empty, a too-long identity, a reader error)
-  sends that row alone through ``map_row``, which maps it or rejects it with its usual message.
+- mappings: kind ``event`` with ``time.format`` ``epoch`` or ``iso``, ``derived`` templates of plain
+  ``{column}`` fields, defaults that are not objects or lists, targets under the event's free-form bags
+  only (properties, traits, context, ...), no target inside another, and the targets under any one object
+  listed together (so keys keep the order ``map_row`` gives them). Otherwise ``compile`` returns None.
+  ``validate`` fields (e-mail/phone: Arrow regexes), ``DATETIME`` fields (``_datetime_literal``) and
+  ``identity_normalize`` (once per distinct value) are taken.
+- rows: any cell the fast path cannot prove clean (a time that is not whole epoch seconds, or ISO 8601
+  in a form Arrow reads like ``datetime.fromisoformat``, in range; an id with surrounding whitespace or
+  non-ASCII, a typed value not in its plain form, a ``$D_`` cell, a control character, a required cell
+  that is empty, a too-long identity, a reader error) sends that row alone through ``map_row``, which
+  maps it or rejects it with its usual message.
 The documents are byte for byte what ``map_row`` + ``pipeline.mapped_to_stage_row`` produce (tests
 compare both paths on the same rows).
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Collection
+from datetime import date
 from typing import Any
 
 import numpy as np
@@ -144,6 +148,168 @@ def _validated_literal(rule: Any, col: dict[str, pa.Array], need: Callable[[pa.A
     value = pc.replace_substring_regex(text, _PHONE_STRIP_RE, "") if rule.validate == "phone" else text
     need(pc.or_(pc.equal(text, ""), pc.match_substring_regex(value, _CHECKS[rule.validate])))
     return _leaf_literal(("col", rule), {rule.column: value}, need, strings, n)
+
+
+def _python_literal(mapper: Mapper, rule: Any, col: dict[str, pa.Array], need: Callable[[pa.Array], None],
+                    rows: pa.Array | None = None) -> pa.Array:
+    """A field's JSON text from the mapper's own ``_value``, called once per distinct cell (null = key absent;
+    a cell ``_value`` rejects leaves its row to map_row). ``rows``: only these rows' cells (the others null)."""
+    def one(text: str) -> str | None:
+        try:
+            v = mapper._value(rule, text)
+        except RowError:
+            return None
+        return "null" if v is None else orjson.dumps(v, default=str).decode()
+    text = col[rule.column] if rows is None else pc.if_else(rows, col[rule.column], _NULL)
+    enc = pc.dictionary_encode(text)
+    lit = pc.take(pa.array([one(v) for v in enc.dictionary.to_pylist()], pa.string()), enc.indices)
+    need(pc.is_valid(lit) if rows is None else pc.or_(pc.is_valid(lit), pc.invert(rows)))
+    return pc.if_else(pc.equal(lit, "null"), _NULL, lit)
+
+
+# ISO 8601 the way datetime.fromisoformat reads it, narrowed to what Arrow parses the same: a date that may be
+# past its month's end (checked apart), a time to the second with up to 6 fraction digits, an optional zone
+# (after a time only: checked apart).
+_ISO_RE = (r"^(?P<local>[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+           r"(?:[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?)?)"
+           r"(?P<zone>Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?$")
+_MICROS = 1_000_000
+_EPOCH_DAY0 = "1970-01-01"
+
+
+def _real_date(text: str) -> str | None:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return None
+    return text
+
+
+def _utc_micros(text: pa.Array, lo: int, hi: int) -> tuple[pa.Array, pa.Array]:
+    """(which cells are ISO 8601 text ``parse_time(.., "iso")`` reads as the same UTC instant within [lo, hi]
+    microseconds of the epoch, that instant per row (0 where not))."""
+    parts = pc.extract_regex(text, _ISO_RE)
+    local = pc.fill_null(pc.struct_field(parts, "local"), _EPOCH_DAY0)
+    zone = pc.fill_null(pc.struct_field(parts, "zone"), "")
+    real = _mapped(pc.utf8_slice_codeunits(local, 0, 10), _real_date)  # not 02-30: Arrow's cast would fail
+    ok = pc.and_(pc.is_valid(parts), pc.is_valid(real))
+    # a date alone takes no zone: fromisoformat reads "2025-11-01+01:00" as 01:00 (any separator before a time)
+    ok = pc.and_(ok, pc.or_(pc.greater(pc.utf8_length(local), 10), pc.equal(zone, "")))
+    local = pc.if_else(ok, local, _EPOCH_DAY0)
+    micros = pc.cast(pc.cast(local, pa.timestamp("us")), pa.int64())
+    has = pc.greater(pc.utf8_length(zone), 1)  # "+hh:mm" / "-hh:mm" (not "" or "Z")
+    hours = pc.cast(pc.if_else(has, pc.utf8_slice_codeunits(zone, 1, 3), "0"), pa.int64())
+    minutes = pc.cast(pc.if_else(has, pc.utf8_slice_codeunits(zone, 4, 6), "0"), pa.int64())
+    offset = pc.multiply(pc.add(pc.multiply(hours, 3600), pc.multiply(minutes, 60)), _MICROS)
+    micros = pc.if_else(pc.starts_with(zone, "-"), pc.add(micros, offset), pc.subtract(micros, offset))
+    ok = pc.and_(ok, pc.and_(pc.greater_equal(micros, lo), pc.less_equal(micros, hi)))
+    return ok, pc.if_else(ok, micros, 0)
+
+
+def _stamps(micros: pa.Array) -> pa.Array:
+    """``YYYY-MM-DD HH:MM:SS.ffffff`` of UTC instants in microseconds (years 1000..9999)."""
+    return pc.cast(pc.cast(micros, pa.timestamp("us")), pa.string())
+
+
+# DATETIME cells taken in Arrow: years 1000..9998 in UTC (Arrow writes a 4-digit year there; out of datetime's
+# range no offset can reach), and whole epoch seconds; anything else goes to the mapper's _value.
+_DATETIME_LO = -30610224000 * _MICROS  # 1000-01-01
+_DATETIME_HI = 253370764800 * _MICROS  # 9999-01-01
+
+
+def _datetime_literal(mapper: Mapper, rule: Any, col: dict[str, pa.Array],
+                      need: Callable[[pa.Array], None]) -> pa.Array:
+    """A ``DATETIME`` field as ``_value`` writes it (``datetime.isoformat()`` in UTC: ``+00:00``, the
+    fraction only when not zero): whole epoch seconds and ISO 8601 text in Arrow, every other cell (empty,
+    ``$D_``, a fractional epoch, other ISO forms, bad text) through ``_python_literal``."""
+    text = col[rule.column]
+    epoch = pc.fill_null(pc.match_substring_regex(text, _EPOCH_RE), False)
+    secs = pc.cast(pc.if_else(epoch, text, "0"), pa.int64())
+    epoch = pc.and_(epoch, pc.less_equal(secs, MAX_EPOCH))
+    iso, micros = _utc_micros(text, _DATETIME_LO, _DATETIME_HI)
+    fast = pc.or_(epoch, iso)
+    micros = pc.if_else(epoch, pc.multiply(secs, _MICROS), micros)
+    stamp = pc.replace_substring_regex(_stamps(micros), r"\.000000$", "")
+    lit = pc.binary_join_element_wise('"', pc.utf8_replace_slice(stamp, 10, 11, "T"), '+00:00"', "")
+    if pc.all(fast).as_py():
+        return lit
+    return pc.if_else(fast, lit, _python_literal(mapper, rule, col, need, rows=pc.invert(fast)))
+
+
+def _derived_parts(template: str) -> list[tuple[str, str | None]] | None:
+    """A ``derived`` template as (literal text, column or None) pieces, or None when it uses more than plain
+    ``{column}`` fields (attribute/index lookups, conversions, format specs: map_row's)."""
+    import string
+
+    parts: list[tuple[str, str | None]] = []
+    for literal, name, spec, conv in string.Formatter().parse(template):
+        if name is not None and (spec or conv or not re.fullmatch(r"[^.\[\]{}!:]+", name or "")):
+            return None
+        parts.append((literal, name))
+    return parts
+
+
+def _derived_templates(derived: dict[str, str]) -> dict[str, list[tuple[str, str | None]]] | None:
+    """Every ``derived`` template's pieces (target -> ``_derived_parts``), or None if one is not plain."""
+    out = {}
+    for target, template in derived.items():
+        parts = _derived_parts(template)
+        if parts is None:
+            return None
+        out[target] = parts
+    return out
+
+
+def _derived_literal(parts: list[tuple[str, str | None]], col: dict[str, pa.Array],
+                     strings: Callable[[pa.Array], pa.Array]) -> Any:
+    """``template.format_map(_Blank(row)).strip()`` as JSON text (a column not in the header is empty)."""
+    args: list[Any] = []
+    for literal, name in parts:
+        if literal:
+            args.append(literal)
+        if name is not None:
+            args.append(col[name] if name in col else "")
+    if not any(isinstance(a, pa.Array) for a in args):
+        return orjson.dumps("".join(args).strip()).decode()
+    text = pc.binary_join_element_wise(*args, "") if len(args) > 1 else args[0]
+    return strings(_mapped(text, str.strip))
+
+
+def _identities(m: Any, col: dict[str, pa.Array], need: Callable[[pa.Array], None]) -> pa.Array:
+    """The value each row's profile id comes from (``Mapper._identity``; null: none), rows whose value
+    ``identity_normalize`` rejects marked for map_row (which says why)."""
+    if not m.identity_normalize:
+        return pc.coalesce(*[pc.if_else(pc.equal(col[c], ""), _NULL, col[c]) for c in m.identity])
+    from cdp_ingest.mapping import normalize_identity
+
+    def norm(column: str) -> pa.Array:
+        steps = m.identity_normalize.get(column)
+
+        def one(v: str) -> str | None:
+            if not v:
+                return None
+            if not steps:
+                return v
+            try:
+                return normalize_identity(v, steps, column) or None
+            except RowError:
+                return "\x00"  # rejects the row (map_row says why)
+        return _mapped(col[column], one)
+    ident = pc.coalesce(*[norm(c) for c in m.identity])
+    need(pc.fill_null(pc.not_equal(ident, "\x00"), True))  # (null: no identity, which is not an error here)
+    return ident
+
+
+def _field_literal(mapper: Mapper, leaf: tuple[str, Any], col: dict[str, pa.Array],
+                   need: Callable[[pa.Array], None], strings: Callable[[pa.Array], pa.Array], n: int) -> Any:
+    """A mapped field (``("col", rule)``) or unmapped column as JSON text, whatever its type and check."""
+    what, rule = leaf
+    if what == "col":
+        if rule.type == "DATETIME":
+            return _datetime_literal(mapper, rule, col, need)
+        if rule.validate:  # email or phone, on a STRING field (Mapping refuses others)
+            return _validated_literal(rule, col, need, strings, n)
+    return _leaf_literal(leaf, col, need, strings, n)
 
 
 class FastBatch:
@@ -351,26 +517,24 @@ class EventBatchMapper(_ProfileIds):
 
     kind = "event"
 
-    def __init__(self, mapper: Mapper):
+    def __init__(self, mapper: Mapper, derived: dict[str, list[tuple[str, str | None]]] | None = None):
         self.mapper = mapper
+        self.derived = derived or {}  # target -> [(literal text, column or None)]
         self._plans: dict[tuple[str, ...], Any] = {}
         self._profile_ids: dict[str, str] = {}
 
     @classmethod
     def compile(cls, mapper: Mapper) -> EventBatchMapper | None:
         m = mapper.m
-        if (m.kind != "event" or not m.time_column or m.time_format != "epoch" or m.derived
-                or m.identity_normalize):
+        if m.kind != "event" or not m.time_column or m.time_format not in ("epoch", "iso"):
             return None
-        for r in m.fields:
-            if r.validate or r.type == "DATETIME":
-                return None
         for v in m.defaults.values():
             if isinstance(v, dict | list):
                 return None
         if not m.event_type_column and not (isinstance(m.event_type_value, str) and m.event_type_value.strip()):
             return None
-        return cls(mapper)
+        derived = _derived_templates(m.derived)
+        return cls(mapper, derived) if derived is not None else None
 
     # ---- the plan for one header ----------------------------------------------------------------------
     def _plan(self, names: tuple[str, ...]) -> Any:
@@ -387,6 +551,7 @@ class EventBatchMapper(_ProfileIds):
             mapped = m.source_columns()
             seq.extend((tuple(f"{m.unmapped}.{_safe_key(c)}".split(".")), ("unmapped", c))
                        for c in names if c not in mapped)
+        seq.extend((tuple(t.split(".")), ("derived", t)) for t in m.derived)
         seq.extend((tuple(t.split(".")), ("const", v)) for t, v in m.defaults.items())
         for c in (m.id_column, m.time_column, m.event_type_column, m.session_column, *m.identity):
             if c and c not in names:
@@ -399,7 +564,7 @@ class EventBatchMapper(_ProfileIds):
     @staticmethod
     def _tree(seq: list[tuple[tuple[str, ...], tuple[str, Any]]]) -> dict[str, _Node] | None:
         paths = [p for p, _ in seq]
-        if any(p[0] not in FREE_ROOTS or len(p) < 2 for p in paths) or not _in_order(paths, {}):
+        if any(p[0] not in FREE_ROOTS or len(p) < 2 for p in paths) or not _in_order(paths, SKELETONS["event"]):
             return None
         return _grow(seq)
 
@@ -428,12 +593,16 @@ class EventBatchMapper(_ProfileIds):
             ids_arr = pa.array([deterministic_id(mp.unit_key, first_row + i) for i in range(n)], pa.string())
         id_json = strings(ids_arr)
         tcol = col[m.time_column]
-        tgood = pc.match_substring_regex(tcol, _EPOCH_RE)
-        secs = pc.cast(pc.if_else(tgood, tcol, "0"), pa.int64())
-        need(pc.and_(tgood, pc.less_equal(secs, MAX_EPOCH)))
-        secs = pc.if_else(pc.less_equal(secs, MAX_EPOCH), secs, 0)
-        stamp = pc.cast(pc.cast(secs, pa.timestamp("s")), pa.string())  # "2025-11-01 00:00:00" (strftime: 40x slower)
-        created = pc.binary_join_element_wise('"', pc.utf8_replace_slice(stamp, 10, 11, "T"), '.000000"', "")
+        if m.time_format == "epoch":
+            tgood = pc.match_substring_regex(tcol, _EPOCH_RE)
+            secs = pc.cast(pc.if_else(tgood, tcol, "0"), pa.int64())
+            need(pc.and_(tgood, pc.less_equal(secs, MAX_EPOCH)))
+            micros = pc.multiply(pc.if_else(pc.less_equal(secs, MAX_EPOCH), secs, 0), _MICROS)
+        else:  # ISO 8601 within 1970..3000 in UTC (map_row's window); other forms and zones go to map_row
+            tgood, micros = _utc_micros(tcol, 0, MAX_EPOCH * _MICROS)
+            need(tgood)
+        stamp = _stamps(micros)  # "2025-11-01 00:00:00.000000" (strftime: 40x slower)
+        created = pc.binary_join_element_wise('"', pc.utf8_replace_slice(stamp, 10, 11, "T"), '"', "")
         index = pc.binary_join_element_wise(f"{prefix}event-", pc.utf8_slice_codeunits(stamp, 0, 7), "")
         if m.event_type_column:
             etext = col[m.event_type_column]
@@ -451,8 +620,8 @@ class EventBatchMapper(_ProfileIds):
         profile: Any = "null"
         profile_less: Any = "true"
         if m.identity:
-            ident = pc.coalesce(*[pc.if_else(pc.equal(col[c], ""), _NULL, col[c]) for c in m.identity])
-            need(pc.or_(pc.is_null(ident), pc.less(pc.utf8_length(ident), 1024)))
+            ident = _identities(m, col, need)
+            need(pc.or_kleene(pc.is_null(ident), pc.less(pc.utf8_length(ident), 1024)))  # (or_: null if one is)
             pid = self._profile_id_array(ident)
             profile = pc.if_else(pc.is_null(ident), "null", pc.binary_join_element_wise('{"id":"', pid, '"}', ""))
             profile_less = pc.if_else(pc.is_null(ident), "true", "false")
@@ -465,7 +634,9 @@ class EventBatchMapper(_ProfileIds):
 
         # the mapped values, as JSON objects for each free-form bag
         def value(leaf: tuple[str, Any]) -> Any:  # JSON text (array or scalar) or None = key absent
-            return _leaf_literal(leaf, col, need, strings, n)
+            if leaf[0] == "derived":
+                return _derived_literal(self.derived[leaf[1]], col, strings)
+            return _field_literal(mp, leaf, col, need, strings, n)
 
         bags = {root: _bag_json(node, value) for root, node in plan.items()}
 
@@ -525,8 +696,8 @@ class ProfileBatchMapper(_ProfileIds):
     and the document a new profile gets, for every clean row (see ``split_profile_body``).
 
     Takes: kind ``profile``; any field types, ``validate`` and ``DATETIME`` fields (email and phone checks
-    of printable-ASCII text with Arrow regexes, the rest through the mapper's own ``_value``, once per
-    distinct value), ``derived`` templates of plain ``{column}``
+    of printable-ASCII text with Arrow regexes; DATETIME cells as in ``_datetime_literal``), ``derived``
+    templates of plain ``{column}``
     fields, ``identity_normalize``; defaults that are not objects or lists. Targets must not sit inside
     another target or under a skeleton value that is not an object, and the targets under a new object
     must be listed together (key order). Rows are left to ``map_row`` as in ``EventBatchMapper``."""
@@ -541,23 +712,14 @@ class ProfileBatchMapper(_ProfileIds):
 
     @classmethod
     def compile(cls, mapper: Mapper) -> ProfileBatchMapper | None:
-        import string
-
         m = mapper.m
         if m.kind != "profile":
             return None
         for v in m.defaults.values():
             if isinstance(v, dict | list):
                 return None
-        derived: dict[str, list[tuple[str, str | None]]] = {}
-        for target, template in m.derived.items():
-            parts: list[tuple[str, str | None]] = []
-            for literal, name, spec, conv in string.Formatter().parse(template):
-                if name is not None and (spec or conv or not re.fullmatch(r"[^.\[\]{}!:]+", name or "")):
-                    return None  # attribute/index lookups, conversions and format specs: map_row's
-                parts.append((literal, name))
-            derived[target] = parts
-        return cls(mapper, derived)
+        derived = _derived_templates(m.derived)
+        return cls(mapper, derived) if derived is not None else None
 
     def _plan(self, names: tuple[str, ...]) -> Any:
         if names in self._plans:
@@ -597,29 +759,6 @@ class ProfileBatchMapper(_ProfileIds):
         rows_ok = _Clean(n)
         need, strings = rows_ok.need, rows_ok.strings
 
-        def python(rule: Any) -> pa.Array:  # validate / DATETIME: the mapper's own _value per distinct value
-            def one(text: str) -> str | None:
-                try:
-                    v = mp._value(rule, text)
-                except RowError:
-                    return None
-                return "null" if v is None else orjson.dumps(v, default=str).decode()
-            lit = _mapped(col[rule.column], one)
-            need(pc.is_valid(lit))
-            return pc.if_else(pc.equal(lit, "null"), _NULL, lit)
-
-        def derived(target: str) -> Any:  # template.format_map(_Blank(row)).strip()
-            args: list[Any] = []
-            for literal, name in self.derived[target]:
-                if literal:
-                    args.append(literal)
-                if name is not None:
-                    args.append(col[name] if name in col else "")
-            if not any(isinstance(a, pa.Array) for a in args):
-                return orjson.dumps("".join(args).strip()).decode()
-            text = pc.binary_join_element_wise(*args, "") if len(args) > 1 else args[0]
-            return strings(_mapped(text, str.strip))
-
         cache: dict[int, Any] = {}
 
         def value(leaf: tuple[str, Any]) -> Any:
@@ -629,36 +768,13 @@ class ProfileBatchMapper(_ProfileIds):
                 if what == "const!":  # a default: set even when it is None
                     cache[key] = orjson.dumps(x, default=str).decode()
                 elif what == "derived":
-                    cache[key] = derived(x)
-                elif what == "col" and x.type == "STRING" and x.validate in ("email", "phone"):
-                    cache[key] = _validated_literal(x, col, need, strings, n)
-                elif what == "col" and (x.validate or x.type == "DATETIME"):
-                    cache[key] = python(x)
+                    cache[key] = _derived_literal(self.derived[x], col, strings)
                 else:
-                    cache[key] = _leaf_literal(leaf, col, need, strings, n)
+                    cache[key] = _field_literal(mp, leaf, col, need, strings, n)
             return cache[key]
 
         # the identity and the profile id
-        if m.identity_normalize:
-            from cdp_ingest.mapping import normalize_identity
-
-            def norm(column: str) -> pa.Array:
-                steps = m.identity_normalize.get(column)
-
-                def one(v: str) -> str | None:
-                    if not v:
-                        return None
-                    if not steps:
-                        return v
-                    try:
-                        return normalize_identity(v, steps, column) or None
-                    except RowError:
-                        return "\x00"  # rejects the row (map_row says why)
-                return _mapped(col[column], one)
-            ident = pc.coalesce(*[norm(c) for c in m.identity])
-            need(pc.not_equal(ident, "\x00"))
-        else:
-            ident = pc.coalesce(*[pc.if_else(pc.equal(col[c], ""), _NULL, col[c]) for c in m.identity])
+        ident = _identities(m, col, need)
         need(pc.is_valid(ident))
         need(pc.less(pc.utf8_length(ident), 1024))
         ids_arr = self._profile_id_array(ident)
