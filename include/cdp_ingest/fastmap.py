@@ -150,21 +150,15 @@ def _validated_literal(rule: Any, col: dict[str, pa.Array], need: Callable[[pa.A
     return _leaf_literal(("col", rule), {rule.column: value}, need, strings, n)
 
 
-def _python_literal(mapper: Mapper, rule: Any, col: dict[str, pa.Array], need: Callable[[pa.Array], None],
-                    rows: pa.Array | None = None) -> pa.Array:
-    """A field's JSON text from the mapper's own ``_value``, called once per distinct cell (null = key absent;
-    a cell ``_value`` rejects leaves its row to map_row). ``rows``: only these rows' cells (the others null)."""
+def _python_texts(mapper: Mapper, rule: Any, values: list) -> list[str | None]:
+    """The mapper's own ``_value`` of each cell as JSON text: "null" = key absent, None = rejected."""
     def one(text: str) -> str | None:
         try:
             v = mapper._value(rule, text)
         except RowError:
             return None
         return "null" if v is None else orjson.dumps(v, default=str).decode()
-    text = col[rule.column] if rows is None else pc.if_else(rows, col[rule.column], _NULL)
-    enc = pc.dictionary_encode(text)
-    lit = pc.take(pa.array([one(v) for v in enc.dictionary.to_pylist()], pa.string()), enc.indices)
-    need(pc.is_valid(lit) if rows is None else pc.or_(pc.is_valid(lit), pc.invert(rows)))
-    return pc.if_else(pc.equal(lit, "null"), _NULL, lit)
+    return [one(v) for v in values]
 
 
 # ISO 8601 the way datetime.fromisoformat reads it, narrowed to what Arrow parses the same: a date that may be
@@ -220,20 +214,25 @@ _DATETIME_HI = 253370764800 * _MICROS  # 9999-01-01
 def _datetime_literal(mapper: Mapper, rule: Any, col: dict[str, pa.Array],
                       need: Callable[[pa.Array], None]) -> pa.Array:
     """A ``DATETIME`` field as ``_value`` writes it (``datetime.isoformat()`` in UTC: ``+00:00``, the
-    fraction only when not zero): whole epoch seconds and ISO 8601 text in Arrow, every other cell (empty,
-    ``$D_``, a fractional epoch, other ISO forms, bad text) through ``_python_literal``."""
-    text = col[rule.column]
+    fraction only when not zero), made once per distinct cell: whole epoch seconds and ISO 8601 text in
+    Arrow, every other cell (empty, ``$D_``, a fractional epoch, other ISO forms, bad text) through
+    ``_python_texts``; a cell ``_value`` rejects leaves its row to map_row."""
+    enc = pc.dictionary_encode(col[rule.column])
+    text = enc.dictionary
     epoch = pc.fill_null(pc.match_substring_regex(text, _EPOCH_RE), False)
     secs = pc.cast(pc.if_else(epoch, text, "0"), pa.int64())
     epoch = pc.and_(epoch, pc.less_equal(secs, MAX_EPOCH))
     iso, micros = _utc_micros(text, _DATETIME_LO, _DATETIME_HI)
-    fast = pc.or_(epoch, iso)
+    slow = pc.invert(pc.or_(epoch, iso))
     micros = pc.if_else(epoch, pc.multiply(secs, _MICROS), micros)
     stamp = pc.replace_substring_regex(_stamps(micros), r"\.000000$", "")
     lit = pc.binary_join_element_wise('"', pc.utf8_replace_slice(stamp, 10, 11, "T"), '+00:00"', "")
-    if pc.all(fast).as_py():
-        return lit
-    return pc.if_else(fast, lit, _python_literal(mapper, rule, col, need, rows=pc.invert(fast)))
+    if pc.any(slow).as_py():
+        lit = pc.replace_with_mask(lit, slow, pa.array(_python_texts(mapper, rule, text.filter(slow).to_pylist()),
+                                                       pa.string()))
+    lit = pc.take(lit, enc.indices)
+    need(pc.is_valid(lit))
+    return pc.if_else(pc.equal(lit, "null"), _NULL, lit)
 
 
 def _derived_parts(template: str) -> list[tuple[str, str | None]] | None:
