@@ -4,8 +4,12 @@ same API on a real ``airflow standalone`` where the scheduler completes the jobs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -153,3 +157,55 @@ def test_job_state_comes_from_the_run_and_the_job_document():
     assert (failed["state"], failed["error_code"], failed["error_message"]) == ("failure", "no_data_file", "404")
     died = job_view(run("failed"), None, "x")  # ended without any task recording why
     assert (died["state"], died["error_code"]) == ("failure", "run_failed")
+
+
+@contextlib.contextmanager
+def sqlite_locked(db: Path, seconds: float):
+    """Another connection holds an exclusive lock on the SQLite metadata DB for ``seconds`` (what a scheduler
+    or task runner writing at the same time does, for longer)."""
+    locked = threading.Event()
+
+    def hold() -> None:
+        con = sqlite3.connect(db, timeout=30, isolation_level=None)
+        con.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(seconds)
+        con.execute("ROLLBACK")
+        con.close()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert locked.wait(30)
+    try:
+        yield
+    finally:
+        t.join()
+
+
+@pytest.mark.slow  # ~45 s: locks held 7 and 30 s
+def test_create_waits_out_a_locked_sqlite_metadata_db_then_answers_503(env, client, airflow_db, monkeypatch):
+    """A create that meets the metadata DB locked by another writer is tried again and succeeds once the lock
+    is gone (it answered a bare 500 before); a lock that outlasts every attempt answers 503
+    ``metadata_db_busy`` and leaves no registry entry behind."""
+    from cdp_ingest.datasets.spec import all_datasets
+    from cdp_ingest_airflow import dataset_api
+
+    admin = {"Authorization": f"Bearer {token('admin')}"}
+    db = Path(airflow_db) / "airflow.db"
+    with http_files() as (base, handler):
+        handler.files["/users.csv"] = (b"uid,plan\nu1,free\n", "Wed, 01 Jan 2026 10:00:00 GMT")
+        with sqlite_locked(db, 7):
+            created = client.post(f"{API}/datasets", headers=admin, json={
+                "name": "locked_once", "source": f"{base}/users.csv", "id_column": "uid"})
+        assert created.status_code == 201, created.text
+        assert created.json()["latest_job"]["job_id"] == created.json()["job_id"]
+
+        monkeypatch.setattr(dataset_api, "DB_RETRY_DELAYS", ())  # one attempt (Airflow's DAG sync retries ~15 s)
+        with sqlite_locked(db, 30):
+            refused = client.post(f"{API}/datasets", headers=admin, json={
+                "name": "locked_long", "source": f"{base}/users.csv", "id_column": "uid"})
+        assert refused.status_code == 503, refused.text
+        detail = refused.json()["detail"]
+        assert detail["code"] == "metadata_db_busy" and "stayed locked" in detail["message"]
+        assert "locked_long" not in all_datasets() and "locked_once" in all_datasets()
+        assert client.get(f"{API}/datasets/locked_long", headers=admin).status_code == 404

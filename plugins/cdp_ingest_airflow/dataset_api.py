@@ -26,6 +26,7 @@ The helpers below need Airflow's ORM but no FastAPI; ``create_app`` imports Fast
 import logging
 import re
 import secrets
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,32 @@ log = logging.getLogger(__name__)
 DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
 DAG_FILE = DAGS_DIR / "dataset_sync.py"
 DAG_PREFIX = "dataset_sync_"
+# A write that meets a locked SQLite metadata DB (the single-machine default: the scheduler, the dag-processor
+# and the task runners write to it too) is tried again after these pauses (each attempt also waits out
+# SQLite's own 5 s busy timeout, and Airflow's DAG sync retries its own writes); then the request answers
+# 503 "metadata_db_busy" instead of a bare 500.
+DB_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+
+
+def with_db_retry(session, fn, what: str):
+    """``fn()`` (writes to the metadata DB through ``session``), again after a rollback while the DB is
+    locked (SQLite); a :class:`DatasetError` ``metadata_db_busy`` once ``DB_RETRY_DELAYS`` are used up."""
+    from sqlalchemy.exc import OperationalError
+
+    for attempt, delay in enumerate((*DB_RETRY_DELAYS, None), start=1):
+        try:
+            return fn()
+        except OperationalError as e:
+            if "database is locked" not in str(e).lower():
+                raise
+            session.rollback()
+            if delay is None:
+                raise DatasetError(f"{what}: the Airflow metadata DB stayed locked (SQLite under concurrent "
+                                   f"writers; {attempt} attempt(s)); nothing was changed: try again, or use "
+                                   "PostgreSQL", "metadata_db_busy") from e
+            log.warning("%s: the metadata DB is locked (attempt %d); trying again in %.1f s", what, attempt, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def _store(spec: DatasetSpec):
@@ -233,15 +260,20 @@ def delete(session, spec: DatasetSpec) -> dict[str, Any]:
         raise DatasetError(f"dataset {spec.name} is declared in config/datasets.yaml: remove it there",
                            "declared_in_config")
     removed_file = remove_registry_entry(spec.name)
-    dm = _dag_model(session, spec.dag_id)
-    if dm is not None:
-        dm.is_paused = True
-        session.flush()
-        delete_dag(spec.dag_id, session=session)
-    session.commit()
+
+    def remove_dag() -> bool:
+        dm = _dag_model(session, spec.dag_id)
+        if dm is not None:
+            dm.is_paused = True
+            session.flush()
+            delete_dag(spec.dag_id, session=session)
+        session.commit()
+        return dm is not None
+
+    dag_removed = with_db_retry(session, remove_dag, f"deleting dataset {spec.name}")
     dropped = delete_dataset(_store(spec), spec.name)
     return {"dataset": spec.name, "deleted": True, "registry_entry_removed": removed_file,
-            "dag_removed": dm is not None, **dropped}
+            "dag_removed": dag_removed, **dropped}
 
 
 # ---- the FastAPI app ------------------------------------------------------------------------------------
@@ -260,7 +292,8 @@ def create_app():
 
     @app.exception_handler(DatasetError)
     def dataset_error(request, exc: DatasetError):
-        status = {"not_found": 404, "exists": 409, "declared_in_config": 409, "internal": 500}.get(exc.code, 400)
+        status = {"not_found": 404, "exists": 409, "declared_in_config": 409, "internal": 500,
+                  "metadata_db_busy": 503}.get(exc.code, 400)
         return JSONResponse(status_code=status, content={"detail": {"code": exc.code, "message": exc.message}})
 
     def specs() -> dict[str, DatasetSpec]:
@@ -285,9 +318,12 @@ def create_app():
         decl.update(origin="api", created_at=datetime.now(UTC).isoformat(timespec="seconds"))
         spec = parse_spec(name, decl)
         path = write_registry_entry(spec)
-        try:
+        def register_and_trigger() -> str:
             register_dags(session)
-            job_id = trigger_job(session, spec, force=True, user_name=user.get_name())
+            return trigger_job(session, spec, force=True, user_name=user.get_name())
+
+        try:
+            job_id = with_db_retry(session, register_and_trigger, f"creating dataset {name}")
         except Exception:
             path.unlink(missing_ok=True)
             session.rollback()
@@ -306,7 +342,8 @@ def create_app():
     @app.post("/api/datasets/{name}/sync", status_code=202, dependencies=[can_run])
     def force_sync(name: str, user: GetUserDep, session: SessionDep) -> dict[str, Any]:
         spec = spec_or_404(name)
-        job_id = trigger_job(session, spec, force=True, user_name=user.get_name())
+        job_id = with_db_retry(session, lambda: trigger_job(session, spec, force=True, user_name=user.get_name()),
+                               f"syncing dataset {name}")
         found = get_job(session, {name: spec}, job_id)
         return found or {"job_id": job_id, "dataset": name, "state": QUEUED}
 
