@@ -45,3 +45,18 @@ EDGES = ["3000-01-01T00:00:00", "3000-01-01T00:00:00.5", "3000-01-01T00:59:00+01
          "9998-12-31T23:59:59.999999", "9999-01-01T00:00:00", "9998-12-31T23:59:00-00:01", "9999-12-31T23:59:59",
          "32503680000", "32503680001", "0", "00", "01761955200", "2025-11-01T10:00:00.000001",
          "1969-12-31T23:59:59.999999"]
+
+
+def epoch_ms_cell(rnd: random.Random) -> str:
+    """Epoch milliseconds: mostly whole and before 2**33 s (where ``float(ms) / 1000`` is exact to the
+    microsecond), and at that bound, past it up to year 3000 and beyond, fractional, signed or padded."""
+    shape = rnd.random()
+    bound = 2**33 * 1000
+    if shape < 0.6:
+        return str(rnd.randrange(0, bound))
+    if shape < 0.7:
+        return str(bound + rnd.randrange(-3, 3))
+    if shape < 0.8:
+        return str(rnd.randrange(bound, 32503680000000 + 5))
+    return rnd.choice(["0", "32503680000000", "32503679999999", "32503680000001", "1761955200123.5", "-1",
+                       " 1761955200123", "01761955200123", "1e12", "", "$D_1761955200", "99999999999999"])

@@ -8,17 +8,17 @@ mapping once into a JSON template and fills it for a whole batch with Arrow kern
 row costs no per-row interpretation at all.
 
 It only takes what it can reproduce exactly; everything else goes to ``map_row``:
-- mappings: kind ``event`` with ``time.format`` ``epoch`` or ``iso``, ``derived`` templates of plain
+- mappings: kind ``event`` with ``time.format`` ``epoch``, ``epoch_ms`` or ``iso``, ``derived`` templates of plain
   ``{column}`` fields, defaults that are not objects or lists, targets under the event's free-form bags
   only (properties, traits, context, ...), no target inside another, and the targets under any one object
   listed together (so keys keep the order ``map_row`` gives them). Otherwise ``compile`` returns None.
   ``validate`` fields (e-mail/phone: Arrow regexes), ``DATETIME`` fields (``_datetime_literal``) and
   ``identity_normalize`` (once per distinct value) are taken.
-- rows: any cell the fast path cannot prove clean (a time that is not whole epoch seconds, or ISO 8601
-  in a form Arrow reads like ``datetime.fromisoformat``, in range; an id with surrounding whitespace or
-  non-ASCII, a typed value not in its plain form, a ``$D_`` cell, a control character, a required cell
-  that is empty, a too-long identity, a reader error) sends that row alone through ``map_row``, which
-  maps it or rejects it with its usual message.
+- rows: any cell the fast path cannot prove clean (a time that is not whole epoch seconds, whole epoch
+  milliseconds before 2242, or ISO 8601 in a form Arrow reads like ``datetime.fromisoformat``, in range;
+  an id with surrounding whitespace or non-ASCII, a typed value not in its plain form, a ``$D_`` cell, a
+  control character, a required cell that is empty, a too-long identity, a reader error) sends that row
+  alone through ``map_row``, which maps it or rejects it with its usual message.
 The documents are byte for byte what ``map_row`` + ``pipeline.mapped_to_stage_row`` produce (tests
 compare both paths on the same rows).
 
@@ -168,6 +168,7 @@ _ISO_RE = (r"^(?P<local>[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
            r"(?:[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?)?)"
            r"(?P<zone>Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?$")
 _MICROS = 1_000_000
+_EXACT_MS = 2**33 * 1000  # epoch milliseconds below this: map_row's float(ms) / 1000 rounds to ms * 1000 µs
 _EPOCH_DAY0 = "1970-01-01"
 
 
@@ -525,7 +526,7 @@ class EventBatchMapper(_ProfileIds):
     @classmethod
     def compile(cls, mapper: Mapper) -> EventBatchMapper | None:
         m = mapper.m
-        if m.kind != "event" or not m.time_column or m.time_format not in ("epoch", "iso"):
+        if m.kind != "event" or not m.time_column or m.time_format not in ("epoch", "epoch_ms", "iso"):
             return None
         for v in m.defaults.values():
             if isinstance(v, dict | list):
@@ -597,6 +598,12 @@ class EventBatchMapper(_ProfileIds):
             secs = pc.cast(pc.if_else(tgood, tcol, "0"), pa.int64())
             need(pc.and_(tgood, pc.less_equal(secs, MAX_EPOCH)))
             micros = pc.multiply(pc.if_else(pc.less_equal(secs, MAX_EPOCH), secs, 0), _MICROS)
+        elif m.time_format == "epoch_ms":  # whole ms before 2**33 s (year 2242), where map_row's
+            tgood = pc.match_substring_regex(tcol, r"^[0-9]{1,13}$")  # float(ms) / 1000 is ms * 1000 µs
+            ms = pc.cast(pc.if_else(tgood, tcol, "0"), pa.int64())
+            tgood = pc.and_(tgood, pc.less(ms, _EXACT_MS))
+            need(tgood)
+            micros = pc.multiply(pc.if_else(tgood, ms, 0), 1000)
         else:  # ISO 8601 within 1970..3000 in UTC (map_row's window); other forms and zones go to map_row
             tgood, micros = _utc_micros(tcol, 0, MAX_EPOCH * _MICROS)
             need(tgood)
