@@ -166,7 +166,9 @@ def test_another_mapping_defaults_nested_targets_and_types(tmp_path):
 @pytest.mark.parametrize("change", [{"derived": {"traits.x": "{email!r}"}}, {"derived": {"traits.x": "{email:>9}"}},
                                     {"time": {"column": "ts", "format": "%Y-%m-%d"}},
                                     {"defaults": {"traits.x": {"a": 1}}},
-                                    {"fields": {"page": "metadata.channel"}}])
+                                    {"fields": {"page": "tags.values"}},
+                                    {"fields": {"page": "metadata.time.x"}},
+                                    {"fields": {"page": "metadata.profile_less"}}])
 def test_mappings_it_cannot_reproduce_stay_on_the_row_path(change):
     raw = {"kind": "event", "id_column": "insert_id", "identity": ["email"], "time": {"column": "ts"},
            "event_type": {"column": "event"}, "fields": {"page": "properties.page"}, **change}
@@ -401,3 +403,67 @@ def test_iso_mapping_imports_leave_the_same_events_both_ways(opensearch, tmp_pat
     assert fast_counts[1] == len(fast_docs) > 150
     assert fast_docs == row_docs
     assert all(regex.fullmatch(r"event-\d{4}-\d\d", index) for index, _ in fast_docs.values())
+
+
+SESSIONS = Path(__file__).resolve().parents[1] / "include" / "cdp_ingest" / "mappings" / "demo-sessions.yaml"
+SESSION_HEADER = ["session_id", "email", "started_at", "channel", "device", "os", "browser", "utm_source",
+                  "utm_campaign"]
+
+
+def test_demo_session_file_matches_and_takes_the_columnar_path(tmp_path, monkeypatch):
+    """The demo session mapping (ISO times, ``metadata.channel``) maps sessions columnar: the same documents
+    and error file as row by row, and only the rejected rows go through map_row."""
+    path = tmp_path / "sessions.csv"
+    exp = sample.write_sessions(path, 3000, profiles=300)
+    items, counts, errors = same(Mapping.load(SESSIONS), path, tmp_path, batch_rows=500)
+    assert counts == (exp.rows, exp.rows - exp.bad, exp.bad, ["session"])
+    assert errors.count("\n") == exp.bad + 1
+    calls = []
+    real = Mapper.map_row
+    monkeypatch.setattr(Mapper, "map_row", lambda self, row, ref: calls.append(ref) or real(self, row, ref))
+    run(Mapping.load(SESSIONS), path, tmp_path, fast=True, batch_rows=500)
+    assert len(calls) == exp.bad
+    doc = orjson.loads(items[1][4])
+    assert items[1][2] == "p-session" and doc["metadata"]["channel"] == "web" and doc["profile"]["id"]
+    assert doc["metadata"]["time"] == {"insert": "2025-11-02T01:01:00.000000", "update": None,
+                                       "timestamp": 1762045260.0, "duration": 0, "weekday": 6}  # a Sunday
+
+
+@pytest.mark.parametrize("time", [{"column": "started_at", "format": "iso"}, {"column": "started_at"},
+                                  {"column": "started_at", "format": "epoch_ms"}, None])
+def test_session_mappings_match_the_row_path_on_random_values(tmp_path, monkeypatch, time):
+    """Sessions with random time cells (ISO, epoch seconds or milliseconds; fractions go row by row: a
+    fractional ``timestamp`` is orjson's float text), or without a time column (map_row's own time), with
+    normalised identities, a defaulted ``metadata.channel`` and a ``metadata.status``: the same documents,
+    counts and error file both ways."""
+    rnd = random.Random(21)
+    mapping = Mapping.from_dict({
+        "kind": "session", "id_column": "session_id", "identity": ["email"],
+        "identity_normalize": {"email": ["trim", "lower"]}, **({"time": time} if time else {}),
+        "fields": {"channel": {"target": "metadata.channel", "default": "unknown"},
+                   "device": "device.type", "os": {"target": "metadata.status"}, "browser": "app.name",
+                   "utm_source": {"target": "utm.source", "type": "DATETIME"}},
+        "unmapped": "properties"}, name="sessions")
+
+    def when() -> str:
+        fmt = (time or {}).get("format", "epoch")
+        if fmt == "iso":
+            return time_cell(rnd, 0.7)
+        if fmt == "epoch_ms":  # (whole seconds mostly: the others go row by row)
+            return rnd.choice([str(rnd.randrange(0, 2**33) * 1000), epoch_ms_cell(rnd)])
+        return rnd.choice(
+            [str(rnd.randrange(0, 4102444800)), *EDGES[-8:], "1761955200.5", ""])
+    rows = [[f"s-{i}", rnd.choice(["", "A@x.org", " b@x.org "]), when(), rnd.choice(["", "web"]),
+             rnd.choice(["mobile", ""]), rnd.choice(["", "open"]), "x", time_cell(rnd, 0.8), rnd.choice(["", "c"])]
+            for i in range(2000)]
+    path = write(tmp_path / "s.csv", SESSION_HEADER, rows)
+    items, counts, _ = same(mapping, path, tmp_path, batch_rows=256)
+    assert counts[1] > 400
+    calls: list[int] = []
+    real = Mapper.map_row
+    monkeypatch.setattr(Mapper, "map_row", lambda self, row, ref: calls.append(ref) or real(self, row, ref))
+    run(mapping, path, tmp_path, fast=True, batch_rows=256)
+    assert counts[0] - len(calls) > 300  # rows mapped columnar (every rejected row goes through map_row)
+    docs = [orjson.loads(body) for *_, body in items]
+    assert {d["metadata"]["channel"] for d in docs} == {"unknown", "web"}
+    assert {d["metadata"]["status"] for d in docs} == {"completed", "open"}

@@ -1,4 +1,4 @@
-"""Columnar event and profile mapping: a whole CSV batch mapped and serialised with Arrow compute.
+"""Columnar event, session and profile mapping: a whole CSV batch mapped and serialised with Arrow compute.
 
 ``Mapper.map_row`` interprets the mapping field by field for every row and builds a dict that
 orjson serialises; at ~16 µs per row that Python work was the engine's largest share of CPU, taken
@@ -8,10 +8,11 @@ mapping once into a JSON template and fills it for a whole batch with Arrow kern
 row costs no per-row interpretation at all.
 
 It only takes what it can reproduce exactly; everything else goes to ``map_row``:
-- mappings: kind ``event`` with ``time.format`` ``epoch``, ``epoch_ms`` or ``iso``, ``derived`` templates of plain
-  ``{column}`` fields, defaults that are not objects or lists, targets under the event's free-form bags
-  only (properties, traits, context, ...), no target inside another, and the targets under any one object
-  listed together (so keys keep the order ``map_row`` gives them). Otherwise ``compile`` returns None.
+- mappings: kind ``event`` or ``session`` with ``time.format`` ``epoch``, ``epoch_ms`` or ``iso``, ``derived``
+  templates of plain ``{column}`` fields, defaults that are not objects or lists, targets under the
+  free-form bags only (properties, traits, context, ...) or a plain ``metadata`` value (``metadata.channel``),
+  no target inside another, and the targets under any one new object listed together (so keys keep the
+  order ``map_row`` gives them). Otherwise ``compile`` returns None.
   ``validate`` fields (e-mail/phone: Arrow regexes), ``DATETIME`` fields (``_datetime_literal``) and
   ``identity_normalize`` (once per distinct value) are taken.
 - rows: any cell the fast path cannot prove clean (a time that is not whole epoch seconds, whole epoch
@@ -45,9 +46,10 @@ from cdp_ingest.documents import NOW_MARK, SKELETONS, deterministic_id
 from cdp_ingest.errors import RowError
 from cdp_ingest.mapping import _IDENTITY_PREFIX, PHONE_STRIP_CHARS, Mapper, _safe_key
 
-# Event skeleton keys that are empty objects no later step of map_row touches.
+# Event and session skeleton keys that are empty objects no later step of map_row touches.
 FREE_ROOTS = frozenset({"properties", "traits", "context", "device", "os", "app", "utm", "hit", "data", "aux",
                         "request", "config"})
+SESSION_ROOTS = frozenset({"properties", "traits", "context", "device", "os", "app", "utm", "aux"})
 _NEEDS_ESCAPE = r'["\\]'
 _CONTROL = r"[\x00-\x1f]"
 _INT_RE = r"^-?[0-9]{1,18}$"
@@ -513,12 +515,14 @@ class _ProfileIds:
 
 
 class EventBatchMapper(_ProfileIds):
-    """Maps whole batches for one event ``Mapper`` (see module doc); ``compile`` it per mapping."""
-
-    kind = "event"
+    """Maps whole batches for one event or session ``Mapper`` (see module doc); ``compile`` it per mapping.
+    A session's document is the event's without type, name, source or session; its time goes to
+    ``metadata.time`` (insert, timestamp, weekday), taken here when it is whole seconds."""
 
     def __init__(self, mapper: Mapper, derived: dict[str, list[tuple[str, str | None]]] | None = None):
         self.mapper = mapper
+        self.kind = mapper.m.kind
+        self.roots = FREE_ROOTS if self.kind == "event" else SESSION_ROOTS
         self.derived = derived or {}  # target -> [(literal text, column or None)]
         self._plans: dict[tuple[str, ...], Any] = {}
         self._profile_ids: dict[str, str] = {}
@@ -526,12 +530,15 @@ class EventBatchMapper(_ProfileIds):
     @classmethod
     def compile(cls, mapper: Mapper) -> EventBatchMapper | None:
         m = mapper.m
-        if m.kind != "event" or not m.time_column or m.time_format not in ("epoch", "epoch_ms", "iso"):
+        if m.kind not in ("event", "session") or m.time_format not in ("epoch", "epoch_ms", "iso"):
+            return None
+        if m.kind == "event" and not m.time_column:  # (map_row's own time for all: sessions only)
             return None
         for v in m.defaults.values():
             if isinstance(v, dict | list):
                 return None
-        if not m.event_type_column and not (isinstance(m.event_type_value, str) and m.event_type_value.strip()):
+        if m.kind == "event" and not m.event_type_column and not (
+                isinstance(m.event_type_value, str) and m.event_type_value.strip()):
             return None
         derived = _derived_templates(m.derived)
         return cls(mapper, derived) if derived is not None else None
@@ -561,12 +568,34 @@ class EventBatchMapper(_ProfileIds):
         self._plans[names] = plan
         return plan
 
-    @staticmethod
-    def _tree(seq: list[tuple[tuple[str, ...], tuple[str, Any]]]) -> dict[str, _Node] | None:
+    def _tree(self, seq: list[tuple[tuple[str, ...], tuple[str, Any]]]) -> dict[str, _Node] | None:
         paths = [p for p, _ in seq]
-        if any(p[0] not in FREE_ROOTS or len(p) < 2 for p in paths) or not _in_order(paths, SKELETONS["event"]):
-            return None
-        return _grow(seq)
+        meta = SKELETONS[self.kind]["metadata"]
+        for p in paths:  # under a free-form bag, or a plain value of metadata map_row does not set itself
+            if len(p) < 2 or p[0] not in self.roots and not (
+                    p[0] == "metadata" and len(p) == 2 and p[1] in meta and not isinstance(meta[p[1]], dict)
+                    and p[1] != "profile_less"):
+                return None
+        return _grow(seq) if _in_order(paths, SKELETONS[self.kind]) else None
+
+    @staticmethod
+    def _fill(doc: dict, plan: dict[str, _Node], value: Callable[[tuple[str, Any]], Any],
+              slot: Callable[[Any], str]) -> None:
+        """The mapped values into ``doc`` (a skeleton): each free-form bag as one object, and each
+        ``metadata`` value in its place (the skeleton's value where a row has none)."""
+        for root, node in plan.items():
+            if root == "metadata":
+                for key, leaf in node.children.items():
+                    assert not isinstance(leaf, _Node)
+                    v = value(leaf)
+                    here = orjson.dumps(doc["metadata"][key]).decode()
+                    if v is not None:
+                        doc["metadata"][key] = slot(v if isinstance(v, str) else pc.coalesce(v, pa.scalar(here)))
+                continue
+            content = _bag_json(node, value)
+            doc[root] = slot("{}" if content is None else
+                             pc.binary_join_element_wise("{", content, "}", "") if not isinstance(content, str)
+                             else "{" + content + "}")
 
     # ---- one batch ----------------------------------------------------------------------------------
     def map_batch(self, batch: pa.RecordBatch, first_row: int, prefix: str, import_id: str,
@@ -592,8 +621,8 @@ class EventBatchMapper(_ProfileIds):
         else:
             ids_arr = pa.array([deterministic_id(mp.unit_key, first_row + i) for i in range(n)], pa.string())
         id_json = strings(ids_arr)
-        tcol = col[m.time_column]
-        if m.time_format == "epoch":
+        tcol = col[m.time_column] if m.time_column else pa.array(["0"] * n, pa.string())  # (sessions: now)
+        if m.time_format == "epoch" or not m.time_column:
             tgood = pc.match_substring_regex(tcol, _EPOCH_RE)
             secs = pc.cast(pc.if_else(tgood, tcol, "0"), pa.int64())
             need(pc.and_(tgood, pc.less_equal(secs, MAX_EPOCH)))
@@ -609,6 +638,9 @@ class EventBatchMapper(_ProfileIds):
             need(tgood)
         stamp = _stamps(micros)  # "2025-11-01 00:00:00.000000" (strftime: 40x slower)
         created = pc.binary_join_element_wise('"', pc.utf8_replace_slice(stamp, 10, 11, "T"), '"', "")
+        if self.kind == "session":
+            return self._sessions(batch, first_row, prefix, import_id, skip, plan, col, rows_ok, ids_arr, id_json,
+                                  micros, created)
         index = pc.binary_join_element_wise(f"{prefix}event-", pc.utf8_slice_codeunits(stamp, 0, 7), "")
         if m.event_type_column:
             etext = col[m.event_type_column]
@@ -644,8 +676,6 @@ class EventBatchMapper(_ProfileIds):
                 return _derived_literal(self.derived[leaf[1]], col, strings)
             return _field_literal(mp, leaf, col, need, strings, n)
 
-        bags = {root: _bag_json(node, value) for root, node in plan.items()}
-
         # the template: the skeleton as map_row + mapped_to_stage_row leave it, with slots
         slots: list[Any] = []
 
@@ -656,10 +686,7 @@ class EventBatchMapper(_ProfileIds):
         doc = orjson.loads(orjson.dumps(SKELETONS["event"]))
         doc["id"] = slot(id_json)
         doc["metadata"]["time"]["insert"] = mp._now_iso
-        for root, content in bags.items():
-            doc[root] = slot("{}" if content is None else
-                             pc.binary_join_element_wise("{", content, "}", "") if not isinstance(content, str)
-                             else "{" + content + "}")
+        self._fill(doc, plan, value, slot)
         doc["type"] = slot(etype)
         doc["name"] = slot(ename)
         doc["metadata"]["time"]["create"] = slot(created)
@@ -677,6 +704,58 @@ class EventBatchMapper(_ProfileIds):
             if 0 <= i < n:
                 ok_list[i] = False
         return FastBatch(ok_list, index, ids_arr, bodies)
+
+    def _sessions(self, batch: pa.RecordBatch, first_row: int, prefix: str, import_id: str, skip: Collection[int],
+                  plan: dict[str, _Node], col: dict[str, pa.Array], rows_ok: _Clean, ids_arr: pa.Array,
+                  id_json: pa.Array, micros: pa.Array, created: pa.Array) -> FastBatch:
+        """``map_batch`` for a session mapping, from the id and the time columns on (see the class doc)."""
+        mp = self.mapper
+        m = mp.m
+        n = batch.num_rows
+        need, strings = rows_ok.need, rows_ok.strings
+        profile: Any = '{"id":null}'
+        if m.identity:
+            ident = _identities(m, col, need)
+            need(pc.or_kleene(pc.is_null(ident), pc.less(pc.utf8_length(ident), 1024)))  # (or_: null if one is)
+            pid = self._profile_id_array(ident)
+            profile = pc.if_else(pc.is_null(ident), profile, pc.binary_join_element_wise('{"id":"', pid, '"}', ""))
+        rows = pc.cast(pa.array(range(first_row, first_row + n), pa.int64()), pa.string())
+
+        def value(leaf: tuple[str, Any]) -> Any:  # JSON text (array or scalar) or None = key absent
+            if leaf[0] == "derived":
+                return _derived_literal(self.derived[leaf[1]], col, strings)
+            return _field_literal(mp, leaf, col, need, strings, n)
+
+        slots: list[Any] = []
+
+        def slot(x: Any) -> str:
+            slots.append(x)
+            return _MARK % (len(slots) - 1)
+
+        doc = orjson.loads(orjson.dumps(SKELETONS["session"]))
+        doc["id"] = slot(id_json)
+        self._fill(doc, plan, value, slot)
+        doc["profile"] = slot(profile)
+        times = doc["metadata"]["time"]
+        if m.time_column:  # whole seconds only: timestamp() is then "<seconds>.0" as orjson writes a float
+            secs = pc.divide(micros, _MICROS)  # (integers: truncated; micros >= 0)
+            need(pc.equal(pc.multiply(secs, _MICROS), micros))
+            times["timestamp"] = slot(pc.binary_join_element_wise(pc.cast(secs, pa.string()), ".0", ""))
+            times["weekday"] = slot(pc.cast(pc.day_of_week(pc.cast(micros, pa.timestamp("us"))), pa.string()))
+            times["insert"] = slot(created)
+        else:  # map_row's own time, the same for every row
+            times["timestamp"] = mp.now.timestamp()
+            times["weekday"] = mp.now.weekday()
+            times["insert"] = mp.now.replace(tzinfo=None).isoformat(timespec="microseconds")
+        doc["metadata"]["aux"]["cdp"] = {"import_id": import_id, "row": slot(rows)}
+        parts = _SLOT_RE.split(orjson.dumps(doc).decode())
+        bodies = pc.cast(pc.binary_join_element_wise(
+            *[slots[int(x)] if k % 2 else x for k, x in enumerate(parts)], ""), pa.binary())
+        ok_list = rows_ok.ok.to_pylist()
+        for i in skip:
+            if 0 <= i < n:
+                ok_list[i] = False
+        return FastBatch(ok_list, [f"{prefix}session"] * n, ids_arr, bodies)
 
 
 # ---- profiles -------------------------------------------------------------------------------------------
