@@ -391,6 +391,25 @@ def _grow(seq: list[tuple[tuple[str, ...], tuple[str, Any]]]) -> dict[str, _Node
     return roots
 
 
+class _Template:
+    """A document whose per-row values are slots (``slot(value)`` puts one in); ``pieces`` cuts its JSON into
+    constant text and those values, for ``pc.binary_join_element_wise``."""
+
+    def __init__(self) -> None:
+        self.slots: list[Any] = []
+
+    def slot(self, x: Any) -> str:
+        self.slots.append(x)
+        return _MARK % (len(self.slots) - 1)
+
+    def pieces(self, doc: dict) -> list[Any]:
+        parts = _SLOT_RE.split(orjson.dumps(doc).decode())  # constant text, slot number, constant text, ...
+        return [self.slots[int(x)] if k % 2 else x for k, x in enumerate(parts)]
+
+    def bodies(self, doc: dict) -> pa.Array:
+        return pc.cast(pc.binary_join_element_wise(*self.pieces(doc), ""), pa.binary())
+
+
 class _Clean:
     """Which rows of a batch the columnar path can still reproduce exactly (``ok``)."""
 
@@ -399,6 +418,14 @@ class _Clean:
 
     def need(self, mask: pa.Array) -> None:
         self.ok = pc.and_(self.ok, pc.fill_null(mask, False))
+
+    def done(self, skip: Collection[int] = ()) -> list[bool]:
+        """``ok`` as a list, with the rows in ``skip`` (the reader's bad rows) not ok either."""
+        ok = self.ok.to_pylist()
+        for i in skip:
+            if 0 <= i < len(ok):
+                ok[i] = False
+        return ok
 
     def strings(self, arr: pa.Array) -> pa.Array:
         """JSON string literals of ``arr``; rows with a control character are no longer clean."""
@@ -655,14 +682,9 @@ class EventBatchMapper(_ProfileIds):
             etype = orjson.dumps(m.event_type_value).decode()
             v = m.event_type_value or ""
             ename = orjson.dumps(v.replace("-", " ").replace("_", " ").capitalize()).decode()
-        profile: Any = "null"
-        profile_less: Any = "true"
-        if m.identity:
-            ident = _identities(m, col, need)
-            need(pc.or_kleene(pc.is_null(ident), pc.less(pc.utf8_length(ident), 1024)))  # (or_: null if one is)
-            pid = self._profile_id_array(ident)
-            profile = pc.if_else(pc.is_null(ident), "null", pc.binary_join_element_wise('{"id":"', pid, '"}', ""))
-            profile_less = pc.if_else(pc.is_null(ident), "true", "false")
+        profile: Any = self._profile_json(col, need)
+        profile_less: Any = "true" if profile is None else pc.if_else(pc.is_null(profile), "true", "false")
+        profile = "null" if profile is None else pc.fill_null(profile, "null")
         session: Any = "null"
         if m.session_column:
             scol = col[m.session_column]
@@ -670,23 +692,13 @@ class EventBatchMapper(_ProfileIds):
                 '{"id":', strings(scol), ',"start":null,"duration":0,"tz":"utc"}', ""))
         rows = pc.cast(pa.array(range(first_row, first_row + n), pa.int64()), pa.string())
 
-        # the mapped values, as JSON objects for each free-form bag
-        def value(leaf: tuple[str, Any]) -> Any:  # JSON text (array or scalar) or None = key absent
-            if leaf[0] == "derived":
-                return _derived_literal(self.derived[leaf[1]], col, strings)
-            return _field_literal(mp, leaf, col, need, strings, n)
-
         # the template: the skeleton as map_row + mapped_to_stage_row leave it, with slots
-        slots: list[Any] = []
-
-        def slot(x: Any) -> str:
-            slots.append(x)
-            return _MARK % (len(slots) - 1)
-
+        tpl = _Template()
+        slot = tpl.slot
         doc = orjson.loads(orjson.dumps(SKELETONS["event"]))
         doc["id"] = slot(id_json)
         doc["metadata"]["time"]["insert"] = mp._now_iso
-        self._fill(doc, plan, value, slot)
+        self._fill(doc, plan, self._values(col, rows_ok, n), slot)
         doc["type"] = slot(etype)
         doc["name"] = slot(ename)
         doc["metadata"]["time"]["create"] = slot(created)
@@ -695,15 +707,27 @@ class EventBatchMapper(_ProfileIds):
         doc["metadata"]["profile_less"] = slot(profile_less)
         doc["session"] = slot(session)
         doc["metadata"]["aux"]["cdp"] = {"import_id": import_id, "row": slot(rows)}
-        text = orjson.dumps(doc).decode()
-        parts = _SLOT_RE.split(text)  # constant text, slot number, constant text, ...
-        pieces: list[Any] = [slots[int(x)] if k % 2 else x for k, x in enumerate(parts)]
-        bodies = pc.cast(pc.binary_join_element_wise(*pieces, ""), pa.binary())
-        ok_list = rows_ok.ok.to_pylist()
-        for i in skip:
-            if 0 <= i < n:
-                ok_list[i] = False
-        return FastBatch(ok_list, index, ids_arr, bodies)
+        return FastBatch(rows_ok.done(skip), index, ids_arr, tpl.bodies(doc))
+
+    def _profile_json(self, col: dict[str, pa.Array], need: Callable[[pa.Array], None]) -> pa.Array | None:
+        """``{"id":"<profile id>"}`` per row, null for a row without an identity (None: the mapping has none)."""
+        m = self.mapper.m
+        if not m.identity:
+            return None
+        ident = _identities(m, col, need)
+        need(pc.or_kleene(pc.is_null(ident), pc.less(pc.utf8_length(ident), 1024)))  # (or_: null if one is)
+        pid = self._profile_id_array(ident)
+        return pc.if_else(pc.is_null(ident), _NULL, pc.binary_join_element_wise('{"id":"', pid, '"}', ""))
+
+    def _values(self, col: dict[str, pa.Array], rows_ok: _Clean, n: int) -> Callable[[tuple[str, Any]], Any]:
+        """A mapped value (leaf) as JSON text, an array or a constant; None = key absent in every row."""
+        mp, need, strings = self.mapper, rows_ok.need, rows_ok.strings
+
+        def value(leaf: tuple[str, Any]) -> Any:
+            if leaf[0] == "derived":
+                return _derived_literal(self.derived[leaf[1]], col, strings)
+            return _field_literal(mp, leaf, col, need, strings, n)
+        return value
 
     def _sessions(self, batch: pa.RecordBatch, first_row: int, prefix: str, import_id: str, skip: Collection[int],
                   plan: dict[str, _Node], col: dict[str, pa.Array], rows_ok: _Clean, ids_arr: pa.Array,
@@ -712,30 +736,15 @@ class EventBatchMapper(_ProfileIds):
         mp = self.mapper
         m = mp.m
         n = batch.num_rows
-        need, strings = rows_ok.need, rows_ok.strings
-        profile: Any = '{"id":null}'
-        if m.identity:
-            ident = _identities(m, col, need)
-            need(pc.or_kleene(pc.is_null(ident), pc.less(pc.utf8_length(ident), 1024)))  # (or_: null if one is)
-            pid = self._profile_id_array(ident)
-            profile = pc.if_else(pc.is_null(ident), profile, pc.binary_join_element_wise('{"id":"', pid, '"}', ""))
+        need = rows_ok.need
+        profile = self._profile_json(col, need)
         rows = pc.cast(pa.array(range(first_row, first_row + n), pa.int64()), pa.string())
-
-        def value(leaf: tuple[str, Any]) -> Any:  # JSON text (array or scalar) or None = key absent
-            if leaf[0] == "derived":
-                return _derived_literal(self.derived[leaf[1]], col, strings)
-            return _field_literal(mp, leaf, col, need, strings, n)
-
-        slots: list[Any] = []
-
-        def slot(x: Any) -> str:
-            slots.append(x)
-            return _MARK % (len(slots) - 1)
-
+        tpl = _Template()
+        slot = tpl.slot
         doc = orjson.loads(orjson.dumps(SKELETONS["session"]))
         doc["id"] = slot(id_json)
-        self._fill(doc, plan, value, slot)
-        doc["profile"] = slot(profile)
+        self._fill(doc, plan, self._values(col, rows_ok, n), slot)
+        doc["profile"] = slot('{"id":null}' if profile is None else pc.fill_null(profile, '{"id":null}'))
         times = doc["metadata"]["time"]
         if m.time_column:  # whole seconds only: timestamp() is then "<seconds>.0" as orjson writes a float
             secs = pc.divide(micros, _MICROS)  # (integers: truncated; micros >= 0)
@@ -748,14 +757,7 @@ class EventBatchMapper(_ProfileIds):
             times["weekday"] = mp.now.weekday()
             times["insert"] = mp.now.replace(tzinfo=None).isoformat(timespec="microseconds")
         doc["metadata"]["aux"]["cdp"] = {"import_id": import_id, "row": slot(rows)}
-        parts = _SLOT_RE.split(orjson.dumps(doc).decode())
-        bodies = pc.cast(pc.binary_join_element_wise(
-            *[slots[int(x)] if k % 2 else x for k, x in enumerate(parts)], ""), pa.binary())
-        ok_list = rows_ok.ok.to_pylist()
-        for i in skip:
-            if 0 <= i < n:
-                ok_list[i] = False
-        return FastBatch(ok_list, [f"{prefix}session"] * n, ids_arr, bodies)
+        return FastBatch(rows_ok.done(skip), [f"{prefix}session"] * n, ids_arr, tpl.bodies(doc))
 
 
 # ---- profiles -------------------------------------------------------------------------------------------
@@ -879,12 +881,8 @@ class ProfileBatchMapper(_ProfileIds):
             ops = "[]"
 
         # the new document: the skeleton with the values set into it
-        slots: list[Any] = []
-
-        def slot(x: Any) -> str:
-            slots.append(x)
-            return _MARK % (len(slots) - 1)
-
+        tpl = _Template()
+        slot = tpl.slot
         doc = orjson.loads(orjson.dumps(SKELETONS["profile"]))
         id_json = strings(ids_arr)
         doc["id"] = slot(id_json)
@@ -895,12 +893,6 @@ class ProfileBatchMapper(_ProfileIds):
                                                              pa.string()))}
         for root, node in tree.items():
             doc[root] = slot(_render_json(doc[root], node, value))
-        text = orjson.dumps(doc).decode()
-        pieces: list[Any] = [slots[int(x)] if k % 2 else x for k, x in enumerate(_SLOT_RE.split(text))]
-        pieces = [NEW_HEAD.decode(), *pieces, OPS_CUT.decode()[:-1], ops, "}"]
+        pieces = [NEW_HEAD.decode(), *tpl.pieces(doc), OPS_CUT.decode()[:-1], ops, "}"]
         bodies = pc.cast(pc.binary_join_element_wise(*pieces, ""), pa.binary())
-        ok_list = rows_ok.ok.to_pylist()
-        for i in skip:
-            if 0 <= i < n:
-                ok_list[i] = False
-        return FastBatch(ok_list, [f"{prefix}profile"] * n, ids_arr, bodies)
+        return FastBatch(rows_ok.done(skip), [f"{prefix}profile"] * n, ids_arr, bodies)
