@@ -615,9 +615,9 @@ class EventBatchMapper(_ProfileIds):
                 for key, leaf in node.children.items():
                     assert not isinstance(leaf, _Node)
                     v = value(leaf)
-                    here = orjson.dumps(doc["metadata"][key]).decode()
-                    if v is not None:
-                        doc["metadata"][key] = slot(v if isinstance(v, str) else pc.coalesce(v, pa.scalar(here)))
+                    if v is not None:  # (a row without one keeps the skeleton's value)
+                        here = pa.scalar(orjson.dumps(doc["metadata"][key]).decode())
+                        doc["metadata"][key] = slot(v if isinstance(v, str) else pc.coalesce(v, here))
                 continue
             content = _bag_json(node, value)
             doc[root] = slot("{}" if content is None else
@@ -648,26 +648,13 @@ class EventBatchMapper(_ProfileIds):
         else:
             ids_arr = pa.array([deterministic_id(mp.unit_key, first_row + i) for i in range(n)], pa.string())
         id_json = strings(ids_arr)
-        tcol = col[m.time_column] if m.time_column else pa.array(["0"] * n, pa.string())  # (sessions: now)
-        if m.time_format == "epoch" or not m.time_column:
-            tgood = pc.match_substring_regex(tcol, _EPOCH_RE)
-            secs = pc.cast(pc.if_else(tgood, tcol, "0"), pa.int64())
-            need(pc.and_(tgood, pc.less_equal(secs, MAX_EPOCH)))
-            micros = pc.multiply(pc.if_else(pc.less_equal(secs, MAX_EPOCH), secs, 0), _MICROS)
-        elif m.time_format == "epoch_ms":  # whole ms before 2**33 s (year 2242), where map_row's
-            tgood = pc.match_substring_regex(tcol, r"^[0-9]{1,13}$")  # float(ms) / 1000 is ms * 1000 µs
-            ms = pc.cast(pc.if_else(tgood, tcol, "0"), pa.int64())
-            tgood = pc.and_(tgood, pc.less(ms, _EXACT_MS))
-            need(tgood)
-            micros = pc.multiply(pc.if_else(tgood, ms, 0), 1000)
-        else:  # ISO 8601 within 1970..3000 in UTC (map_row's window); other forms and zones go to map_row
-            tgood, micros = _utc_micros(tcol, 0, MAX_EPOCH * _MICROS)
-            need(tgood)
-        stamp = _stamps(micros)  # "2025-11-01 00:00:00.000000" (strftime: 40x slower)
-        created = pc.binary_join_element_wise('"', pc.utf8_replace_slice(stamp, 10, 11, "T"), '"', "")
+        micros = self._micros(col[m.time_column], need) if m.time_column else None  # (a session: now)
         if self.kind == "session":
             return self._sessions(batch, first_row, prefix, import_id, skip, plan, col, rows_ok, ids_arr, id_json,
-                                  micros, created)
+                                  micros)
+        assert micros is not None  # (compile: an event mapping has a time column)
+        stamp = _stamps(micros)  # "2025-11-01 00:00:00.000000" (strftime: 40x slower)
+        created = pc.binary_join_element_wise('"', pc.utf8_replace_slice(stamp, 10, 11, "T"), '"', "")
         index = pc.binary_join_element_wise(f"{prefix}event-", pc.utf8_slice_codeunits(stamp, 0, 7), "")
         if m.event_type_column:
             etext = col[m.event_type_column]
@@ -709,6 +696,25 @@ class EventBatchMapper(_ProfileIds):
         doc["metadata"]["aux"]["cdp"] = {"import_id": import_id, "row": slot(rows)}
         return FastBatch(rows_ok.done(skip), index, ids_arr, tpl.bodies(doc))
 
+    def _micros(self, tcol: pa.Array, need: Callable[[pa.Array], None]) -> pa.Array:
+        """Each row's time in microseconds since the epoch (UTC), as ``parse_time`` reads it in the mapping's
+        format; a cell it cannot prove the same, or out of 1970..3000, is marked for map_row (0 here)."""
+        fmt = self.mapper.m.time_format
+        if fmt == "epoch":
+            tgood = pc.match_substring_regex(tcol, _EPOCH_RE)
+            secs = pc.cast(pc.if_else(tgood, tcol, "0"), pa.int64())
+            need(pc.and_(tgood, pc.less_equal(secs, MAX_EPOCH)))
+            return pc.multiply(pc.if_else(pc.less_equal(secs, MAX_EPOCH), secs, 0), _MICROS)
+        if fmt == "epoch_ms":  # whole ms before 2**33 s (year 2242), where map_row's float(ms) / 1000 is
+            tgood = pc.match_substring_regex(tcol, r"^[0-9]{1,13}$")  # exactly ms * 1000 µs
+            ms = pc.cast(pc.if_else(tgood, tcol, "0"), pa.int64())
+            tgood = pc.and_(tgood, pc.less(ms, _EXACT_MS))
+            need(tgood)
+            return pc.multiply(pc.if_else(tgood, ms, 0), 1000)
+        tgood, micros = _utc_micros(tcol, 0, MAX_EPOCH * _MICROS)  # ISO 8601 (other forms and zones: map_row)
+        need(tgood)
+        return micros
+
     def _profile_json(self, col: dict[str, pa.Array], need: Callable[[pa.Array], None]) -> pa.Array | None:
         """``{"id":"<profile id>"}`` per row, null for a row without an identity (None: the mapping has none)."""
         m = self.mapper.m
@@ -731,10 +737,9 @@ class EventBatchMapper(_ProfileIds):
 
     def _sessions(self, batch: pa.RecordBatch, first_row: int, prefix: str, import_id: str, skip: Collection[int],
                   plan: dict[str, _Node], col: dict[str, pa.Array], rows_ok: _Clean, ids_arr: pa.Array,
-                  id_json: pa.Array, micros: pa.Array, created: pa.Array) -> FastBatch:
+                  id_json: pa.Array, micros: pa.Array | None) -> FastBatch:
         """``map_batch`` for a session mapping, from the id and the time columns on (see the class doc)."""
         mp = self.mapper
-        m = mp.m
         n = batch.num_rows
         need = rows_ok.need
         profile = self._profile_json(col, need)
@@ -746,12 +751,13 @@ class EventBatchMapper(_ProfileIds):
         self._fill(doc, plan, self._values(col, rows_ok, n), slot)
         doc["profile"] = slot('{"id":null}' if profile is None else pc.fill_null(profile, '{"id":null}'))
         times = doc["metadata"]["time"]
-        if m.time_column:  # whole seconds only: timestamp() is then "<seconds>.0" as orjson writes a float
+        if micros is not None:  # whole seconds only: timestamp() is then "<seconds>.0" as orjson writes a float
             secs = pc.divide(micros, _MICROS)  # (integers: truncated; micros >= 0)
             need(pc.equal(pc.multiply(secs, _MICROS), micros))
             times["timestamp"] = slot(pc.binary_join_element_wise(pc.cast(secs, pa.string()), ".0", ""))
             times["weekday"] = slot(pc.cast(pc.day_of_week(pc.cast(micros, pa.timestamp("us"))), pa.string()))
-            times["insert"] = slot(created)
+            times["insert"] = slot(pc.binary_join_element_wise(
+                '"', pc.utf8_replace_slice(_stamps(micros), 10, 11, "T"), '"', ""))
         else:  # map_row's own time, the same for every row
             times["timestamp"] = mp.now.timestamp()
             times["weekday"] = mp.now.weekday()
