@@ -182,11 +182,11 @@ def sqlite_locked(db: Path, seconds: float):
         t.join()
 
 
-@pytest.mark.slow  # ~45 s: locks held 7 and 30 s
+@pytest.mark.slow  # ~70 s: locks held 7, 30 and 20 s
 def test_create_waits_out_a_locked_sqlite_metadata_db_then_answers_503(env, client, airflow_db, monkeypatch):
     """A create that meets the metadata DB locked by another writer is tried again and succeeds once the lock
     is gone (it answered a bare 500 before); a lock that outlasts every attempt answers 503
-    ``metadata_db_busy`` and leaves no registry entry behind."""
+    ``metadata_db_busy`` and leaves no registry entry behind, and a delete answered so leaves the dataset."""
     from cdp_ingest.datasets.spec import all_datasets
     from cdp_ingest_airflow import dataset_api
 
@@ -209,3 +209,10 @@ def test_create_waits_out_a_locked_sqlite_metadata_db_then_answers_503(env, clie
         assert detail["code"] == "metadata_db_busy" and "stayed locked" in detail["message"]
         assert "locked_long" not in all_datasets() and "locked_once" in all_datasets()
         assert client.get(f"{API}/datasets/locked_long", headers=admin).status_code == 404
+
+        # a delete that meets a lock outlasting its attempts leaves the dataset as it was (entry and DAG)
+        with sqlite_locked(db, 20):
+            kept = client.delete(f"{API}/datasets/locked_once", headers=admin)
+        assert kept.status_code == 503 and kept.json()["detail"]["code"] == "metadata_db_busy", kept.text
+        assert "locked_once" in all_datasets()
+        assert client.get(f"{API}/datasets/locked_once", headers=admin).status_code == 200

@@ -270,7 +270,12 @@ def delete(session, spec: DatasetSpec) -> dict[str, Any]:
         session.commit()
         return dm is not None
 
-    dag_removed = with_db_retry(session, remove_dag, f"deleting dataset {spec.name}")
+    try:
+        dag_removed = with_db_retry(session, remove_dag, f"deleting dataset {spec.name}")
+    except DatasetError:  # the DB stayed locked: the dataset stays as it was (its entry back), as the 503 says
+        if removed_file:
+            write_registry_entry(spec)
+        raise
     dropped = delete_dataset(_store(spec), spec.name)
     return {"dataset": spec.name, "deleted": True, "registry_entry_removed": removed_file,
             "dag_removed": dag_removed, **dropped}
@@ -318,6 +323,7 @@ def create_app():
         decl.update(origin="api", created_at=datetime.now(UTC).isoformat(timespec="seconds"))
         spec = parse_spec(name, decl)
         path = write_registry_entry(spec)
+
         def register_and_trigger() -> str:
             register_dags(session)
             return trigger_job(session, spec, force=True, user_name=user.get_name())
