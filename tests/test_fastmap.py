@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import random
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from times_kit import EDGES, epoch_ms_cell, time_cell
 
 from cdp_ingest import sample
 from cdp_ingest.documents import deterministic_id
-from cdp_ingest.fastmap import EventBatchMapper, profile_ids_for
+from cdp_ingest.fastmap import EventBatchMapper, profile_ids_for, strftime_regex
 from cdp_ingest.mapping import Mapper, Mapping, profile_id_for
 from cdp_ingest.pipeline import RowMapper
 from cdp_ingest.readers import read_batches
@@ -164,7 +165,8 @@ def test_another_mapping_defaults_nested_targets_and_types(tmp_path):
 
 
 @pytest.mark.parametrize("change", [{"derived": {"traits.x": "{email!r}"}}, {"derived": {"traits.x": "{email:>9}"}},
-                                    {"time": {"column": "ts", "format": "%Y-%m-%d"}},
+                                    {"time": {"column": "ts", "format": "%m/%d/%Y %I:%M %p"}},
+                                    {"time": {"column": "ts", "format": "%Y-%m-%d %H:%M:%S%z"}},
                                     {"defaults": {"traits.x": {"a": 1}}},
                                     {"fields": {"page": "tags.values"}},
                                     {"fields": {"page": "metadata.time.x"}},
@@ -324,6 +326,102 @@ def test_epoch_milliseconds_match_the_row_path(tmp_path, monkeypatch):
     bodies = {doc_id: orjson.loads(body) for _r, _k, _i, doc_id, body in items}
     late = next(r[0] for r in rows if r[1] == "32503679999999")
     assert bodies[late]["metadata"]["time"]["create"] == "2999-12-31T23:59:59.999001"  # map_row's, kept
+
+
+def _strftime_cell(rnd: random.Random, fmt: str) -> str:
+    """A cell for a strftime pattern: mostly a time in range written by the pattern, or one unpadded, spaced,
+    in another case, past its month's end, out of 1970..3000, an hour 24 or a second 60, or other text."""
+    when = datetime(1970, 1, 1, tzinfo=UTC) + (datetime(3000, 1, 2, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) \
+        * rnd.random()
+    if rnd.random() < 0.02:
+        when = datetime(rnd.choice([1969, 3000]), rnd.choice([1, 12]), rnd.choice([1, 31]), 23, 59, 59,
+                        rnd.choice([0, 999999]), tzinfo=UTC)
+    text = when.strftime(fmt)
+    shape = rnd.random()
+    if shape < 0.65:
+        return text
+    if shape < 0.85:  # what strptime reads but the pattern's padded form is not
+        return rnd.choice([text.replace("0", "", 1), text.replace(" ", "  ", 1), text.lower(), f" {text}",
+                           f"{text} ", text.replace("T", " ", 1), text.replace(".", ".0", 1),
+                           text.replace("Z", "z"), text + "0"])
+    return rnd.choice(["", "x", "$D_1761955200", "1761955200", "2025-02-29 10:00:00", "2025-04-31T10:00:00.5Z",
+                       "31/04/2025 10:00", "29/02/2024 23:59", "20250229235959", "20251231240000",
+                       "20251231235960", "01/01/1970 00:00", "01/01/3000 00:00", "01/01/3000 00:01",
+                       "\u0661\u0669\u0667\u0660-01-01", "2025-11-01T10:00:00.1234567Z", "2025-11-01T10:00:00.Z"])
+
+
+STRFTIME = ["%Y-%m-%d %H:%M:%S", "%d/%m/%Y %H:%M", "%Y%m%d%H%M%S", "%Y-%m-%dT%H:%M:%S.%fZ", "%d.%m.%Y"]
+
+
+@pytest.mark.parametrize("fmt", STRFTIME)
+def test_strftime_patterns_match_the_row_path(tmp_path, monkeypatch, fmt):
+    """``time.format`` a strftime pattern of ``%Y %m %d %H %M %S %f`` and literal text: a cell in the
+    pattern's zero-padded form is mapped columnar; what else ``strptime`` reads (unpadded fields, runs of
+    spaces, another case) and what it rejects go to map_row. 2,000 random cells per pattern, the same
+    documents, counts and error file both ways."""
+    rnd = random.Random(fmt)
+    rows = [[f"e-{i}", _strftime_cell(rnd, fmt), "search", "", "", "", "", "", "", "", ""] for i in range(2000)]
+    path = write(tmp_path / "t.csv", CHECKED_HEADER, rows)
+    mapping = Mapping.from_dict({**CHECKED, "time": {"column": "ts", "format": fmt}}, name="t")
+    assert EventBatchMapper.compile(Mapper(mapping, unit_key="u", now=NOW)) is not None
+    items, counts, errors = same(mapping, path, tmp_path, batch_rows=512)
+    assert counts[1] > 1200 and f"not a datetime in format {fmt}" in errors
+    calls: list[str] = []
+    real = Mapper.map_row
+    monkeypatch.setattr(Mapper, "map_row", lambda self, row, ref: calls.append(row["ts"]) or real(self, row, ref))
+    run(mapping, path, tmp_path, fast=True, batch_rows=512)
+    assert counts[0] - len(calls) > 1100  # rows mapped columnar
+    unpadded = [r[1] for r in rows if r[1] != r[1].strip() or "  " in r[1]]
+    assert unpadded and set(unpadded) <= set(calls)
+    if fmt == "%Y-%m-%dT%H:%M:%S.%fZ":
+        docs = [orjson.loads(body) for *_, body in items]
+        assert any(d["metadata"]["time"]["create"].endswith(".500000") for d in docs) or \
+            any(len(d["metadata"]["time"]["create"]) == 26 for d in docs)
+
+
+@pytest.mark.parametrize("fmt", [" %Y-%m-%d", "%Y-%m-%d ", "$D_%Y%m%d", "%y-%m-%d", "%Y-%m", "%Y-%m-%d %H:%M:%S%z",
+                                 "%Y-%m-%d %H:%M:%S.%f%H", "%Y-%m-%d %H:%M:%S.%f1", "%Y-%m-%d %H:%M.%f", "%Y-%m-%d %d",
+                                 "%Y-%m-%d %%", "%Y-%m-%d %"])
+def test_strftime_patterns_it_cannot_prove_stay_on_the_row_path(fmt):
+    """Surrounding spaces (parse_time strips the cell, strptime would want a space), a leading ``$D_`` (an
+    epoch for parse_time), other directives, a field missing or repeated, ``%f`` without ``%S`` or before a
+    digit: the whole mapping goes row by row."""
+    assert strftime_regex(fmt) is None
+    raw = {**CHECKED, "time": {"column": "ts", "format": fmt}}
+    assert EventBatchMapper.compile(Mapper(Mapping.from_dict(raw), unit_key="u", now=NOW)) is None
+
+
+def test_fractional_epoch_seconds_match_the_row_path(tmp_path, monkeypatch):
+    """``time.format: epoch`` with a fraction: up to 6 digits before 2**33 s (year 2242, where ``map_row``'s
+    ``float()`` is within half a microsecond) are mapped columnar, longer fractions and later times go to
+    map_row; 3,000 random cells, the same documents both ways."""
+    rnd = random.Random(23)
+
+    def cell() -> str:
+        shape = rnd.random()
+        if shape < 0.6:
+            digits = rnd.randint(1, 6)
+            return f"{rnd.randrange(0, 2**33)}.{rnd.randrange(0, 10**digits):0{digits}d}"
+        if shape < 0.7:
+            return f"{2**33 + rnd.randrange(-2, 2)}.{rnd.randrange(0, 10**6):06d}"
+        if shape < 0.8:
+            return f"{rnd.randrange(2**33, 32503680001)}.{rnd.randrange(0, 10**6):06d}"
+        return rnd.choice(["1761955200.1234567", "1761955200.", ".5", "1761955200.5 ", "-0.5", "32503680000.0",
+                           "32503680000.000001", "8589934591.999999", "0.000001", "1e9", "1761955200"])
+    rows = [[f"e-{i}", cell(), "search", "", "", "", "", "", "", "", ""] for i in range(3000)]
+    path = write(tmp_path / "f.csv", CHECKED_HEADER, rows)
+    mapping = Mapping.from_dict({**CHECKED, "time": {"column": "ts", "format": "epoch"}}, name="f")
+    items, counts, errors = same(mapping, path, tmp_path, batch_rows=512)
+    assert counts[1] > 2500 and "epoch seconds out of range" in errors
+    calls: list[str] = []
+    real = Mapper.map_row
+    monkeypatch.setattr(Mapper, "map_row", lambda self, row, ref: calls.append(row["ts"]) or real(self, row, ref))
+    run(mapping, path, tmp_path, fast=True, batch_rows=512)
+    assert counts[0] - len(calls) > 1800 and "1761955200.1234567" in calls
+    assert not [c for c in calls if re.fullmatch(r"[0-9]{1,10}\.[0-9]{1,6}", c) and float(c) < 2**33]
+    bodies = {doc_id: orjson.loads(body) for _r, _k, _i, doc_id, body in items}
+    edge = next(r[0] for r in rows if r[1] == "8589934591.999999")
+    assert bodies[edge]["metadata"]["time"]["create"] == "2242-03-16T12:56:31.999999"
 
 
 def test_clean_iso_rows_take_the_columnar_path_without_python_per_value(tmp_path, monkeypatch):

@@ -8,15 +8,17 @@ mapping once into a JSON template and fills it for a whole batch with Arrow kern
 row costs no per-row interpretation at all.
 
 It only takes what it can reproduce exactly; everything else goes to ``map_row``:
-- mappings: kind ``event`` or ``session`` with ``time.format`` ``epoch``, ``epoch_ms`` or ``iso``, ``derived``
+- mappings: kind ``event`` or ``session`` with ``time.format`` ``epoch``, ``epoch_ms``, ``iso`` or a strftime
+  pattern ``strftime_regex`` reads, ``derived``
   templates of plain ``{column}`` fields, defaults that are not objects or lists, targets under the
   free-form bags only (properties, traits, context, ...) or a plain ``metadata`` value (``metadata.channel``),
   no target inside another, and the targets under any one new object listed together (so keys keep the
   order ``map_row`` gives them). Otherwise ``compile`` returns None.
   ``validate`` fields (e-mail/phone: Arrow regexes), ``DATETIME`` fields (``_datetime_literal``) and
   ``identity_normalize`` (once per distinct value) are taken.
-- rows: any cell the fast path cannot prove clean (a time that is not whole epoch seconds, whole epoch
-  milliseconds before 2242, or ISO 8601 in a form Arrow reads like ``datetime.fromisoformat``, in range;
+- rows: any cell the fast path cannot prove clean (a time that is not epoch seconds (a fraction: up to 6
+  digits, before 2242), whole epoch milliseconds before 2242, ISO 8601 in a form Arrow reads like
+  ``datetime.fromisoformat`` or the zero-padded form of the strftime pattern, in range;
   an id with surrounding whitespace or non-ASCII, a typed value not in its plain form, a ``$D_`` cell, a
   control character, a required cell that is empty, a too-long identity, a reader error) sends that row
   alone through ``map_row``, which maps it or rejects it with its usual message.
@@ -172,6 +174,59 @@ _ISO_RE = (r"^(?P<local>[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
 _MICROS = 1_000_000
 _EXACT_MS = 2**33 * 1000  # epoch milliseconds below this: map_row's float(ms) / 1000 rounds to ms * 1000 µs
 _EPOCH_DAY0 = "1970-01-01"
+
+
+# strftime directives the columnar path reads, as the zero-padded text strptime's own pattern takes first (so a
+# cell this matches, strptime reads as the same fields); any other directive leaves the mapping to map_row.
+_STRF_DIGITS = {"Y": "[0-9]{4}", "m": "0[1-9]|1[0-2]", "d": "0[1-9]|[12][0-9]|3[01]", "H": "[01][0-9]|2[0-3]",
+                "M": "[0-5][0-9]", "S": "[0-5][0-9]", "f": "[0-9]{1,6}"}
+_EPOCH_FRACTION_RE = r"^[0-9]{1,10}\.[0-9]{1,6}$"
+_EXACT_S = 2**33  # fractional epoch seconds below this: map_row's float() is within half a microsecond
+
+
+def strftime_regex(fmt: str) -> str | None:
+    """A regular expression (RE2) with a named group per directive of the strftime pattern ``fmt`` that matches
+    the cells ``datetime.strptime(cell, fmt)`` reads as those digits — None unless ``fmt`` has ``%Y``, ``%m``
+    and ``%d``, each directive once from ``%Y %m %d %H %M %S %f`` (``%f`` with ``%S``, not followed by a
+    digit), and no surrounding whitespace (``parse_time`` strips the cell) or leading ``$D_``.
+
+    strptime tries each field's zero-padded form first (``1[0-2]|0[1-9]|[1-9]`` for ``%m``), so on a cell
+    that is the padded form it takes that; literal text is matched exactly (strptime is looser: any run of
+    whitespace, any case), a subset of what it reads. Every other cell goes to map_row."""
+    if fmt != fmt.strip() or fmt.startswith("$D_"):
+        return None
+    tokens = re.findall(r"%.|%$|[^%]+", fmt)
+    seen: list[str] = []
+    out = ["^"]
+    for i, tok in enumerate(tokens):
+        if tok.startswith("%"):
+            d = tok[1:]
+            if d not in _STRF_DIGITS or d in seen:
+                return None
+            if d == "f" and i + 1 < len(tokens) and (tokens[i + 1].startswith("%") or tokens[i + 1][0].isdigit()):
+                return None
+            seen.append(d)
+            out.append(f"(?P<{d}>{_STRF_DIGITS[d]})")
+        else:
+            out.extend(c if c.isascii() and c.isalnum() else f"\\x{{{ord(c):x}}}" for c in tok)
+    if not {"Y", "m", "d"} <= set(seen) or ("f" in seen and "S" not in seen):
+        return None
+    return "".join(out) + "$"
+
+
+def _strftime_iso(text: pa.Array, regex: str) -> pa.Array:
+    """The ISO 8601 text (``YYYY-MM-DDTHH:MM:SS[.f]``, naive) of cells ``regex`` (strftime_regex) matches,
+    null for the others."""
+    parts = pc.extract_regex(text, regex)
+    names = {parts.type.field(i).name for i in range(parts.type.num_fields)}
+
+    def part(name: str, default: str) -> Any:
+        return pc.struct_field(parts, name) if name in names else default
+    iso = pc.binary_join_element_wise(part("Y", ""), "-", part("m", ""), "-", part("d", ""), "T", part("H", "00"),
+                                      ":", part("M", "00"), ":", part("S", "00"), "")
+    if "f" in names:
+        iso = pc.binary_join_element_wise(iso, ".", pc.struct_field(parts, "f"), "")
+    return iso
 
 
 def _real_date(text: str) -> str | None:
@@ -553,11 +608,13 @@ class EventBatchMapper(_ProfileIds):
         self.derived = derived or {}  # target -> [(literal text, column or None)]
         self._plans: dict[tuple[str, ...], Any] = {}
         self._profile_ids: dict[str, str] = {}
+        self.strftime = strftime_regex(mapper.m.time_format) or ""  # ("": epoch, epoch_ms or iso)
 
     @classmethod
     def compile(cls, mapper: Mapper) -> EventBatchMapper | None:
         m = mapper.m
-        if m.kind not in ("event", "session") or m.time_format not in ("epoch", "epoch_ms", "iso"):
+        if m.kind not in ("event", "session") or (m.time_format not in ("epoch", "epoch_ms", "iso")
+                                                   and strftime_regex(m.time_format) is None):
             return None
         if m.kind == "event" and not m.time_column:  # (map_row's own time for all: sessions only)
             return None
@@ -703,14 +760,27 @@ class EventBatchMapper(_ProfileIds):
         if fmt == "epoch":
             tgood = pc.match_substring_regex(tcol, _EPOCH_RE)
             secs = pc.cast(pc.if_else(tgood, tcol, "0"), pa.int64())
-            need(pc.and_(tgood, pc.less_equal(secs, MAX_EPOCH)))
-            return pc.multiply(pc.if_else(pc.less_equal(secs, MAX_EPOCH), secs, 0), _MICROS)
+            whole = pc.and_(tgood, pc.less_equal(secs, MAX_EPOCH))
+            micros = pc.multiply(pc.if_else(whole, secs, 0), _MICROS)
+            frac = pc.match_substring_regex(tcol, _EPOCH_FRACTION_RE)  # "1761955200.5": up to 6 digits, < 2**33 s
+            if not pc.any(frac).as_py():
+                need(whole)
+                return micros
+            split = pc.split_pattern(pc.if_else(frac, tcol, "0.0"), ".")
+            fsecs = pc.cast(pc.list_element(split, 0), pa.int64())
+            digits = pc.list_element(split, 1)
+            fmicros = pc.cast(pc.utf8_rpad(digits, 6, "0"), pa.int64())
+            frac = pc.and_(frac, pc.less(fsecs, _EXACT_S))
+            need(pc.or_(whole, frac))
+            return pc.if_else(frac, pc.add(pc.multiply(fsecs, _MICROS), fmicros), micros)
         if fmt == "epoch_ms":  # whole ms before 2**33 s (year 2242), where map_row's float(ms) / 1000 is
             tgood = pc.match_substring_regex(tcol, r"^[0-9]{1,13}$")  # exactly ms * 1000 µs
             ms = pc.cast(pc.if_else(tgood, tcol, "0"), pa.int64())
             tgood = pc.and_(tgood, pc.less(ms, _EXACT_MS))
             need(tgood)
             return pc.multiply(pc.if_else(tgood, ms, 0), 1000)
+        if fmt != "iso":  # a strftime pattern compile took: its cells as ISO 8601 text
+            tcol = _strftime_iso(tcol, self.strftime)
         tgood, micros = _utc_micros(tcol, 0, MAX_EPOCH * _MICROS)  # ISO 8601 (other forms and zones: map_row)
         need(tgood)
         return micros
