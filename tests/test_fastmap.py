@@ -530,8 +530,8 @@ def test_demo_session_file_matches_and_takes_the_columnar_path(tmp_path, monkeyp
 @pytest.mark.parametrize("time", [{"column": "started_at", "format": "iso"}, {"column": "started_at"},
                                   {"column": "started_at", "format": "epoch_ms"}, None])
 def test_session_mappings_match_the_row_path_on_random_values(tmp_path, monkeypatch, time):
-    """Sessions with random time cells (ISO, epoch seconds or milliseconds; fractions go row by row: a
-    fractional ``timestamp`` is orjson's float text), or without a time column (map_row's own time), with
+    """Sessions with random time cells (ISO, epoch seconds or milliseconds, fractions of a second included:
+    their ``timestamp`` is orjson's shortest float text), or without a time column (map_row's own time), with
     normalised identities, a defaulted ``metadata.channel`` and a ``metadata.status``: the same documents,
     counts and error file both ways."""
     rnd = random.Random(21)
@@ -547,10 +547,11 @@ def test_session_mappings_match_the_row_path_on_random_values(tmp_path, monkeypa
         fmt = (time or {}).get("format", "epoch")
         if fmt == "iso":
             return time_cell(rnd, 0.7)
-        if fmt == "epoch_ms":  # (whole seconds mostly: the others go row by row)
+        if fmt == "epoch_ms":
             return rnd.choice([str(rnd.randrange(0, 2**33) * 1000), epoch_ms_cell(rnd)])
-        return rnd.choice(
-            [str(rnd.randrange(0, 4102444800)), *EDGES[-8:], "1761955200.5", ""])
+        return rnd.choice(  # (below 1 s orjson writes 1e-06, and past 2**53 µs the float is not exact)
+            [str(rnd.randrange(0, 4102444800)), *EDGES[-8:], "1761955200.5", "", "0.5", "0.000001", "1.000001",
+             f"{rnd.randrange(0, 2**33)}.{rnd.randrange(0, 10**6):06d}", f"{rnd.randrange(0, 10)}.{rnd.randrange(10)}"])
     rows = [[f"s-{i}", rnd.choice(["", "A@x.org", " b@x.org "]), when(), rnd.choice(["", "web"]),
              rnd.choice(["mobile", ""]), rnd.choice(["", "open"]), "x", time_cell(rnd, 0.8), rnd.choice(["", "c"])]
             for i in range(2000)]
@@ -563,5 +564,8 @@ def test_session_mappings_match_the_row_path_on_random_values(tmp_path, monkeypa
     run(mapping, path, tmp_path, fast=True, batch_rows=256)
     assert counts[0] - len(calls) > 300  # rows mapped columnar (every rejected row goes through map_row)
     docs = [orjson.loads(body) for *_, body in items]
+    fractions = [d for d in docs if not float(d["metadata"]["time"]["timestamp"]).is_integer()]
+    if time:  # fractional times mapped columnar too (rows are numbered from 1)
+        assert len(fractions) > 50 and {d["metadata"]["aux"]["cdp"]["row"] for d in fractions} - set(calls)
     assert {d["metadata"]["channel"] for d in docs} == {"unknown", "web"}
     assert {d["metadata"]["status"] for d in docs} == {"completed", "open"}

@@ -599,7 +599,8 @@ class _ProfileIds:
 class EventBatchMapper(_ProfileIds):
     """Maps whole batches for one event or session ``Mapper`` (see module doc); ``compile`` it per mapping.
     A session's document is the event's without type, name, source or session; its time goes to
-    ``metadata.time`` (insert, timestamp, weekday), taken here when it is whole seconds."""
+    ``metadata.time`` (insert, timestamp, weekday), taken here from 1 s to 2**53 µs after the epoch (year
+    2255) or in whole seconds."""
 
     def __init__(self, mapper: Mapper, derived: dict[str, list[tuple[str, str | None]]] | None = None):
         self.mapper = mapper
@@ -821,10 +822,18 @@ class EventBatchMapper(_ProfileIds):
         self._fill(doc, plan, self._values(col, rows_ok, n), slot)
         doc["profile"] = slot('{"id":null}' if profile is None else pc.fill_null(profile, '{"id":null}'))
         times = doc["metadata"]["time"]
-        if micros is not None:  # whole seconds only: timestamp() is then "<seconds>.0" as orjson writes a float
+        if micros is not None:  # timestamp() as orjson writes that float: "<seconds>.0" for whole seconds
             secs = pc.divide(micros, _MICROS)  # (integers: truncated; micros >= 0)
-            need(pc.equal(pc.multiply(secs, _MICROS), micros))
-            times["timestamp"] = slot(pc.binary_join_element_wise(pc.cast(secs, pa.string()), ".0", ""))
+            whole = pc.equal(pc.multiply(secs, _MICROS), micros)
+            stamp = pc.binary_join_element_wise(pc.cast(secs, pa.string()), ".0", "")
+            # else micros / 10**6, the correctly rounded double of both (exact below 2**53 µs), written the
+            # shortest way that reads back, as orjson does (it writes 1e-6 below 1e-4 s: not taken)
+            frac = pc.and_(pc.invert(whole), pc.and_(pc.greater_equal(micros, _MICROS), pc.less(micros, 2**53)))
+            if pc.any(frac).as_py():
+                exact = pc.cast(pc.if_else(frac, micros, 0), pa.float64())
+                stamp = pc.if_else(frac, pc.cast(pc.divide(exact, float(_MICROS)), pa.string()), stamp)
+            need(pc.or_(whole, frac))
+            times["timestamp"] = slot(stamp)
             times["weekday"] = slot(pc.cast(pc.day_of_week(pc.cast(micros, pa.timestamp("us"))), pa.string()))
             times["insert"] = slot(pc.binary_join_element_wise(
                 '"', pc.utf8_replace_slice(_stamps(micros), 10, 11, "T"), '"', ""))
