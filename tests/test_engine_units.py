@@ -139,6 +139,8 @@ def test_profile_mapping_gives_operations_and_identity_id():
      "type must be one of"),
     ({"kind": "event", "event_type": "x", "colour": 1}, "unknown keys"),
     ({"kind": "event", "event_type": "x", "fields": {"a": "properties..a"}}, "not a dotted path"),
+    # (the columnar profile mapping crashed on it with a KeyError, failing the whole import)
+    ({"kind": "profile", "identity": "email", "unmapped": "properties"}, "a profile has no properties"),
 ])
 def test_mapping_file_errors_are_precise(raw, message):
     with pytest.raises(MappingError, match=message):

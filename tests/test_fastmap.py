@@ -164,6 +164,16 @@ def test_another_mapping_defaults_nested_targets_and_types(tmp_path):
     assert any(b'"hit":{"x":5,"y":"const"}' in body and b'"odd_col":' in body for *_, body in items)
 
 
+def test_a_null_default_is_written_as_null(tmp_path):
+    """``defaults: {config.b.a: null}``: map_row sets the key to null; the columnar mapping left it out (found by
+    tests/test_fastmap_fuzz.py)."""
+    raw = {"kind": "event", "id_column": "insert_id", "time": {"column": "ts"}, "event_type": {"column": "event"},
+           "fields": {"page": "properties.page"}, "defaults": {"config.b.a": None, "hit.n": 2}}
+    path = write(tmp_path / "n.csv", HEADER, [["e-1", "1761955200", "search", "", "", "/p", "", "", "", ""]])
+    items, counts, _ = same(Mapping.from_dict(raw), path, tmp_path)
+    assert counts[1] == 1 and b'"config":{"b":{"a":null}}' in items[0][4] and b'"hit":{"n":2}' in items[0][4]
+
+
 @pytest.mark.parametrize("change", [{"derived": {"traits.x": "{email!r}"}}, {"derived": {"traits.x": "{email:>9}"}},
                                     {"time": {"column": "ts", "format": "%m/%d/%Y %I:%M %p"}},
                                     {"time": {"column": "ts", "format": "%Y-%m-%d %H:%M:%S%z"}},

@@ -236,11 +236,25 @@ def test_mappings_it_cannot_reproduce_stay_on_the_row_path(change):
     {"email": "data.contact.email", "first": "segments.first"},  # under a skeleton list
     {"email": "data.contact.email", "first": "data.x.a", "last": "traits.b", "city": "data.x.c"},  # a new
     {"email": "data.contact.email", "first": "traits.a", "last": "traits.a.b"},  # object split; one inside another
+    {"email": "data.contact.email", "first": "active"},  # a root itself (crashed the columnar mapping)
 ])
 def test_targets_it_cannot_order_like_map_row_stay_on_the_row_path(fields):
     fast = ProfileBatchMapper.compile(Mapper(Mapping.from_dict(
         {"kind": "profile", "identity": ["email"], "fields": fields}), unit_key="u", now=NOW))
     assert fast is not None and fast._plan(tuple(OTHER_HEADER)) is None
+
+
+def test_a_root_as_target_maps_like_the_row_path(tmp_path):
+    """``active`` (a profile root that is a value, not an object) as a target: the columnar mapping crashed
+    on it (the whole import failed); the rows now go through map_row, the same both ways."""
+    mapping = Mapping.from_dict({"kind": "profile", "identity": ["email"],
+                                 "fields": {"email": "data.contact.email",
+                                            "vip": {"target": "active", "type": "BOOLEAN"}}}, name="active")
+    path = write(tmp_path / "a.csv", ["email", "vip"], [["a@x.org", "true"], ["b@x.org", "no"], ["c@x.org", ""],
+                                                       ["", "true"], ["d@x.org", "maybe"]])
+    assert compare(mapping, path, tmp_path) == (3, 2, 0)
+    ops = Mapper(mapping, unit_key="u", now=NOW).map_row({"email": "b@x.org", "vip": "no"}, 2).operations
+    assert ("$set", "active", False) in ops
 
 
 # ---- against the store ------------------------------------------------------------------------------------

@@ -99,8 +99,8 @@ def _leaf_literal(leaf: tuple[str, Any], col: dict[str, pa.Array], need: Callabl
     """A mapped value as JSON text for a whole batch (array or scalar), or None = key absent in every row.
     ``need(mask)`` marks the rows it cannot reproduce; ``strings`` makes JSON string literals."""
     what, x = leaf
-    if what == "const":
-        return orjson.dumps(x, default=str).decode() if x is not None else None
+    if what == "const":  # a default: map_row sets it even when it is None (null)
+        return orjson.dumps(x, default=str).decode()
     if what == "unmapped":
         text = col[x]
         return pc.if_else(pc.equal(text, ""), _NULL, strings(text))
@@ -906,14 +906,15 @@ class ProfileBatchMapper(_ProfileIds):
                 seq.extend((tuple(f"{m.unmapped}.{_safe_key(c)}".split(".")), ("unmapped", c))
                            for c in names if c not in mapped)
             seq.extend((tuple(t.split(".")), ("derived", t)) for t in m.derived)
-            seq.extend((tuple(t.split(".")), ("const!", v)) for t, v in m.defaults.items())
+            seq.extend((tuple(t.split(".")), ("const", v)) for t, v in m.defaults.items())
             plan = self._tree(seq)
         self._plans[names] = plan if plan is None else (seq, plan)
         return self._plans[names]
 
     @staticmethod
     def _tree(seq: list[tuple[tuple[str, ...], tuple[str, Any]]]) -> dict[str, _Node] | None:
-        return _grow(seq) if _in_order([p for p, _ in seq], SKELETONS["profile"]) else None
+        paths = [p for p, _ in seq]  # a root as a target (``active``: the new document's value) goes row by row
+        return _grow(seq) if all(len(p) > 1 for p in paths) and _in_order(paths, SKELETONS["profile"]) else None
 
     def map_batch(self, batch: pa.RecordBatch, first_row: int, prefix: str, import_id: str,
                   skip: Collection[int] = ()) -> FastBatch | None:
@@ -937,9 +938,7 @@ class ProfileBatchMapper(_ProfileIds):
             key = id(leaf)
             if key not in cache:
                 what, x = leaf
-                if what == "const!":  # a default: set even when it is None
-                    cache[key] = orjson.dumps(x, default=str).decode()
-                elif what == "derived":
+                if what == "derived":
                     cache[key] = _derived_literal(self.derived[x], col, strings)
                 else:
                     cache[key] = _field_literal(mp, leaf, col, need, strings, n)

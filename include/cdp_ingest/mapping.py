@@ -199,6 +199,8 @@ class Mapping:
         unmapped = raw.get("unmapped", "ignore")
         if unmapped not in ("ignore", "properties", "traits"):
             raise fail("unmapped must be ignore, properties or traits")
+        if unmapped != "ignore" and unmapped not in TARGET_ROOTS[kind]:  # (a profile has traits, no properties)
+            raise fail(f"unmapped: a {kind} has no {unmapped}; use ignore or traits")
         write_mode = raw.get("write_mode", "create")
         if write_mode not in ("create", "overwrite"):
             raise fail(f"write_mode must be create or overwrite, not {write_mode!r}")
