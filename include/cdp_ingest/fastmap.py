@@ -180,6 +180,7 @@ _EPOCH_DAY0 = "1970-01-01"
 # cell this matches, strptime reads as the same fields); any other directive leaves the mapping to map_row.
 _STRF_DIGITS = {"Y": "[0-9]{4}", "m": "0[1-9]|1[0-2]", "d": "0[1-9]|[12][0-9]|3[01]", "H": "[01][0-9]|2[0-3]",
                 "M": "[0-5][0-9]", "S": "[0-5][0-9]", "f": "[0-9]{1,6}"}
+_STRF_ONE_DIGIT = {"m": "[1-9]", "d": "[1-9]", "H": "[0-9]", "M": "[0-9]", "S": "[0-9]"}  # strptime's last try
 _EPOCH_FRACTION_RE = r"^[0-9]{1,10}\.[0-9]{1,6}$"
 _EXACT_S = 2**33  # fractional epoch seconds below this: map_row's float() is within half a microsecond
 
@@ -191,8 +192,10 @@ def strftime_regex(fmt: str) -> str | None:
     digit), and no surrounding whitespace (``parse_time`` strips the cell) or leading ``$D_``.
 
     strptime tries each field's zero-padded form first (``1[0-2]|0[1-9]|[1-9]`` for ``%m``), so on a cell
-    that is the padded form it takes that; literal text is matched exactly (strptime is looser: any run of
-    whitespace, any case), a subset of what it reads. Every other cell goes to map_row."""
+    that is the padded form it takes that. A field followed by text that does not start with a digit (or by
+    the end) may also be one digit (``1/2/2025 3:04``): only one reading of the cell then matches, the one
+    strptime finds. Literal text is matched exactly (strptime is looser: any run of whitespace, any case),
+    a subset of what it reads. Every other cell goes to map_row."""
     if fmt != fmt.strip() or fmt.startswith("$D_"):
         return None
     tokens = re.findall(r"%.|%$|[^%]+", fmt)
@@ -206,7 +209,9 @@ def strftime_regex(fmt: str) -> str | None:
             if d == "f" and i + 1 < len(tokens) and (tokens[i + 1].startswith("%") or tokens[i + 1][0].isdigit()):
                 return None
             seen.append(d)
-            out.append(f"(?P<{d}>{_STRF_DIGITS[d]})")
+            ends = i + 1 == len(tokens) or not (tokens[i + 1].startswith("%") or tokens[i + 1][0].isdigit())
+            one = f"|{_STRF_ONE_DIGIT[d]}" if ends and d in _STRF_ONE_DIGIT else ""
+            out.append(f"(?P<{d}>{_STRF_DIGITS[d]}{one})")
         else:
             out.extend(c if c.isascii() and c.isalnum() else f"\\x{{{ord(c):x}}}" for c in tok)
     if not {"Y", "m", "d"} <= set(seen) or ("f" in seen and "S" not in seen):
@@ -220,8 +225,11 @@ def _strftime_iso(text: pa.Array, regex: str) -> pa.Array:
     parts = pc.extract_regex(text, regex)
     names = {parts.type.field(i).name for i in range(parts.type.num_fields)}
 
-    def part(name: str, default: str) -> Any:
-        return pc.struct_field(parts, name) if name in names else default
+    def part(name: str, default: str) -> Any:  # (a field of one digit padded)
+        if name not in names:
+            return default
+        field = pc.struct_field(parts, name)
+        return field if name == "Y" else pc.utf8_lpad(field, 2, "0")
     iso = pc.binary_join_element_wise(part("Y", ""), "-", part("m", ""), "-", part("d", ""), "T", part("H", "00"),
                                       ":", part("M", "00"), ":", part("S", "00"), "")
     if "f" in names:
