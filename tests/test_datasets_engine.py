@@ -64,6 +64,15 @@ def test_invalid_declarations_say_what_is_wrong(cfg, message):
         parse_spec("orders", cfg)
 
 
+def test_a_malformed_mapping_file_is_a_declaration_error(tmp_path):
+    """A mapping file whose fields are a list (not column: target): the declaration error names it. It raised
+    an AttributeError, which the spec check (MappingError, OSError) let through."""
+    (tmp_path / "bad.yaml").write_text("kind: event\nevent_type: x\nfields: [email, name]\n")
+    with pytest.raises(DatasetError, match="mapping bad.yaml: mapping bad: fields must map column names to targets"):
+        parse_spec("orders", {"source": "/data/o.csv", "target": {"kind": "event", "mapping": "bad.yaml"}},
+                   mappings_dir=tmp_path)
+
+
 def test_names_and_source_kinds():
     with pytest.raises(DatasetError, match="lowercase"):
         parse_spec("Bad-Name", {"source": "/x.csv"})

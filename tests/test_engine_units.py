@@ -141,6 +141,22 @@ def test_profile_mapping_gives_operations_and_identity_id():
     ({"kind": "event", "event_type": "x", "fields": {"a": "properties..a"}}, "not a dotted path"),
     # (the columnar profile mapping crashed on it with a KeyError, failing the whole import)
     ({"kind": "profile", "identity": "email", "unmapped": "properties"}, "a profile has no properties"),
+    # malformed files: a message naming the key (they raised AttributeError/TypeError from deep inside)
+    ({"kind": "event", "event_type": "x", "fields": ["email", "name"]}, "fields must map column names to targets"),
+    ({"kind": "profile", "identity": {"email": 1}}, "identity must be a column name or a list of them"),
+    ({"kind": "profile", "identity": ["email", 2]}, "identity must be a column name or a list"),
+    ({"kind": "event", "event_type": ["buy"]}, "event_type must be text or {column: ..., value: ...}"),
+    ({"kind": "event", "event_type": {"value": ["buy"]}}, "event_type must be text or"),
+    ({"kind": "event", "event_type": "x", "time": ["ts", "iso"]}, "time must be text or {column: ..., format: ...}"),
+    ({"kind": "event", "event_type": "x", "time": {"column": "ts", "fromat": "iso"}}, "time must be text or"),
+    ({"kind": "event", "event_type": "x", "defaults": ["traits.a"]}, "defaults must map targets to values"),
+    ({"kind": "event", "event_type": "x", "derived": {"traits.a": ["{x}"]}}, "the template must be text"),
+    ({"kind": "event", "event_type": "x", "derived": {1: "{x}"}}, "derived: 1 must be text"),
+    ({"kind": "event", "event_type": "x", "id_column": 1}, "id_column must be text, not 1"),
+    ({"kind": "event", "event_type": "x", "source_id": ["crm"]}, "source_id must be text"),
+    ({"kind": "event", "event_type": "x", 1: "x", "colour": 2}, r"unknown keys \['1', 'colour'\]"),
+    ({"kind": "event", "event_type": "x", "fields": {"a": {"target": "traits.a", 1: 2, "x": 3}}},
+     r"unknown options \['1', 'x'\]"),
 ])
 def test_mapping_file_errors_are_precise(raw, message):
     with pytest.raises(MappingError, match=message):

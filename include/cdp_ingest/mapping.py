@@ -150,7 +150,8 @@ class Mapping:
                  "defaults", "derived", "unmapped", "write_mode", "identity_normalize"}
         unknown = set(raw) - known
         if unknown:
-            raise fail(f"unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+            raise fail(f"unknown keys {sorted(map(str, unknown))}; allowed: {sorted(known)}")
+        _check_shapes(raw, fail)
         kind = raw.get("kind")
         if kind not in KINDS:
             raise fail(f"kind must be one of {KINDS}, not {kind!r}")
@@ -162,7 +163,7 @@ class Mapping:
                 raise fail(f"field {column!r} needs a target path")
             extra = set(spec) - {"target", "type", "required", "default", "validate"}
             if extra:
-                raise fail(f"field {column!r}: unknown options {sorted(extra)}")
+                raise fail(f"field {column!r}: unknown options {sorted(map(str, extra))}")
             ftype = str(spec.get("type", "STRING")).upper()
             if ftype not in TYPES:
                 raise fail(f"field {column!r}: type must be one of {TYPES}")
@@ -241,6 +242,44 @@ class Mapping:
 
             raise FileLevelError("bad_mapping", f"columns required by mapping {self.name} are not in the header: "
                                                 f"{', '.join(missing)}")
+
+
+def _check_shapes(raw: dict, fail) -> None:
+    """The types of a mapping file's values, so that a malformed file fails with a message saying what is
+    wrong (not a TypeError or AttributeError from deep inside, which the DAG or the datasets API shows as
+    a traceback or a 500)."""
+    def text(v: Any) -> bool:
+        return isinstance(v, str)
+
+    for key in ("id_column", "session_column", "source_id", "unmapped", "write_mode"):
+        v = raw.get(key)
+        if v is not None and not text(v):
+            raise fail(f"{key} must be text, not {v!r}")
+    fields = raw.get("fields")
+    if fields is not None and not isinstance(fields, dict):
+        raise fail(f"fields must map column names to targets (e.g. {{email: traits.email}}), not {fields!r}")
+    examples = {"defaults": "{traits.plan: free}", "derived": '{data.pii.name: "{first} {last}"}',
+                "identity_normalize": "{email: [trim, lower]}"}
+    for key, example in examples.items():
+        v = raw.get(key)
+        if v is not None and not isinstance(v, dict):
+            what = {"defaults": "targets to values", "derived": "targets to templates"}.get(
+                key, "identity columns to steps")
+            raise fail(f"{key} must map {what}, e.g. {example}, not {v!r}")
+        for k, item in (v or {}).items():
+            if not text(k):
+                raise fail(f"{key}: {k!r} must be text (a {'column' if key == 'identity_normalize' else 'target'})")
+            if key == "derived" and not text(item):
+                raise fail(f"derived {k!r}: the template must be text, not {item!r}")
+    identity = raw.get("identity")
+    if identity is not None and not (text(identity) or isinstance(identity, list) and all(map(text, identity))):
+        raise fail(f"identity must be a column name or a list of them, not {identity!r}")
+    for key, parts in (("time", ("column", "format")), ("event_type", ("column", "value"))):
+        v = raw.get(key)
+        if v is None or text(v):
+            continue
+        if not isinstance(v, dict) or not set(v) <= set(parts) or not all(map(text, v.values())):
+            raise fail(f"{key} must be text or {{{': ..., '.join(parts)}: ...}} with text values, not {v!r}")
 
 
 def _check_target(kind: str, target: str, fail) -> None:
