@@ -58,6 +58,8 @@ def test_sync_interval_below_900_is_refused_with_a_clear_error(tmp_path):
     ({"source": "/data/o.csv", "target": {"kind": "event", "mapping": "demo-profiles.yaml"}}, "maps profiles"),
     ({"source": "/data/o.csv", "target": {"kind": "event", "mapping": "nope.yaml"}}, "not found"),
     ({"source": "/data/o.csv", "schedule": "@daily"}, "unknown key"),
+    ({"source": "/data/o.csv", "target": ["event", "demo-events.yaml"]}, "target must be 'raw' or"),
+    ({"source": "/data/o.csv", "target": 1}, "target must be 'raw' or"),
 ])
 def test_invalid_declarations_say_what_is_wrong(cfg, message):
     with pytest.raises(DatasetError, match=message):

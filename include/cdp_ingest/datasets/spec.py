@@ -175,7 +175,7 @@ def _source(raw: Any, name: str) -> Source:
 def _target(raw: Any, name: str, mappings_dir: Path) -> Target:
     if raw in (None, "raw"):
         return Target("raw")
-    if isinstance(raw, str):
+    if not isinstance(raw, dict):  # (a list or a number raised AttributeError)
         raise DatasetError(f"dataset {name}: target must be 'raw' or {{kind: profile|session|event, mapping: FILE}}")
     kind, mapping = raw.get("kind"), raw.get("mapping")
     if kind == "raw":
