@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from dataset_kit import http_files
 
-from cdp_ingest.datasets.raw import alias_indices, alias_name, index_stats, versions
+from cdp_ingest.datasets.raw import alias_indices, alias_name, index_stats, stage_raw, text_batches, versions
 from cdp_ingest.datasets.spec import (
     DatasetError,
     all_datasets,
@@ -73,6 +73,18 @@ def test_a_malformed_mapping_file_is_a_declaration_error(tmp_path):
     with pytest.raises(DatasetError, match="mapping bad.yaml: mapping bad: fields must map column names to targets"):
         parse_spec("orders", {"source": "/data/o.csv", "target": {"kind": "event", "mapping": "bad.yaml"}},
                    mappings_dir=tmp_path)
+
+
+def test_a_record_nested_too_deep_is_an_error_row_and_the_rest_is_staged(tmp_path):
+    """A JSON-lines record nested 300 levels deep: the raw staging and the mapped dataset's text batches
+    both failed on it with a TypeError (orjson writes 254 levels), stopping the sync; it is an error row now."""
+    src = tmp_path / "d.jsonl"
+    src.write_text('{"id": "1", "p": ' + "[" * 300 + "]" * 300 + '}\n{"id": "2", "p": 1}\n')
+    staged = stage_raw(src, "jsonl", staged_path=tmp_path / "s.parquet", error_path=tmp_path / "e.csv")
+    assert (staged.rows_in, staged.accepted, staged.rejected) == (2, 1, 1)
+    assert "line 1: nested deeper than 254 levels" in (tmp_path / "e.csv").read_text()
+    (batch,) = text_batches(src, "jsonl")
+    assert batch.batch.num_rows == 2 and batch.bad_rows == {0: "line 1: nested deeper than 254 levels"}
 
 
 def test_names_and_source_kinds():

@@ -450,6 +450,17 @@ def test_json_lines_chunking_gzip_and_crlf(tmp_path):
     assert chunks[0].raw[0] == '{"n": 1}'
 
 
+def test_json_line_nested_deeper_than_can_be_written_is_a_bad_line(tmp_path):
+    """orjson reads 1024 levels but writes 254: a deeper record crashed the dataset sync that writes it back
+    (raw or mapped) with a TypeError. It is a bad line now; the lines around it are read, and a record
+    with many brackets that is not that deep is kept."""
+    deep, shallow = "[" * 300 + "]" * 300, json.dumps([[1], [2]] * 200)
+    path = write(tmp_path / "d.jsonl", f'{{"a": 1}}\n{{"p": {deep}}}\n{{"p": {shallow}}}\n'.encode())
+    (chunk,) = read_json_lines(path)
+    assert chunk.records[0] == {"a": 1} and chunk.records[1] is None and len(chunk.records[2]["p"]) == 400
+    assert chunk.bad_rows == {1: "line 2: nested deeper than 254 levels"}
+
+
 def test_json_line_invalid_utf8(tmp_path):
     path = write(tmp_path / "e.jsonl", b'{"a": "ok"}\n{"a": "\xff"}\n')
     (chunk,) = read_json_lines(path)

@@ -70,6 +70,9 @@ def test_prepare_strips_archived_ids_in_any_casing_and_keeps_the_timestamp():
     ({"type": "identify", "userId": "u", "timestamp": "yesterday"}, "not an ISO-8601"),
     ({"type": "identify", "userId": "u", "timestamp": "0001-01-01T00:00:00+01:00"}, "out of range"),
     ({"type": "identify", "userId": "u", "traits": {"blob": "x" * 40_000}}, "above the 32768-byte limit"),
+    # nested deeper than orjson writes (it reads 1024 levels): a TypeError failed the whole archive
+    ({"type": "identify", "userId": "u", "traits": {"deep": orjson.loads("[" * 300 + "]" * 300)}},
+     "cannot be written as JSON: Recursion limit reached"),
 ])
 def test_prepare_refuses_with_a_reason(rec, reason):
     with pytest.raises(RowError, match=reason):

@@ -805,6 +805,19 @@ def _read_line(stream: BinaryIO) -> tuple[bytes, bool]:
             return line[:OVERLONG_LINE_KEEP], True
 
 
+# orjson reads JSON nested up to 1024 levels but writes only 254 (then raises "Recursion limit reached"): a
+# record deeper than it can be written back is a bad line, not an error that stops the whole file.
+MAX_JSON_DEPTH = 254
+
+
+def _writable(value: Any) -> bool:
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return False
+    return True
+
+
 def read_json_lines(
     source: Any, *, chunk_rows: int = 10_000, storage_options: dict | None = None
 ) -> Iterator[JsonChunk]:
@@ -850,10 +863,12 @@ def read_json_lines(
                 except orjson.JSONDecodeError as e:
                     chunk.bad_rows[idx] = f"line {line_no}: invalid JSON: {e}"
                 else:
-                    if isinstance(value, dict):
-                        record = value
-                    else:
+                    if not isinstance(value, dict):
                         chunk.bad_rows[idx] = f"line {line_no}: not a JSON object"
+                    elif body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and not _writable(value):
+                        chunk.bad_rows[idx] = f"line {line_no}: nested deeper than {MAX_JSON_DEPTH} levels"
+                    else:
+                        record = value
             chunk.records.append(record)
             chunk.raw.append(body.decode("utf-8", errors="replace"))
             total += 1

@@ -213,7 +213,10 @@ class Preparer:
         mid = self.message_id(original_id, line)
         msg["messageId"] = mid
         msg["sentAt"] = SENT_AT_PLACEHOLDER
-        body = orjson.dumps(msg, default=str)
+        try:
+            body = orjson.dumps(msg, default=str)
+        except orjson.JSONEncodeError as e:  # nested deeper than orjson writes (254 levels; it reads 1024)
+            raise RowError(f"message cannot be written as JSON: {e}") from None
         if len(body) > self.max_bytes:
             raise RowError(f"message is {len(body)} bytes, above the {self.max_bytes}-byte limit per message")
         return mid, body, has_ts
