@@ -59,6 +59,28 @@ def test_csv_chunk_loads_of_a_run_are_limited(dagbag):
             build_dag("x", {**cfg, "parallel_loads": bad})
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    ({"folder": None}, "folder .* is required"),
+    ({"units": ["event"]}, "units must map kinds"),
+    ({"units": {"events": {"pattern": "*.csv", "mapping": "demo-events.yaml"}}}, r"unknown unit kinds \['events'\]"),
+    ({"units": {"event": {"pattern": "*.csv"}}}, "unit event needs pattern and mapping"),
+    ({"units": {"event": {"pattern": "*.csv", "mapping": "nope.yaml"}}},
+     "unit event: mapping nope.yaml: cannot read YAML: .*No such file"),
+    ({"units": {"event": {"pattern": "*.csv", "mapping": "demo-profiles.yaml"}}},
+     "unit event: mapping demo-profiles.yaml maps profiles"),
+])
+def test_csv_import_config_mistakes_are_named(change, message):
+    """A mistake in config/csv_imports.yaml fails the DAG file with a message naming it: a missing folder
+    or pattern was a KeyError, and a missing mapping file or one of another kind failed only at run time."""
+    import yaml
+
+    from cdp_ingest_airflow.csv_dags import build_dag
+
+    cfg = yaml.safe_load((ROOT / "config" / "csv_imports.yaml").read_text())["imports"]["demo"]
+    with pytest.raises(ValueError, match=message):
+        build_dag("x", {**cfg, **change})
+
+
 PARSE_GUARD = r"""
 import socket, sys
 def no_network(*a, **k):

@@ -82,7 +82,41 @@ still one import: one ledger entry, one error file, committed once by `commit`. 
 """
 
 
+def check_config(name: str, cfg: Any) -> None:
+    """An import entry's shape and its mappings (read, and of the unit's kind), so that a mistake fails the
+    DAG file with a message that names it, not a KeyError or a task failure at run time."""
+    from cdp_ingest.errors import MappingError
+    from cdp_ingest.mapping import Mapping
+
+    where = f"csv import {name}"
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{where}: must be a mapping with folder and units, not {cfg!r}")
+    if not isinstance(cfg.get("folder"), str) or not cfg["folder"].strip():
+        raise ValueError(f"{where}: folder (a folder under the landing folder) is required")
+    units = cfg.get("units")
+    if not isinstance(units, dict) or not units:
+        raise ValueError(f"{where}: units must map kinds ({', '.join(KIND_ORDER)}) to {{pattern, mapping}}")
+    unknown = set(units) - set(KIND_ORDER)
+    if unknown:
+        raise ValueError(f"{where}: unknown unit kinds {sorted(map(str, unknown))}")
+    for kind, unit in units.items():
+        if not isinstance(unit, dict) or not all(isinstance(unit.get(k), str) and unit[k] for k in
+                                                 ("pattern", "mapping")):
+            raise ValueError(f"{where}: unit {kind} needs pattern and mapping (text), not {unit!r}")
+        try:
+            mapping = Mapping.load(_mapping_path(unit["mapping"]))
+        except MappingError as e:
+            raise ValueError(f"{where}: unit {kind}: {e}") from None
+        if mapping.kind != kind:
+            raise ValueError(f"{where}: unit {kind}: mapping {unit['mapping']} maps {mapping.kind}s")
+
+
+def _mapping_path(mapping: str) -> str:
+    return mapping if os.path.isabs(mapping) else str(MAPPINGS / mapping)
+
+
 def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
+    check_config(name, cfg)
     folder = cfg["folder"]
     conn_id = cfg.get("store_conn_id", "cdp_opensearch")
     ratio = float(cfg.get("max_reject_ratio", 0.5))
@@ -93,9 +127,6 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
     if isinstance(loads, bool) or not isinstance(loads, int) or loads < 1:
         raise ValueError(f"csv import {name}: parallel_loads must be a whole number >= 1, not {loads!r}")
     units = cfg["units"]
-    unknown = set(units) - set(KIND_ORDER)
-    if unknown:
-        raise ValueError(f"csv import {name}: unknown unit kinds {sorted(unknown)}")
     with DAG(
         dag_id=f"csv_import_{name}",
         schedule=cfg.get("schedule"),
@@ -121,7 +152,7 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
             if kind not in units:
                 continue
             unit = units[kind]
-            mapping = unit["mapping"] if os.path.isabs(unit["mapping"]) else str(MAPPINGS / unit["mapping"])
+            mapping = _mapping_path(unit["mapping"])
             with TaskGroup(group_id=kind) as group:
 
                 @task(task_id="list_files", trigger_rule="none_failed")
