@@ -46,6 +46,15 @@ def test_deadline_interval_runs_from_the_logical_date_to_the_local_deadline_on_t
     ({"max_reject_ratio": 2}, "max_reject_ratio"),
     ({"parallel_loads": 0}, "parallel_loads"),
     ({"parallel_loads": "2"}, "parallel_loads"),
+    # (these raised a TypeError from inside the factory: a "Broken DAG" that named no key)
+    ({"sensor": "reschedule"}, "sensor must be a mapping"),
+    ({"sensor": {"timeout": "1h"}}, "sensor timeout .seconds. must be a number"),
+    ({"sensor": {"poke_interval": 0}}, "sensor poke_interval .seconds. must be > 0"),
+    ({"sensor": {"every": 60}}, r"unknown sensor keys \['every'\]"),
+    ({"max_reject_ratio": None}, "max_reject_ratio must be a number"),
+    ({"max_reject_ratio": "10%"}, "max_reject_ratio must be a number"),
+    ({"max_active_runs": [1]}, "max_active_runs must be a whole number"),
+    ({"max_active_runs": 0}, "max_active_runs must be >= 1"),
 ])
 def test_bad_source_configuration_is_refused_at_parse_time(over, message):
     with pytest.raises(ValueError, match=message):

@@ -167,3 +167,26 @@ def test_segment_s3_archive_layout(env, airflow_db, s3_server, receiver, tmp_pat
     dr = _dag("replay_s3arch").test()
     assert dr.state == "success"
     assert len(receiver.messages()) == 500 and receiver.stats()["duplicates"] == 0
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"source": "replay/segment"}, "source must be a mapping"),
+    ({"destination": "segment"}, "destination must be a mapping"),
+    ({"settings": [2500]}, "settings must be a mapping"),
+    ({"settings": {"concurrency": "2"}}, "concurrency must be a whole number, not '2'"),
+    ({"settings": {"rate_limit": [1]}}, "rate_limit must be a number"),
+    ({"settings": {"concurrency": True}}, "concurrency must be a whole number, not True"),
+    ({"destination": {"type": "segment", "conn_id": "c", "historical": "yes"}}, "historical must be true or false"),
+    ({"max_reject_ratio": "10%"}, "max_reject_ratio must be a number"),
+    ({"sensor": 60}, "sensor must be a mapping"),
+    ({"source": {"url": "store:", "window": "June"}}, "source.window must be a mapping"),
+])
+def test_replay_config_mistakes_are_named(change, message):
+    """A replay entry of the wrong shape fails the DAG file with a message naming the key; these raised a
+    TypeError or AttributeError from inside the factory (a "Broken DAG" that named no key)."""
+    from cdp_ingest.segment import ReplayConfigError
+    from cdp_ingest_airflow.replay_dags import validate_replay
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "replays.yaml").read_text())
+    with pytest.raises((ValueError, ReplayConfigError), match=message):
+        validate_replay("segment_history", {**cfg["replays"]["segment_history"], **change})

@@ -111,7 +111,13 @@ class ReplaySettings:
         known = {k for k in cls.__dataclass_fields__ if k != "name"}
         unknown = set(cfg) - known
         if unknown:
-            raise ReplayConfigError(f"replay {name}: unknown settings {sorted(unknown)}")
+            raise ReplayConfigError(f"replay {name}: unknown settings {sorted(map(str, unknown))}")
+        for key, value in cfg.items():  # the type of each setting's default (a float also takes a whole number)
+            default = getattr(cls, key, None)
+            want = {bool: (bool,), int: (int,), float: (int, float)}.get(type(default))
+            if want and (not isinstance(value, want) or isinstance(value, bool) and default.__class__ is not bool):
+                kind = {bool: "true or false", int: "a whole number", float: "a number"}[type(default)]
+                raise ReplayConfigError(f"replay {name}: {key} must be {kind}, not {value!r}")
         return cls(name=name, **cfg).check()
 
 

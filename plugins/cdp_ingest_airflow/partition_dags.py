@@ -51,6 +51,7 @@ from airflow.sdk import (
 )
 
 from cdp_ingest_airflow import activity_hooks
+from cdp_ingest_airflow.config_checks import number_of, ratio_of, sensor_of
 from cdp_ingest_airflow.dag_base import ImportDAG, mapped_outputs
 from cdp_ingest_airflow.defaults import DEFAULT_ARGS
 from cdp_ingest_airflow.notify import WEBHOOK_CONN_ID, on_task_failure, post_webhook, send_to_connection
@@ -126,12 +127,12 @@ def validate_source(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
     deadline = cfg.get("load_deadline")
     if deadline is not None:
         deadline_interval(schedule, deadline)
-    sensor = {"mode": "reschedule", "poke_interval": 300, "timeout": 20 * 3600, **(cfg.get("sensor") or {})}
-    if sensor["mode"] not in ("poke", "reschedule"):
-        raise ValueError(f"partition source {name}: sensor mode must be poke or reschedule")
-    ratio = float(cfg.get("max_reject_ratio", 0.5))
-    if not 0 <= ratio <= 1:
-        raise ValueError(f"partition source {name}: max_reject_ratio must be between 0 and 1")
+    where = f"partition source {name}"
+    sensor = sensor_of(cfg.get("sensor"), where, {"mode": "reschedule", "poke_interval": 300, "timeout": 20 * 3600})
+    ratio = ratio_of(cfg.get("max_reject_ratio", 0.5), f"{where}: max_reject_ratio")
+    runs = number_of(cfg.get("max_active_runs", 1), f"{where}: max_active_runs", whole=True)
+    if runs < 1:
+        raise ValueError(f"{where}: max_active_runs must be >= 1, not {runs!r}")
     start = cfg.get("start_date", "2025-01-01")
     start = start if isinstance(start, date) else date.fromisoformat(str(start))
     loads = cfg.get("parallel_loads", 2)
@@ -144,7 +145,7 @@ def validate_source(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         "name": name, "url": url.rstrip("/"), "scheme": scheme, "conn_id": cfg.get("conn_id"),
         "store_conn_id": cfg.get("store_conn_id", "cdp_opensearch"), "source_id": cfg.get("source_id", name),
         "schedule": schedule, "timezone": tz, "load_deadline": deadline, "start_date": start,
-        "max_reject_ratio": ratio, "max_active_runs": int(cfg.get("max_active_runs", 1)), "sensor": sensor,
+        "max_reject_ratio": ratio, "max_active_runs": runs, "sensor": sensor,
         "description": cfg.get("description", ""),
         "error_dir": str(cfg.get("error_dir") or landing_root() / "partitions" / name / "errors"),
         "webhook_conn_id": cfg.get("webhook_conn_id", WEBHOOK_CONN_ID), "write_mode": write_mode,

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 from airflow.sdk import DAG, Param, PokeReturnValue, task, task_group
 
+from cdp_ingest_airflow.config_checks import mapping_of, ratio_of, sensor_of
 from cdp_ingest_airflow.dag_base import mapped_outputs
 from cdp_ingest_airflow.defaults import DEFAULT_ARGS
 from cdp_ingest_airflow.notify import WEBHOOK_CONN_ID, on_task_failure, post_webhook
@@ -62,7 +63,8 @@ def validate_replay(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
     if not re.fullmatch(r"[a-z0-9_]+", name):
         raise ValueError(f"replay name {name!r}: use lowercase letters, digits and _")
-    source = dict(cfg.get("source") or {})
+    where = f"replay {name}"
+    source = dict(mapping_of(cfg.get("source"), f"{where}: source"))
     url = str(source.get("url") or "")
     if not url:
         raise ValueError(f"replay {name}: source.url is required (a folder, s3://, gs:// or store:)")
@@ -70,25 +72,24 @@ def validate_replay(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
         url = str(landing_root() / url)
     if url.startswith(("s3://", "gs://")) and not source.get("conn_id"):
         raise ValueError(f"replay {name}: source.conn_id (aws / google_cloud_platform connection) is required")
-    dest = dict(cfg.get("destination") or {})
+    dest = dict(mapping_of(cfg.get("destination"), f"{where}: destination"))
     if dest.get("type") not in ("segment", "tracardi"):
         raise ValueError(f"replay {name}: destination.type must be segment or tracardi")
     if not dest.get("conn_id"):
         raise ValueError(f"replay {name}: destination.conn_id (an http connection) is required")
     settings = {k: dest[k] for k in SETTING_KEYS if k in dest}
-    settings.update({k: v for k, v in (cfg.get("settings") or {}).items()})
+    settings.update(mapping_of(cfg.get("settings"), f"{where}: settings"))
     if "integrations" in cfg:
         settings["integrations"] = cfg["integrations"]
     # refuses historical: false, bad limits and unknown settings at parse time, before any run
     ReplaySettings.from_dict(name, {k: v for k, v in settings.items() if k != "source_id"})
-    ratio = float(cfg.get("max_reject_ratio", 0.1))
-    if not 0 <= ratio <= 1:
-        raise ValueError(f"replay {name}: max_reject_ratio must be between 0 and 1")
-    sensor = {"mode": "reschedule", "poke_interval": 60, "timeout": 3600, **(cfg.get("sensor") or {})}
+    ratio = ratio_of(cfg.get("max_reject_ratio", 0.1), f"{where}: max_reject_ratio")
+    sensor = sensor_of(cfg.get("sensor"), where, {"mode": "reschedule", "poke_interval": 60, "timeout": 3600})
+    window = mapping_of(source.get("window"), f"{where}: source.window")
     return {
         "name": name, "description": cfg.get("description", ""), "url": url.rstrip("/") if url != "store:" else url,
         "conn_id": source.get("conn_id"), "marker": source.get("marker"), "mapping": source.get("mapping"),
-        "window": source.get("window") or {}, "destination": dest["type"], "http_conn_id": dest["conn_id"],
+        "window": window, "destination": dest["type"], "http_conn_id": dest["conn_id"],
         "settings": settings, "store_conn_id": cfg.get("store_conn_id", "cdp_opensearch"),
         "schedule": cfg.get("schedule"), "max_reject_ratio": ratio, "sensor": sensor,
         "error_dir": str(cfg.get("error_dir") or landing_root() / "replays" / name / "errors"),
