@@ -317,20 +317,29 @@ def test_iso_times_datetimes_checks_normalised_identities_and_derived_fields_mat
     assert any(index == "p-event-2025-10" for _r, _k, index, _i, _b in items)  # a zone that moves the month
 
 
+def _time_column_both_ways(tmp_path: Path, monkeypatch, cells: list[str], fmt: str) -> tuple:
+    """Events of the CHECKED mapping with ``time.format`` ``fmt`` and these time cells, mapped both ways
+    (the same documents, counts and error file); also the time cells the columnar path left to map_row.
+    Returns (rows, items, counts, errors, cells left to map_row)."""
+    rows = [[f"e-{i}", cell, "search", "", "", "", "", "", "", "", ""] for i, cell in enumerate(cells)]
+    path = write(tmp_path / "t.csv", CHECKED_HEADER, rows)
+    mapping = Mapping.from_dict({**CHECKED, "time": {"column": "ts", "format": fmt}}, name="t")
+    items, counts, errors = same(mapping, path, tmp_path, batch_rows=512)
+    calls: list[str] = []
+    real = Mapper.map_row
+    monkeypatch.setattr(Mapper, "map_row", lambda self, row, ref: calls.append(row["ts"]) or real(self, row, ref))
+    run(mapping, path, tmp_path, fast=True, batch_rows=512)
+    return rows, items, counts, errors, calls
+
+
 def test_epoch_milliseconds_match_the_row_path(tmp_path, monkeypatch):
     """``time.format: epoch_ms``: whole milliseconds before 2**33 s are mapped columnar (``map_row``'s float
     division is exact to the microsecond there); later ones (where it is not: 32503679999999 gives .999001),
     fractions and other text go to map_row. 3,000 random cells, the same documents both ways."""
     rnd = random.Random(17)
-    rows = [[f"e-{i}", epoch_ms_cell(rnd), "search", "", "", "", "", "", "", "", ""] for i in range(3000)]
-    path = write(tmp_path / "ms.csv", CHECKED_HEADER, rows)
-    mapping = Mapping.from_dict({**CHECKED, "time": {"column": "ts", "format": "epoch_ms"}}, name="ms")
-    items, counts, errors = same(mapping, path, tmp_path, batch_rows=512)
+    rows, items, counts, errors, calls = _time_column_both_ways(
+        tmp_path, monkeypatch, [epoch_ms_cell(rnd) for _ in range(3000)], "epoch_ms")
     assert counts[1] > 2000 and "not a datetime in format epoch_ms" in errors
-    calls: list[str] = []
-    real = Mapper.map_row
-    monkeypatch.setattr(Mapper, "map_row", lambda self, row, ref: calls.append(row["ts"]) or real(self, row, ref))
-    run(mapping, path, tmp_path, fast=True, batch_rows=512)
     assert 1500 < counts[0] - len(calls) and "32503679999999" in calls
     assert all(not c.isdigit() or len(c) > 13 or int(c) >= 2**33 * 1000 for c in calls)
     bodies = {doc_id: orjson.loads(body) for _r, _k, _i, doc_id, body in items}
@@ -374,16 +383,9 @@ def test_strftime_patterns_match_the_row_path(tmp_path, monkeypatch, fmt):
     and what it rejects go to map_row. 2,000 random cells per pattern, the same documents, counts and error
     file both ways."""
     rnd = random.Random(fmt)
-    rows = [[f"e-{i}", _strftime_cell(rnd, fmt), "search", "", "", "", "", "", "", "", ""] for i in range(2000)]
-    path = write(tmp_path / "t.csv", CHECKED_HEADER, rows)
-    mapping = Mapping.from_dict({**CHECKED, "time": {"column": "ts", "format": fmt}}, name="t")
-    assert EventBatchMapper.compile(Mapper(mapping, unit_key="u", now=NOW)) is not None
-    items, counts, errors = same(mapping, path, tmp_path, batch_rows=512)
+    rows, items, counts, errors, calls = _time_column_both_ways(
+        tmp_path, monkeypatch, [_strftime_cell(rnd, fmt) for _ in range(2000)], fmt)
     assert counts[1] > 1200 and f"not a datetime in format {fmt}" in errors
-    calls: list[str] = []
-    real = Mapper.map_row
-    monkeypatch.setattr(Mapper, "map_row", lambda self, row, ref: calls.append(row["ts"]) or real(self, row, ref))
-    run(mapping, path, tmp_path, fast=True, batch_rows=512)
     assert counts[0] - len(calls) > 1100  # rows mapped columnar
     spaced = [r[1] for r in rows if r[1] != r[1].strip() or "  " in r[1]]
     assert spaced and set(spaced) <= set(calls)
@@ -425,15 +427,9 @@ def test_fractional_epoch_seconds_match_the_row_path(tmp_path, monkeypatch):
             return f"{rnd.randrange(2**33, 32503680001)}.{rnd.randrange(0, 10**6):06d}"
         return rnd.choice(["1761955200.1234567", "1761955200.", ".5", "1761955200.5 ", "-0.5", "32503680000.0",
                            "32503680000.000001", "8589934591.999999", "0.000001", "1e9", "1761955200"])
-    rows = [[f"e-{i}", cell(), "search", "", "", "", "", "", "", "", ""] for i in range(3000)]
-    path = write(tmp_path / "f.csv", CHECKED_HEADER, rows)
-    mapping = Mapping.from_dict({**CHECKED, "time": {"column": "ts", "format": "epoch"}}, name="f")
-    items, counts, errors = same(mapping, path, tmp_path, batch_rows=512)
+    rows, items, counts, errors, calls = _time_column_both_ways(
+        tmp_path, monkeypatch, [cell() for _ in range(3000)], "epoch")
     assert counts[1] > 2500 and "epoch seconds out of range" in errors
-    calls: list[str] = []
-    real = Mapper.map_row
-    monkeypatch.setattr(Mapper, "map_row", lambda self, row, ref: calls.append(row["ts"]) or real(self, row, ref))
-    run(mapping, path, tmp_path, fast=True, batch_rows=512)
     assert counts[0] - len(calls) > 1800 and "1761955200.1234567" in calls
     assert not [c for c in calls if re.fullmatch(r"[0-9]{1,10}\.[0-9]{1,6}", c) and float(c) < 2**33]
     bodies = {doc_id: orjson.loads(body) for _r, _k, _i, doc_id, body in items}
