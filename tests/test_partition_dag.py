@@ -32,6 +32,13 @@ def test_deadline_interval_runs_from_the_logical_date_to_the_local_deadline_on_t
     assert pd.deadline_interval("@daily", "06:15") == timedelta(hours=30, minutes=15)
 
 
+def test_numbers_written_as_text_are_still_read():
+    """``max_reject_ratio: "0.2"`` and a sensor timeout in quotes were read by ``float()`` before the shape
+    checks; they still are."""
+    src = pd.validate_source("demo", cfg(max_reject_ratio="0.2", max_active_runs="2", sensor={"timeout": "600"}))
+    assert (src["max_reject_ratio"], src["max_active_runs"], src["sensor"]["timeout"]) == (0.2, 2, 600.0)
+
+
 @pytest.mark.parametrize(("over", "message"), [
     ({"schedule": "0 * * * *"}, "daily cron"),
     ({"schedule": "0 2 * * 1"}, "daily cron"),
@@ -55,6 +62,7 @@ def test_deadline_interval_runs_from_the_logical_date_to_the_local_deadline_on_t
     ({"max_reject_ratio": "10%"}, "max_reject_ratio must be a number"),
     ({"max_active_runs": [1]}, "max_active_runs must be a whole number"),
     ({"max_active_runs": 0}, "max_active_runs must be >= 1"),
+    ({"max_active_runs": "2.5"}, "max_active_runs must be a whole number"),
 ])
 def test_bad_source_configuration_is_refused_at_parse_time(over, message):
     with pytest.raises(ValueError, match=message):

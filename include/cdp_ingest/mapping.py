@@ -253,7 +253,7 @@ def _check_shapes(raw: dict, fail) -> None:
 
     for key in ("id_column", "session_column", "source_id", "unmapped", "write_mode"):
         v = raw.get(key)
-        if v is not None and not text(v):
+        if v is not None and not text(v) and not (key == "source_id" and type(v) in (int, float)):
             raise fail(f"{key} must be text, not {v!r}")
     fields = raw.get("fields")
     if fields is not None and not isinstance(fields, dict):

@@ -16,10 +16,17 @@ def mapping_of(value: Any, where: str) -> dict[str, Any]:
 
 
 def number_of(value: Any, where: str, *, whole: bool = False) -> Any:
-    """A number from YAML (``whole``: an integer); a bool, text or anything else is refused."""
-    if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
-        raise ValueError(f"{where} must be {'a whole number' if whole else 'a number'}, not {value!r}")
-    return value
+    """A number from YAML (``whole``: an integer), or text that reads as one (``"0.2"``, as ``float()`` took
+    it before); a bool, a list, a mapping or other text is refused."""
+    kind = int if whole else float
+    if isinstance(value, str):
+        try:
+            return kind(value.strip())
+        except ValueError:
+            pass
+    elif not isinstance(value, bool) and isinstance(value, int if whole else int | float):
+        return value
+    raise ValueError(f"{where} must be {'a whole number' if whole else 'a number'}, not {value!r}")
 
 
 def ratio_of(value: Any, where: str) -> float:
@@ -38,6 +45,8 @@ def sensor_of(value: Any, where: str, defaults: dict[str, Any]) -> dict[str, Any
     if sensor["mode"] not in ("poke", "reschedule"):
         raise ValueError(f"{where}: sensor mode must be poke or reschedule, not {sensor['mode']!r}")
     for key in ("poke_interval", "timeout"):
-        if number_of(sensor[key], f"{where}: sensor {key} (seconds)") <= 0:
+        value = number_of(sensor[key], f"{where}: sensor {key} (seconds)")
+        if value <= 0:
             raise ValueError(f"{where}: sensor {key} (seconds) must be > 0, not {sensor[key]!r}")
+        sensor[key] = value
     return sensor
