@@ -175,7 +175,7 @@ def test_a_null_default_is_written_as_null(tmp_path):
 
 
 @pytest.mark.parametrize("change", [{"derived": {"traits.x": "{email!r}"}}, {"derived": {"traits.x": "{email:>9}"}},
-                                    {"time": {"column": "ts", "format": "%m/%d/%Y %I:%M %p"}},
+                                    {"time": {"column": "ts", "format": "%d %b %Y %H:%M"}},
                                     {"time": {"column": "ts", "format": "%Y-%m-%d %H:%M:%S%z"}},
                                     {"defaults": {"traits.x": {"a": 1}}},
                                     {"fields": {"page": "tags.values"}},
@@ -372,16 +372,16 @@ def _strftime_cell(rnd: random.Random, fmt: str) -> str:
 
 
 STRFTIME = ["%Y-%m-%d %H:%M:%S", "%d/%m/%Y %H:%M", "%Y%m%d%H%M%S", "%Y-%m-%dT%H:%M:%S.%fZ", "%d.%m.%Y",
-            "%m/%d/%Y %H:%M"]
+            "%m/%d/%Y %H:%M", "%m/%d/%Y %I:%M %p", "%Y-%m-%d %I:%M:%S%p", "%d/%m/%Y %I:%M"]
 
 
 @pytest.mark.parametrize("fmt", STRFTIME)
 def test_strftime_patterns_match_the_row_path(tmp_path, monkeypatch, fmt):
-    """``time.format`` a strftime pattern of ``%Y %m %d %H %M %S %f`` and literal text: a cell in the
+    """``time.format`` a strftime pattern of ``%Y %m %d %H %I %p %M %S %f`` and literal text: a cell in the
     pattern's zero-padded form, or with fields of one digit where text that is not a digit follows them, is
-    mapped columnar; what else ``strptime`` reads (runs of spaces, another case, one digit before a digit)
-    and what it rejects go to map_row. 2,000 random cells per pattern, the same documents, counts and error
-    file both ways."""
+    mapped columnar (``%I``/``%p``: 12 AM is 0, PM adds 12, no ``%p`` is AM, as strptime reads them); what
+    else ``strptime`` reads (runs of spaces, another case, one digit before a digit) and what it rejects go
+    to map_row. 2,000 random cells per pattern, the same documents, counts and error file both ways."""
     rnd = random.Random(fmt)
     rows, items, counts, errors, calls = _time_column_both_ways(
         tmp_path, monkeypatch, [_strftime_cell(rnd, fmt) for _ in range(2000)], fmt)
@@ -390,7 +390,7 @@ def test_strftime_patterns_match_the_row_path(tmp_path, monkeypatch, fmt):
     spaced = [r[1] for r in rows if r[1] != r[1].strip() or "  " in r[1]]
     assert spaced and set(spaced) <= set(calls)
     if "/" in fmt:  # one-digit fields mapped columnar: 1/2/2025 3:04
-        short = {r[1] for r in rows if re.fullmatch(r"[1-9]/[1-9]/[0-9]{4} [0-9]:[0-9]{2}", r[1])}
+        short = {r[1] for r in rows if re.fullmatch(r"[1-9]/[1-9]/[0-9]{4} [0-9]:[0-9]{2}( [AaPp][Mm])?", r[1])}
         assert short and not short & set(calls)
     if fmt == "%Y-%m-%dT%H:%M:%S.%fZ":
         docs = [orjson.loads(body) for *_, body in items]
@@ -399,6 +399,7 @@ def test_strftime_patterns_match_the_row_path(tmp_path, monkeypatch, fmt):
 
 
 @pytest.mark.parametrize("fmt", [" %Y-%m-%d", "%Y-%m-%d ", "$D_%Y%m%d", "%y-%m-%d", "%Y-%m", "%Y-%m-%d %H:%M:%S%z",
+                                 "%Y-%m-%d %H %I:%M %p",
                                  "%Y-%m-%d %H:%M:%S.%f%H", "%Y-%m-%d %H:%M:%S.%f1", "%Y-%m-%d %H:%M.%f", "%Y-%m-%d %d",
                                  "%Y-%m-%d %%", "%Y-%m-%d %"])
 def test_strftime_patterns_it_cannot_prove_stay_on_the_row_path(fmt):

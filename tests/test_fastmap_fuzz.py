@@ -29,7 +29,8 @@ ROOTS = {"profile": ["data", "traits", "aux", "interests", "consents", "segments
 META = {"event": ["metadata.status", "metadata.instance", "metadata.time.x", "metadata.profile_less", "tags.values"],
         "session": ["metadata.channel", "metadata.status", "metadata.time.insert"],
         "profile": ["data.pii.firstname", "active", "segments.x", "data.contact.email"]}
-TIMES = ["epoch", "epoch_ms", "iso", "%Y-%m-%d %H:%M:%S", "%d/%m/%Y %H:%M", "%Y%m%d%H%M%S.%f", "%d %b %Y"]
+TIMES = ["epoch", "epoch_ms", "iso", "%Y-%m-%d %H:%M:%S", "%d/%m/%Y %H:%M", "%Y%m%d%H%M%S.%f", "%d %b %Y",
+         "%m/%d/%Y %I:%M %p"]
 CELLS = ["", " ", "x", "Ada@Example.com", " ada@example.com ", "b@x.org", "not an email", "+49 30 1234567",
          "0049301234567", "12", "7", "-3", "+3", "007", "2147483648", "9223372036854775807", "1e3", "1.5", "-0",
          "0.1", "inf", "nan", "true", "False", "yes", "0", "1", "2025-11-01", "2025-11-01T10:00:00Z",

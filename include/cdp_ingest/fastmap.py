@@ -179,8 +179,8 @@ _EPOCH_DAY0 = "1970-01-01"
 # strftime directives the columnar path reads, as the zero-padded text strptime's own pattern takes first (so a
 # cell this matches, strptime reads as the same fields); any other directive leaves the mapping to map_row.
 _STRF_DIGITS = {"Y": "[0-9]{4}", "m": "0[1-9]|1[0-2]", "d": "0[1-9]|[12][0-9]|3[01]", "H": "[01][0-9]|2[0-3]",
-                "M": "[0-5][0-9]", "S": "[0-5][0-9]", "f": "[0-9]{1,6}"}
-_STRF_ONE_DIGIT = {"m": "[1-9]", "d": "[1-9]", "H": "[0-9]", "M": "[0-9]", "S": "[0-9]"}  # strptime's last try
+                "I": "0[1-9]|1[0-2]", "M": "[0-5][0-9]", "S": "[0-5][0-9]", "f": "[0-9]{1,6}", "p": "[AaPp][Mm]"}
+_STRF_ONE_DIGIT = {"m": "[1-9]", "d": "[1-9]", "H": "[0-9]", "I": "[1-9]", "M": "[0-9]", "S": "[0-9]"}  # its last try
 _EPOCH_FRACTION_RE = r"^[0-9]{1,10}\.[0-9]{1,6}$"
 _EXACT_S = 2**33  # fractional epoch seconds below this: map_row's float() is within half a microsecond
 
@@ -188,8 +188,9 @@ _EXACT_S = 2**33  # fractional epoch seconds below this: map_row's float() is wi
 def strftime_regex(fmt: str) -> str | None:
     """A regular expression (RE2) with a named group per directive of the strftime pattern ``fmt`` that matches
     the cells ``datetime.strptime(cell, fmt)`` reads as those digits — None unless ``fmt`` has ``%Y``, ``%m``
-    and ``%d``, each directive once from ``%Y %m %d %H %M %S %f`` (``%f`` with ``%S``, not followed by a
-    digit), and no surrounding whitespace (``parse_time`` strips the cell) or leading ``$D_``.
+    and ``%d``, each directive once from ``%Y %m %d %H %I %p %M %S %f`` (``%f`` with ``%S``, not followed by a
+    digit; ``%I`` or ``%H``, not both; ``%p`` only where strptime's AM/PM are ``am``/``pm``, as in the C and
+    English locales), and no surrounding whitespace (``parse_time`` strips the cell) or leading ``$D_``.
 
     strptime tries each field's zero-padded form first (``1[0-2]|0[1-9]|[1-9]`` for ``%m``), so on a cell
     that is the padded form it takes that. A field followed by text that does not start with a digit (or by
@@ -214,8 +215,13 @@ def strftime_regex(fmt: str) -> str | None:
             out.append(f"(?P<{d}>{_STRF_DIGITS[d]}{one})")
         else:
             out.extend(c if c.isascii() and c.isalnum() else f"\\x{{{ord(c):x}}}" for c in tok)
-    if not {"Y", "m", "d"} <= set(seen) or ("f" in seen and "S" not in seen):
+    if not {"Y", "m", "d"} <= set(seen) or ("f" in seen and "S" not in seen) or {"H", "I"} <= set(seen):
         return None
+    if "p" in seen:
+        import _strptime  # the locale's AM/PM words strptime reads (any case)
+
+        if _strptime._TimeRE_cache.locale_time.am_pm != ["am", "pm"]:
+            return None
     return "".join(out) + "$"
 
 
@@ -230,7 +236,14 @@ def _strftime_iso(text: pa.Array, regex: str) -> pa.Array:
             return default
         field = pc.struct_field(parts, name)
         return field if name == "Y" else pc.utf8_lpad(field, 2, "0")
-    iso = pc.binary_join_element_wise(part("Y", ""), "-", part("m", ""), "-", part("d", ""), "T", part("H", "00"),
+    hour = part("H", "00")
+    if "I" in names:  # strptime: 12 is 0 unless PM; PM adds 12 (no %p: AM)
+        clock = pc.cast(pc.struct_field(parts, "I"), pa.int64())
+        hour = pc.if_else(pc.equal(clock, 12), 0, clock)
+        if "p" in names:
+            hour = pc.if_else(pc.equal(pc.utf8_lower(pc.struct_field(parts, "p")), "pm"), pc.add(hour, 12), hour)
+        hour = pc.utf8_lpad(pc.cast(hour, pa.string()), 2, "0")
+    iso = pc.binary_join_element_wise(part("Y", ""), "-", part("m", ""), "-", part("d", ""), "T", hour,
                                       ":", part("M", "00"), ":", part("S", "00"), "")
     if "f" in names:
         iso = pc.binary_join_element_wise(iso, ".", pc.struct_field(parts, "f"), "")
