@@ -207,10 +207,11 @@ def strftime_regex(fmt: str) -> str | None:
             d = tok[1:]
             if d not in _STRF_DIGITS or d in seen:
                 return None
-            if d == "f" and i + 1 < len(tokens) and (tokens[i + 1].startswith("%") or tokens[i + 1][0].isdigit()):
+            # followed by the end or by text that does not start with a digit: its digits end there
+            ends = i + 1 == len(tokens) or not (tokens[i + 1].startswith("%") or tokens[i + 1][0].isdigit())
+            if d == "f" and not ends:
                 return None
             seen.append(d)
-            ends = i + 1 == len(tokens) or not (tokens[i + 1].startswith("%") or tokens[i + 1][0].isdigit())
             one = f"|{_STRF_ONE_DIGIT[d]}" if ends and d in _STRF_ONE_DIGIT else ""
             out.append(f"(?P<{d}>{_STRF_DIGITS[d]}{one})")
         else:
@@ -784,6 +785,8 @@ class EventBatchMapper(_ProfileIds):
             secs = pc.cast(pc.if_else(tgood, tcol, "0"), pa.int64())
             whole = pc.and_(tgood, pc.less_equal(secs, MAX_EPOCH))
             micros = pc.multiply(pc.if_else(whole, secs, 0), _MICROS)
+            if pc.all(whole, skip_nulls=False).as_py():  # (the usual batch: no second regex pass over it)
+                return micros
             frac = pc.match_substring_regex(tcol, _EPOCH_FRACTION_RE)  # "1761955200.5": up to 6 digits, < 2**33 s
             if not pc.any(frac).as_py():
                 need(whole)
