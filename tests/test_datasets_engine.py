@@ -23,6 +23,7 @@ from cdp_ingest.datasets.spec import (
 )
 from cdp_ingest.datasets.state import DatasetIndex
 from cdp_ingest.datasets.sync import delete_dataset, sync_dataset
+from cdp_ingest.errorfile import FAILURE_COLUMN, read_error_file
 from cdp_ingest.errors import FileLevelError
 from cdp_ingest.store import Store, make_client
 
@@ -85,6 +86,23 @@ def test_a_record_nested_too_deep_is_an_error_row_and_the_rest_is_staged(tmp_pat
     assert "line 1: nested deeper than 254 levels" in (tmp_path / "e.csv").read_text()
     (batch,) = text_batches(src, "jsonl")
     assert batch.batch.num_rows == 2 and batch.bad_rows == {0: "line 1: nested deeper than 254 levels"}
+
+
+def test_raw_json_lines_with_other_keys_keep_every_value_in_the_error_file(tmp_path):
+    """Rejected JSON lines with keys the first rejected row did not have: their values were lost (only the
+    key's name went into the reason), and an unreadable line's placeholder column ``line`` was listed as a
+    column of the dataset."""
+    src = tmp_path / "p.jsonl"
+    src.write_text('{"id": 1, "a": "x"}\n{"a": "no id"}\n{broken\n{"id": 2, "b": "y"}\n{"c": "kept"}\n')
+    staged = stage_raw(src, "jsonl", staged_path=tmp_path / "s.parquet", error_path=tmp_path / "e.csv",
+                       id_column="id")
+    assert (staged.rows_in, staged.accepted, staged.rejected) == (5, 2, 3)
+    assert staged.columns == ["id", "a", "b", "c"]
+    rows = [{k: v for k, v in r.items() if v} for r in read_error_file(staged.error_file)]
+    assert rows == [{"a": "no id", FAILURE_COLUMN: "column 'id' (id_column) is empty"},
+                    {"line": "{broken", FAILURE_COLUMN: rows[1][FAILURE_COLUMN]},
+                    {"c": "kept", FAILURE_COLUMN: "column 'id' (id_column) is empty"}]
+    assert rows[1][FAILURE_COLUMN].startswith("line 3: invalid JSON")
 
 
 def test_names_and_source_kinds():
@@ -210,6 +228,35 @@ def test_local_jsonl_gz_file_and_rows_the_store_refuses(store, tmp_path):
     doc = store.get(alias_name(store.prefix, "people"), "7")["_source"]
     assert doc == {"id": 7, "name": "n7", "score": 3.5, "tags": ["x", "y"], "attrs": {"k": 7}}
     assert sync_dataset(spec, store, job_id=job())["changed"] is False  # same size and mtime
+
+
+def test_mapped_json_lines_whose_keys_change_after_the_first_batch(store, tmp_path):
+    """5,100 JSON lines mapped to events; from line 5,001 (the second batch of 5,000) each also has a
+    ``coupon``. A rejected row of the second batch lost its coupon in the error file, and the transform's and
+    the load's error files were joined under one header although their columns differed."""
+    mapping = tmp_path / "clicks.yaml"
+    mapping.write_text("kind: event\nsource_id: js-clicks\nid_column: id\nidentity: [email]\n"
+                       "time: {column: ts, format: epoch}\nevent_type: {column: event}\nunmapped: properties\n")
+    lines = []
+    for i in range(1, 5101):
+        row = {"id": f"e{i}", "email": f"u{i % 50}@x.io", "event": "click", "ts": 1767261600 + i}
+        if i > 5000:
+            row["coupon"] = f"C{i}"
+        if i in (3, 5050):
+            row["ts"] = "soon"
+        lines.append(json.dumps(row))
+    lines[5059] = "{broken"
+    src = tmp_path / "clicks.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    spec = parse_spec("jsclicks", {"source": str(src), "target": {"kind": "event", "mapping": str(mapping)}})
+    r = sync_dataset(spec, store, job_id=job())["result"]
+    assert (r["rows_in"], r["loaded"], r["rejected"], r["duplicates"]) == (5100, 5097, 3, 0)
+    store.refresh([f"{store.prefix}event-*"])
+    assert store.count(f"{store.prefix}event-2026-01") == 5097
+    rows = read_error_file(r["error_file"])
+    assert [(x["id"], x["coupon"], x["line"]) for x in rows] == [("e3", "", ""), ("e5050", "C5050", ""),
+                                                                ("", "", "{broken")]
+    assert rows[1]["ts"] == "soon" and rows[1]["email"] == "u0@x.io" and "epoch" in rows[1][FAILURE_COLUMN]
 
 
 def test_s3_parquet_dataset_uses_the_etag(store, s3_server, tmp_path):

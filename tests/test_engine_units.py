@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -164,7 +165,6 @@ def test_mapping_file_errors_are_precise(raw, message):
 
 
 def test_bundled_demo_mappings_load(tmp_path):
-    from pathlib import Path
 
     import cdp_ingest
 
@@ -193,6 +193,50 @@ def test_error_file_neutralises_formulas_and_keeps_every_value(tmp_path):
     assert [r[FAILURE_COLUMN] for r in read_error_file(tmp_path / "e.csv")][-1] == "later"
 
 
+def test_error_file_grows_its_header_for_a_row_with_new_columns(tmp_path):
+    """Rows of JSON lines need not share their keys. A rejected row with a column the header did not name
+    lost that value (only its name went into the reason); the header grows now and every row keeps its
+    values under it, also when appending to a file another writer wrote under another header."""
+    path = tmp_path / "e.csv"
+    with ErrorFileWriter(path, ["id", "a"]) as w:
+        w.write({"id": "1", "a": "x\r\nx"}, "first")  # a cell of two lines
+        w.write({"id": "2", "=b": "y"}, "second")  # a new column (its name a formula: neutralised)
+        w.write({"c": "z", "a": "w"}, "third")
+    assert read_error_file(path) == [
+        {"id": "1", "a": "x\r\nx", "'=b": "", "c": "", FAILURE_COLUMN: "first"},
+        {"id": "2", "a": "", "'=b": "y", "c": "", FAILURE_COLUMN: "second"},
+        {"id": "", "a": "w", "'=b": "", "c": "z", FAILURE_COLUMN: "third"}]
+    with ErrorFileWriter(path, ["a", "d"], append=True) as w:  # another header: read by name
+        w.write({"a": "v", "d": "u"}, "fourth")
+        w.write({"e": "t"}, "fifth")
+    rows = read_error_file(path)
+    assert list(rows[0]) == ["id", "a", "'=b", "c", "d", "e", FAILURE_COLUMN]
+    assert [{k: v for k, v in r.items() if v} for r in rows] == [
+        {"id": "1", "a": "x\r\nx", FAILURE_COLUMN: "first"}, {"id": "2", "'=b": "y", FAILURE_COLUMN: "second"},
+        {"a": "w", "c": "z", FAILURE_COLUMN: "third"}, {"a": "v", "d": "u", FAILURE_COLUMN: "fourth"},
+        {"e": "t", FAILURE_COLUMN: "fifth"}]
+    with ErrorFileWriter(path, ["id", "a", "'=b", "c", "d", "e"], append=True) as w:  # the same header: appended
+        w.write({"id": "6"}, "sixth")
+    assert read_error_file(path)[-1] == {"id": "6", "a": "", "'=b": "", "c": "", "d": "", "e": "",
+                                          FAILURE_COLUMN: "sixth"}
+
+
+def test_merged_error_files_with_other_headers_are_joined_by_column_name(tmp_path):
+    from cdp_ingest.pipeline import merge_error_files
+
+    with ErrorFileWriter(tmp_path / "t.csv", ["id", "a"]) as w:
+        w.write({"id": "1", "a": "x"}, "transform")
+    with ErrorFileWriter(tmp_path / "l.csv", ["id", "b", "a"]) as w:
+        w.write({"id": "2", "b": "y", "a": "z"}, "load")
+    out = merge_error_files(tmp_path / "all.csv", str(tmp_path / "t.csv"), None, str(tmp_path / "l.csv"))
+    assert read_error_file(out) == [{"id": "1", "a": "x", "b": "", FAILURE_COLUMN: "transform"},
+                                    {"id": "2", "a": "z", "b": "y", FAILURE_COLUMN: "load"}]
+    with ErrorFileWriter(tmp_path / "l2.csv", ["id", "a"]) as w:  # the same header: the files are concatenated
+        w.write({"id": "3", "a": "=1"}, "load")
+    out = merge_error_files(tmp_path / "all2.csv", str(tmp_path / "t.csv"), str(tmp_path / "l2.csv"))
+    assert Path(out).read_bytes() == f"id,a,{FAILURE_COLUMN}\r\n1,x,transform\r\n3,'=1,load\r\n".encode()
+
+
 def test_accounting_check():
     Accounting(10, 7, 2, 1).check()
     with pytest.raises(AccountingError, match="rows_in=10 but loaded=7"):
@@ -202,7 +246,6 @@ def test_accounting_check():
 
 def test_cli_prints_schemas_and_checks_mappings(tmp_path, capsys):
     import json as _json
-    from pathlib import Path
 
     import cdp_ingest
     from cdp_ingest.cli import main

@@ -16,6 +16,7 @@ mapping and loading overlap; the benchmark and the embedded demo use it.
 from __future__ import annotations
 
 import contextlib
+import csv
 import ctypes
 import gc
 import logging
@@ -37,7 +38,7 @@ import pyarrow.parquet as pq
 
 from cdp_ingest.arrow import pa
 from cdp_ingest.documents import index_for
-from cdp_ingest.errorfile import ErrorFileWriter
+from cdp_ingest.errorfile import FAILURE_COLUMN, ErrorFileWriter
 from cdp_ingest.errors import RowError
 from cdp_ingest.ledger import Accounting, Ledger, LedgerEntry, SourceUnit
 from cdp_ingest.mapping import Mapped
@@ -357,13 +358,24 @@ class RowMapper:
         self.max_cell_bytes = max_cell_bytes
         self.error_path = Path(error_path)
         self.rows_in = self.accepted = 0
-        self.header: list[str] = []
+        self.header: list[str] = []  # every column seen so far (see _see)
+        self._names: list[str] | None = None
         self.kinds: set[str] = set()
         self._errors: ErrorFileWriter | None = None
 
     @property
     def rejected(self) -> int:
         return self.rows_in - self.accepted
+
+    def _see(self, names: list[str]) -> None:
+        """Every column seen so far, in order of first appearance (batches of JSON lines need not share
+        their columns; a CSV file's batches all have its header)."""
+        if names is self._names:
+            return
+        self._names = names
+        if names != self.header:
+            known = set(self.header)
+            self.header = [*self.header, *(n for n in names if n not in known)]
 
     def reject(self, row: dict[str, Any], reason: str) -> None:
         if self._errors is None:
@@ -463,7 +475,7 @@ class RowMapper:
         limit = self.max_cell_bytes
         for sb in _slices(batches, FAST_ROWS):
             batch = sb.batch
-            self.header = batch.schema.names
+            self._see(batch.schema.names)
             bad = sb.bad_rows
             if limit is not None:
                 big = oversized_cells(batch, limit)
@@ -539,7 +551,8 @@ class RowMapper:
 
     def run(self, batches: Iterable) -> Iterator[tuple[int, Mapped, dict[str, Any]]]:
         limit = self.max_cell_bytes
-        for ref, row, self.header, bad in iter_rows(batches, limit):
+        for ref, row, names, bad in iter_rows(batches, limit):
+            self._see(names)
             self.rows_in += 1
             m = self._row(row, ref, bad)
             if m is not None:
@@ -785,13 +798,19 @@ def load_unit(staged_path: str | Path, store: Store, *, import_id: str, error_pa
 
 # ---- commit -----------------------------------------------------------------------------------------
 def merge_error_files(final_path: str | Path, *parts: str | None) -> str | None:
-    """Concatenate the transform and load error CSVs (same header) into ``final_path``."""
+    """Concatenate the transform and load error CSVs into ``final_path``. Parts whose headers differ (JSON
+    lines need not share their keys) are joined under one header by column name."""
     parts_present = [Path(p) for p in parts if p and Path(p).exists()]
     if not parts_present:
         return None
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = final_path.with_suffix(".partial")
+    headers = [_first_line(p) for p in parts_present]
+    if any(h != headers[0] for h in headers):
+        _merge_by_name(tmp, parts_present)
+        os.replace(tmp, final_path)
+        return str(final_path)
     with open(tmp, "wb") as out:
         for i, p in enumerate(parts_present):
             with open(p, "rb") as fh:
@@ -800,6 +819,34 @@ def merge_error_files(final_path: str | Path, *parts: str | None) -> str | None:
                 shutil.copyfileobj(fh, out)
     os.replace(tmp, final_path)
     return str(final_path)
+
+
+def _first_line(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.readline()
+
+
+def _merge_by_name(out_path: Path, parts: list[Path]) -> None:
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    headers = []
+    for p in parts:
+        with open(p, newline="", encoding="utf-8") as fh:
+            headers.append(next(csv.reader(fh), [FAILURE_COLUMN])[:-1])
+    union = list(dict.fromkeys(c for h in headers for c in h))
+    place = {c: i for i, c in enumerate(union)}
+    with open(out_path, "w", newline="", encoding="utf-8") as dst:
+        out = csv.writer(dst)
+        out.writerow([*union, FAILURE_COLUMN])
+        for p, header in zip(parts, headers, strict=True):
+            at = [place[c] for c in header]
+            with open(p, newline="", encoding="utf-8") as src:
+                rows = csv.reader(src)
+                next(rows, None)
+                for cells in rows:
+                    line = [""] * len(union)
+                    for i, v in zip(at, cells[:-1], strict=False):
+                        line[i] = v
+                    out.writerow([*line, cells[-1] if cells else ""])
 
 
 def commit_unit(ledger: Ledger, entry: LedgerEntry, t: TransformResult, ld: LoadResult, *,

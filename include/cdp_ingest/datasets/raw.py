@@ -61,13 +61,18 @@ def _plain(v: Any) -> Any:
     return v
 
 
+class Unparsed(dict):
+    """The row of a JSON line that could not be read: ``{"line": its text}``, for the error file only (its
+    ``line`` is not a column of the dataset)."""
+
+
 def value_rows(path: str | Path, fmt: str) -> Iterator[tuple[int, dict[str, Any], str | None]]:
     """``(row number, row, reader's failure or None)`` with typed values (CSV cells stay strings)."""
     if fmt == "jsonl":
         for chunk in read_json_lines(str(path)):
             for i, rec in enumerate(chunk.records):
                 bad = chunk.bad_rows.get(i)
-                yield chunk.first_row + i, rec if rec is not None else {"line": chunk.raw[i]}, bad
+                yield chunk.first_row + i, rec if rec is not None else Unparsed(line=chunk.raw[i]), bad
         return
     for sb in read_batches(str(path), fmt):
         names = sb.batch.schema.names
@@ -196,7 +201,8 @@ def stage_raw(path: str | Path, fmt: str, *, staged_path: str | Path, error_path
     try:
         for ref, row, bad in value_rows(path, fmt):
             rows_in += 1
-            header.update(dict.fromkeys(map(str, row)))
+            if not isinstance(row, Unparsed):
+                header.update(dict.fromkeys(map(str, row)))
             reason = bad
             doc_id = str(ref)
             if reason is None and id_column:
