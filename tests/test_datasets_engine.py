@@ -67,6 +67,33 @@ def test_invalid_declarations_say_what_is_wrong(cfg, message):
         parse_spec("orders", cfg)
 
 
+def test_watermark_lookback_is_checked_and_applied_to_the_last_maximum():
+    from datetime import UTC, datetime
+
+    from cdp_ingest.datasets.sources import below
+
+    mapped = {"source": {"conn_id": "pg", "table": "orders"}, "watermark_column": "at",
+              "target": {"kind": "event", "mapping": "demo-events.yaml"}}
+    assert parse_spec("o", {**mapped, "watermark_lookback": "90"}).watermark_lookback == 90
+    assert parse_spec("o", {**mapped, "watermark_lookback": 0.5}).watermark_lookback == 0.5
+    assert parse_spec("o", {**mapped, "watermark_lookback": 0}).watermark_lookback is None
+    assert parse_spec("o", {**mapped, "watermark_lookback": 60}).to_dict()["watermark_lookback"] == 60
+    for bad in (-1, "an hour", True, float("nan"), [60]):
+        with pytest.raises(DatasetError, match="watermark_lookback must be a number >= 0"):
+            parse_spec("o", {**mapped, "watermark_lookback": bad})
+    with pytest.raises(DatasetError, match="watermark_lookback needs a watermark_column"):
+        parse_spec("o", {**mapped, "watermark_column": None, "watermark_lookback": 60})
+    with pytest.raises(DatasetError, match="applies to mapped targets"):
+        parse_spec("o", {**mapped, "target": "raw", "watermark_lookback": 60})
+    assert below(1767268800, 3600, "ts") == 1767265200 and below(10.5, 0.5, "v") == 10.0
+    assert below("12.50", 0.25, "amount") == "12.25"  # a decimal (stored as its text)
+    assert below("2026-01-05T11:00:00+00:00", 5400, "at") == datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
+    assert below("2026-01-05", 86400, "day") == datetime(2026, 1, 4)
+    assert below("v7", None, "version") == "v7"  # no lookback: the watermark as stored
+    with pytest.raises(FileLevelError, match="needs a number or a date/time in version; its last maximum is 'v7'"):
+        below("v7", 1, "version")
+
+
 def test_a_malformed_mapping_file_is_a_declaration_error(tmp_path):
     """A mapping file whose fields are a list (not column: target): the declaration error names it. It raised
     an AttributeError, which the spec check (MappingError, OSError) let through."""
@@ -344,9 +371,62 @@ def test_postgres_query_mapped_to_events_is_incremental(store, postgres, tmp_pat
     with _pg(postgres) as conn, conn.cursor() as cur:
         cur.execute(f"INSERT INTO {table} VALUES ('e3', 'a@x.io', 'buy', 1767268800, 's1')")  # noqa: S608 - generated table name
     second = sync_dataset(spec, store, job_id=job(), connect=connect)
-    assert second["result"]["rows_in"] == 1 and second["result"]["loaded"] == 1  # only the row above the watermark
+    r = second["result"]  # the rows at or above the watermark: e2 (at it) again, a duplicate, and e3
+    assert (r["rows_in"], r["loaded"], r["duplicates"], r["rejected"]) == (2, 1, 1, 0)
+    assert second["reason"] == "rows where ts >= 1767265200"
     assert store.count(f"{store.prefix}event-2026-01") == 3
     assert DatasetIndex(store).state("clicks")["markers"]["watermark"] == 1767268800
+
+
+def test_incremental_sync_reads_rows_at_the_last_watermark_and_says_when_rows_came_below_it(store, postgres,
+                                                                                            tmp_path):
+    """A row written after a sync with the same watermark as that sync's maximum was never read (the query
+    read ``> last``). A row written below it (a transaction that committed late) is not read unless
+    ``watermark_lookback`` reaches it, and the sync says so instead of passing over it in silence."""
+    table = f"orders_{os.getpid()}_{next(_prefixes)}"
+    with _pg(postgres) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE TABLE {table} (id text, email text, event text, at timestamptz)")
+        cur.execute(f"INSERT INTO {table} VALUES ('o1', 'a@x.io', 'order', '2026-01-05 10:00:00+00'), "  # noqa: S608 - generated table name
+                    f"('o2', 'b@x.io', 'order', '2026-01-05 11:00:00+00')")
+    mapping = tmp_path / "orders.yaml"
+    mapping.write_text("kind: event\nsource_id: pg-orders\nid_column: id\nidentity: [email]\n"
+                       "time: {column: at, format: iso}\nevent_type: {column: event}\n")
+    decl = {"source": {"conn_id": "cdp_postgres", "table": f"public.{table}"}, "watermark_column": "at",
+            "target": {"kind": "event", "mapping": str(mapping)}}
+    spec = parse_spec("orders", decl)
+    connect = lambda: _pg(postgres)  # noqa: E731
+
+    def insert(*rows: str) -> None:
+        with _pg(postgres) as conn, conn.cursor() as cur:
+            for row in rows:
+                cur.execute(f"INSERT INTO {table} VALUES {row}")  # noqa: S608 - generated table name
+
+    def stored() -> int:
+        store.refresh([f"{store.prefix}event-*"])
+        return store.count(f"{store.prefix}event-2026-01")
+
+    assert sync_dataset(spec, store, job_id=job(), connect=connect)["result"]["loaded"] == 2
+    insert("('o3', 'c@x.io', 'order', '2026-01-05 11:00:00+00')")  # the same time as the last maximum
+    second = sync_dataset(spec, store, job_id=job(), connect=connect)
+    assert second["reason"] == "rows where at >= 2026-01-05T11:00:00+00:00"
+    r = second["result"]
+    assert (r["rows_in"], r["loaded"], r["duplicates"]) == (2, 1, 1) and stored() == 3
+    insert("('o4', 'd@x.io', 'order', '2026-01-05 10:30:00+00')",  # committed late, below the maximum
+           "('o5', 'e@x.io', 'order', '2026-01-05 12:00:00+00')")
+    third = sync_dataset(spec, store, job_id=job(), connect=connect)
+    assert third["result"]["loaded"] == 1 and stored() == 4  # o5 only
+    assert third["reason"] == ("rows where at >= 2026-01-05T11:00:00+00:00; 1 row(s) were added below the "
+                               "window (at < 2026-01-05T11:00:00+00:00) since the last sync: they are not read "
+                               "(raise watermark_lookback, or force a full sync)")
+    # With a lookback of an hour and a half, a late row within it is read (and the rows already there are
+    # their own duplicates).
+    spec = parse_spec("orders", {**decl, "watermark_lookback": 5400})
+    insert("('o6', 'f@x.io', 'order', '2026-01-05 11:30:00+00')")
+    fourth = sync_dataset(spec, store, job_id=job(), connect=connect)
+    assert fourth["reason"] == ("rows where at >= 2026-01-05T10:30:00+00:00 (2026-01-05T12:00:00+00:00 less the "
+                                "lookback 5400)")
+    r = fourth["result"]  # o4 (10:30, not read before), o3, o2, o6, o5
+    assert (r["rows_in"], r["loaded"], r["duplicates"]) == (5, 2, 3) and stored() == 6
 
 
 def test_a_load_that_fails_after_writing_leaves_the_previous_version_readable(store, tmp_path, monkeypatch):
@@ -471,3 +551,25 @@ def test_cli_and_client_refuse_a_short_interval_before_calling_the_api(capsys, m
     monkeypatch.setenv("CDP_API_TOKEN", "t")
     assert main(["datasets", "--url", "http://127.0.0.1:9", "list"]) == 1
     assert "[unreachable] http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_cli_sends_the_watermark_lookback(capsys, monkeypatch):
+    from cdp_ingest.cli import main
+    from cdp_ingest.datasets.client import DatasetsClient
+
+    sent: list[tuple[str, str, dict]] = []
+
+    def call(self, method, path, body=None, **_):
+        sent.append((method, path, body))
+        return {"name": "orders", "job_id": "j1"}
+
+    monkeypatch.setattr(DatasetsClient, "_call", call)
+    monkeypatch.setenv("CDP_API_TOKEN", "t")
+    rc = main(["datasets", "--url", "http://127.0.0.1:9", "create", "orders", "--conn-id", "cdp_postgres", "--table",
+               "public.orders", "--target", "event", "--mapping", "orders.yaml", "--watermark-column", "updated_at",
+               "--watermark-lookback", "600", "--no-wait"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["job_id"] == "j1"
+    assert sent == [("POST", "/cdp-datasets/api/datasets", {
+        "name": "orders", "source": {"conn_id": "cdp_postgres", "table": "public.orders"},
+        "target": {"kind": "event", "mapping": "orders.yaml"}, "watermark_column": "updated_at",
+        "watermark_lookback": 600.0})]

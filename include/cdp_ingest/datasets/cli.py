@@ -3,6 +3,7 @@
     cdp-ingest datasets create NAME --source URL|PATH [--target raw|profile|session|event --mapping FILE]
                                     [--sync-interval SECONDS] [--id-column C] [--format F] [--no-wait]
     cdp-ingest datasets create NAME --conn-id cdp_postgres --table public.orders [--watermark-column C]
+        [--watermark-lookback SECONDS]
     cdp-ingest datasets list | get NAME | delete NAME
     cdp-ingest datasets sync NAME [--wait]
     cdp-ingest datasets jobs [NAME] [--state S] [--job JOB_ID [--wait]]
@@ -39,6 +40,9 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--sync-interval", type=int, help="seconds between syncs, at least 900")
     c.add_argument("--format", choices=("csv", "jsonl", "parquet"))
     c.add_argument("--watermark-column")
+    c.add_argument("--watermark-lookback", type=float,
+                   help="mapped targets: also read rows this far below the last watermark (seconds for a "
+                        "date/time column, the column's units for a number)")
     c.add_argument("--id-column")
     c.add_argument("--description")
     c.add_argument("--no-wait", action="store_true", help="return at once with the first job queued")
@@ -77,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
                 source = {"url": args.source, "conn_id": args.conn_id}
             target: Any = "raw" if args.target == "raw" else {"kind": args.target, "mapping": args.mapping}
             _out(api.create(args.name, source, target=target, sync_interval=args.sync_interval, format=args.format,
-                            watermark_column=args.watermark_column, id_column=args.id_column,
-                            description=args.description, wait=not args.no_wait, timeout=args.timeout))
+                            watermark_column=args.watermark_column, watermark_lookback=args.watermark_lookback,
+                            id_column=args.id_column, description=args.description, wait=not args.no_wait,
+                            timeout=args.timeout))
         elif args.verb == "list":
             _out(api.list())
         elif args.verb == "get":

@@ -105,14 +105,15 @@ class DatasetsClient:
     # ---- datasets --------------------------------------------------------------------------------------
     def create(self, name: str, source: str | dict[str, Any], *, target: str | dict[str, Any] = "raw",
                sync_interval: int | None = None, format: str | None = None, watermark_column: str | None = None,
-               id_column: str | None = None, store_conn_id: str | None = None, description: str | None = None,
+               watermark_lookback: float | None = None, id_column: str | None = None,
+               store_conn_id: str | None = None, description: str | None = None,
                wait: bool = True, timeout: float = DEFAULT_WAIT, poll: float = 2.0) -> dict[str, Any]:
         """Create a dataset (its first job starts at once). With ``wait`` (default) wait up to ``timeout``
         seconds for that job and return the dataset; raise ``JobError`` (job id and state) otherwise."""
         check_sync_interval(sync_interval)  # refused here too, with the same message as the API's
         body = {"name": name, "source": source, "target": target, "sync_interval": sync_interval, "format": format,
-                "watermark_column": watermark_column, "id_column": id_column, "store_conn_id": store_conn_id,
-                "description": description}
+                "watermark_column": watermark_column, "watermark_lookback": watermark_lookback,
+                "id_column": id_column, "store_conn_id": store_conn_id, "description": description}
         created = self._call("POST", f"{PREFIX}/datasets", {k: v for k, v in body.items() if v is not None})
         if not wait:
             return created

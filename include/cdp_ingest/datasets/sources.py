@@ -9,7 +9,11 @@ Change markers, compared with the ones the previous successful sync recorded:
 - local files: size + mtime, then the SHA-256 of the content.
 - database tables / queries: with a ``watermark_column``, ``count(*)`` and ``max(column)`` of the query
   (one cheap aggregate) decide; without one the result is dumped and its SHA-256 compared. Mapped targets
-  with a watermark read only the rows above the previous watermark (an incremental sync).
+  with a watermark read only the rows at or above the previous watermark, less ``watermark_lookback``
+  (an incremental sync). The aggregate and the rows are read in one snapshot where the database has
+  one (PostgreSQL: a read-only REPEATABLE READ transaction), so the recorded maximum is that of the rows
+  read. A row count that grew by more than the rows read means rows were added below the window: the
+  sync says so (its reason, and a warning in the log).
 
 ``force=True`` skips every comparison. The fetched file keeps the source's own name (so its format is
 detected from it); a database result is written as JSON lines (types kept: numbers, booleans, nulls,
@@ -18,6 +22,7 @@ ISO timestamps). A ``.zip`` source is unpacked: it must hold exactly one data fi
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import logging
@@ -29,8 +34,8 @@ import urllib.request
 import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -241,8 +246,8 @@ def fetch_sql(spec: DatasetSpec, previous: dict[str, Any], work: Path, *, connec
         if wm:
             col = '"' + wm.replace('"', '""') + '"'
             cur = conn.cursor()
-            cur.execute(f"SELECT count(*), max({col}) FROM ({base}) AS cdp_src")  # noqa: S608 - validated
-            count, top = cur.fetchone()
+            cur.execute(f"SELECT count(*), max({col}), count({col}) FROM ({base}) AS cdp_src")  # noqa: S608 - validated
+            count, top, valued = cur.fetchone()
             cur.close()
             markers["row_count"] = int(count)
             markers["watermark"] = _scalar(top)
@@ -251,8 +256,11 @@ def fetch_sql(spec: DatasetSpec, previous: dict[str, Any], work: Path, *, connec
                 return Fetched(False, None, None, 0, markers, f"watermark unchanged ({wm} = {markers['watermark']}, "
                                                               f"{count} rows)")
             if spec.target.kind != "raw" and previous.get("watermark") is not None and not force:
-                query = f"SELECT * FROM ({base}) AS cdp_src WHERE {col} > %s ORDER BY {col}"  # noqa: S608
-                params = (previous["watermark"],)
+                # At or above (>=): a row written after the last sync with the last maximum is read; the rows
+                # read again are their own duplicates (deterministic ids) or merge again into their profiles.
+                lower = below(previous["watermark"], spec.watermark_lookback, wm)
+                query = f"SELECT * FROM ({base}) AS cdp_src WHERE {col} >= %s ORDER BY {col}"  # noqa: S608
+                params = (lower,)
                 incremental = True
         dest = work / f"{spec.name}.jsonl"
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -278,6 +286,14 @@ def fetch_sql(spec: DatasetSpec, previous: dict[str, Any], work: Path, *, connec
                     rows += 1
         cur.close()
         os.replace(tmp, dest)
+        if wm and spec.target.kind != "raw" and top is not None:
+            # The rows under the next sync's window, in this snapshot: that sync counts them again and
+            # tells rows added under its window since (which it does not read).
+            under = below(markers["watermark"], spec.watermark_lookback, wm)
+            cur = conn.cursor()
+            cur.execute(f"SELECT count(*) FROM ({base}) AS cdp_src WHERE {col} < %s", (under,))  # noqa: S608
+            markers["below"] = {"under": _scalar(under), "rows": int(cur.fetchone()[0])}
+            cur.close()
     except FileLevelError:
         raise
     except Exception as e:
@@ -294,21 +310,59 @@ def fetch_sql(spec: DatasetSpec, previous: dict[str, Any], work: Path, *, connec
     if not force and not incremental and previous.get("content_hash") == markers["content_hash"]:
         dest.unlink(missing_ok=True)
         return Fetched(False, None, None, size, markers, "query result unchanged (same SHA-256)")
-    if incremental and rows == 0:
-        dest.unlink(missing_ok=True)
-        return Fetched(False, None, None, 0, markers, f"no rows above the watermark {previous.get('watermark')}")
-    return Fetched(True, str(dest), "jsonl", size, markers, "forced" if force else
-                   ("new rows above the watermark" if incremental else "query result changed"), incremental)
+    if incremental:
+        window = f"{wm} >= {_scalar(lower)}"
+        if spec.watermark_lookback:
+            window += f" ({previous['watermark']} less the lookback {spec.watermark_lookback})"
+        reason = f"rows where {window}"
+        then = previous.get("below") or {}
+        if then.get("under") == _scalar(lower):  # the last sync counted the rows under this window
+            # under it now: the rows with a value, less the ones read (one snapshot)
+            added = int(valued) - rows - int(then.get("rows") or 0)
+            if added > 0:
+                missed = (f"{added} row(s) were added below the window ({wm} < {_scalar(lower)}) since the last sync: "
+                          f"they are not read (raise watermark_lookback, or force a full sync)")
+                log.warning("dataset %s: %s", spec.name, missed)
+                reason = f"{reason}; {missed}"
+        if rows == 0:
+            dest.unlink(missing_ok=True)
+            return Fetched(False, None, None, 0, markers, f"no {reason}")
+        return Fetched(True, str(dest), "jsonl", size, markers, reason, incremental)
+    return Fetched(True, str(dest), "jsonl", size, markers, "forced" if force else "query result changed",
+                   incremental)
+
+
+def below(watermark: Any, lookback: int | float | None, column: str) -> Any:
+    """The lowest ``column`` value an incremental sync reads: the last ``watermark`` (as stored: a number,
+    an ISO date/time, or a decimal as text), less ``lookback`` (seconds for a date/time)."""
+    if not lookback:
+        return watermark
+    if isinstance(watermark, int | float) and not isinstance(watermark, bool):
+        return watermark - lookback
+    if isinstance(watermark, str):
+        with contextlib.suppress(InvalidOperation):
+            return str(Decimal(watermark) - Decimal(str(lookback)))
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(watermark) - timedelta(seconds=lookback)
+    raise FileLevelError("bad_watermark", f"watermark_lookback needs a number or a date/time in {column}; its "
+                                          f"last maximum is {watermark!r}")
 
 
 def _read_only(conn: Any) -> None:
+    """Read-only, and one snapshot for the aggregate and the rows (REPEATABLE READ) where the driver can."""
     if hasattr(conn, "set_session"):  # psycopg2
         try:
-            conn.set_session(readonly=True)
+            conn.set_session(readonly=True, isolation_level="REPEATABLE READ")
         except Exception:  # not every backend supports it; the query is a SELECT anyway
             log.debug("could not make the session read-only", exc_info=True)
+            with contextlib.suppress(Exception):
+                conn.set_session(readonly=True)
     elif hasattr(conn, "read_only"):  # psycopg 3
         conn.read_only = True
+        with contextlib.suppress(Exception):
+            import psycopg
+
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
 
 
 def _stream_cursor(conn: Any, fetch_rows: int) -> Any:

@@ -12,7 +12,10 @@ A dataset is a named source kept in sync with the store::
                      every sync) or ``{kind: profile|session|event, mapping: <§6 mapping file>}``
     sync_interval:   seconds between syncs, >= 900; none = imported once (and on force sync)
     watermark_column: database sources: change detection by ``count(*), max(column)``; for mapped targets
-                     a sync reads only rows above the last watermark (incremental)
+                     a sync reads only the rows at or above the last watermark (incremental; the rows at
+                     it again, found by their ids as duplicates, or merged again into their profiles)
+    watermark_lookback: mapped targets: read from this far below the last watermark (seconds for a
+                     date/time column, the column's own units for a number), for rows committed late
     id_column:       raw targets: the column whose value becomes the document ``_id`` (default: row number)
 
 Declared in ``config/datasets.yaml`` (``datasets: {name: {...}}``) or created through the REST API, which
@@ -24,6 +27,7 @@ a dataset created through the API appears at the next parse without a restart or
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -96,6 +100,7 @@ class DatasetSpec:
     format: str | None = None
     sync_interval: int | None = None
     watermark_column: str | None = None
+    watermark_lookback: int | float | None = None  # mapped targets: read from this far below the last maximum
     id_column: str | None = None
     store_conn_id: str = "cdp_opensearch"
     description: str = ""
@@ -117,7 +122,8 @@ class DatasetSpec:
         target: Any = "raw" if self.target.kind == "raw" else {"kind": self.target.kind,
                                                                 "mapping": self.target.mapping}
         out = {"source": src, "target": target, "format": self.format, "sync_interval": self.sync_interval,
-               "watermark_column": self.watermark_column, "id_column": self.id_column,
+               "watermark_column": self.watermark_column, "watermark_lookback": self.watermark_lookback,
+               "id_column": self.id_column,
                "store_conn_id": self.store_conn_id, "description": self.description, "origin": self.origin,
                "created_at": self.created_at}
         return {"name": self.name, **{k: v for k, v in out.items() if v not in (None, "")}}
@@ -138,6 +144,25 @@ def check_sync_interval(value: Any) -> int | None:
         raise DatasetError(f"sync_interval must be at least {MIN_SYNC_INTERVAL} seconds (15 minutes); got {seconds}",
                            "invalid_sync_interval")
     return seconds
+
+
+def _lookback(value: Any, name: str) -> int | float | None:
+    """``watermark_lookback``: a number >= 0 (seconds for a date/time watermark, the column's own units for
+    a number); numeric text is read as the number. None or 0: none."""
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+        if not math.isfinite(number) or number < 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise DatasetError(f"dataset {name}: watermark_lookback must be a number >= 0 (seconds for a date/time "
+                           f"watermark, the column's own units for a number), not {value!r}") from None
+    if number == 0:
+        return None
+    return int(number) if number.is_integer() else number
 
 
 def _source(raw: Any, name: str) -> Source:
@@ -206,8 +231,8 @@ def parse_spec(name: str, cfg: dict[str, Any], *, mappings_dir: Path = MAPPINGS_
                            f"letter or digit)", "invalid_name")
     if not isinstance(cfg, dict):
         raise DatasetError(f"dataset {name}: the declaration must be a mapping")
-    known = {"name", "source", "target", "format", "sync_interval", "watermark_column", "id_column",
-             "store_conn_id", "description", "origin", "created_at"}
+    known = {"name", "source", "target", "format", "sync_interval", "watermark_column", "watermark_lookback",
+             "id_column", "store_conn_id", "description", "origin", "created_at"}
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise DatasetError(f"dataset {name}: unknown key(s) {', '.join(unknown)}")
@@ -228,9 +253,15 @@ def parse_spec(name: str, cfg: dict[str, Any], *, mappings_dir: Path = MAPPINGS_
     if wm and not source.is_sql:
         raise DatasetError(f"dataset {name}: watermark_column only applies to table/query sources "
                            f"(files are compared by ETag, Last-Modified and content hash)")
+    lookback = _lookback(cfg.get("watermark_lookback"), name)
+    if lookback is not None and not wm:
+        raise DatasetError(f"dataset {name}: watermark_lookback needs a watermark_column")
+    if lookback is not None and target.kind == "raw":
+        raise DatasetError(f"dataset {name}: watermark_lookback applies to mapped targets (a raw dataset is read "
+                           f"whole at every change)")
     return DatasetSpec(name=name, source=source, target=target,
                        format=fmt, sync_interval=check_sync_interval(cfg.get("sync_interval")),
-                       watermark_column=wm, id_column=idc,
+                       watermark_column=wm, watermark_lookback=lookback, id_column=idc,
                        store_conn_id=str(cfg.get("store_conn_id") or "cdp_opensearch"),
                        description=str(cfg.get("description") or ""), origin=str(cfg.get("origin") or "config"),
                        created_at=cfg.get("created_at"))
