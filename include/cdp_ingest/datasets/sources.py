@@ -60,7 +60,7 @@ class Fetched:
     size: int = 0
     markers: dict[str, Any] = field(default_factory=dict)  # etag, last_modified, content_hash, watermark, ...
     reason: str = ""  # why unchanged / what changed
-    incremental: bool = False  # only rows above the previous watermark were read
+    incremental: bool = False  # only rows at or above the previous watermark (less the lookback) were read
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
