@@ -9,7 +9,7 @@ import csv
 import dataclasses
 import random
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
@@ -175,8 +175,8 @@ def test_a_null_default_is_written_as_null(tmp_path):
 
 
 @pytest.mark.parametrize("change", [{"derived": {"traits.x": "{email!r}"}}, {"derived": {"traits.x": "{email:>9}"}},
-                                    {"time": {"column": "ts", "format": "%d %b %Y %H:%M"}},
-                                    {"time": {"column": "ts", "format": "%Y-%m-%d %H:%M:%S%z"}},
+                                    {"time": {"column": "ts", "format": "%d %b %Y %H:%M %Z"}},
+                                    {"time": {"column": "ts", "format": "%Y-%m-%d %H:%M:%S%z%H"}},
                                     {"defaults": {"traits.x": {"a": 1}}},
                                     {"fields": {"page": "tags.values"}},
                                     {"fields": {"page": "metadata.time.x"}},
@@ -355,7 +355,16 @@ def _strftime_cell(rnd: random.Random, fmt: str) -> str:
     if rnd.random() < 0.02:
         when = datetime(rnd.choice([1969, 3000]), rnd.choice([1, 12]), rnd.choice([1, 31]), 23, 59, 59,
                         rnd.choice([0, 999999]), tzinfo=UTC)
+    if "%z" in fmt and rnd.random() < 0.8:  # any offset (and below: Z, with a colon, with seconds)
+        when = when.astimezone(timezone(timedelta(minutes=rnd.randrange(-1439, 1440))))
     text = when.strftime(fmt)
+    if "%z" in fmt:
+        zone = when.strftime("%z")
+        text = text.replace(zone, rnd.choices([zone, zone[:3] + ":" + zone[3:], "Z" if zone == "+0000" else zone,
+                                               zone + "15", zone[:3] + ":" + zone[3:] + ":15", "+2400"],
+                                              [14, 3, 1, 1, 1, 1])[0], 1)
+    if re.search("%[aAbB]", fmt) and rnd.random() < 0.3:  # names in any case
+        text = rnd.choice([text.upper(), text.title(), text.swapcase()])
     shape = rnd.random()
     if shape < 0.5:
         return text
@@ -372,16 +381,20 @@ def _strftime_cell(rnd: random.Random, fmt: str) -> str:
 
 
 STRFTIME = ["%Y-%m-%d %H:%M:%S", "%d/%m/%Y %H:%M", "%Y%m%d%H%M%S", "%Y-%m-%dT%H:%M:%S.%fZ", "%d.%m.%Y",
-            "%m/%d/%Y %H:%M", "%m/%d/%Y %I:%M %p", "%Y-%m-%d %I:%M:%S%p", "%d/%m/%Y %I:%M"]
+            "%m/%d/%Y %H:%M", "%m/%d/%Y %I:%M %p", "%Y-%m-%d %I:%M:%S%p", "%d/%m/%Y %I:%M",
+            "%d.%m.%y %H:%M", "%Y-%m-%dT%H:%M:%S%z", "%d/%b/%Y:%H:%M:%S %z", "%a, %d %b %Y %H:%M:%S %z",
+            "%B %d, %Y", "%d-%b-%y %I:%M %p", "%A %d %B %Y"]
 
 
 @pytest.mark.parametrize("fmt", STRFTIME)
 def test_strftime_patterns_match_the_row_path(tmp_path, monkeypatch, fmt):
-    """``time.format`` a strftime pattern of ``%Y %m %d %H %I %p %M %S %f`` and literal text: a cell in the
-    pattern's zero-padded form, or with fields of one digit where text that is not a digit follows them, is
-    mapped columnar (``%I``/``%p``: 12 AM is 0, PM adds 12, no ``%p`` is AM, as strptime reads them); what
-    else ``strptime`` reads (runs of spaces, another case, one digit before a digit) and what it rejects go
-    to map_row. 2,000 random cells per pattern, the same documents, counts and error file both ways."""
+    """``time.format`` a strftime pattern of ``%Y %y %m %b %B %d %H %I %p %M %S %f %z %a %A`` and literal text: a
+    cell in the pattern's zero-padded form, or with fields of one digit where text that is not a digit
+    follows them, is mapped columnar (``%I``/``%p``: 12 AM is 0, PM adds 12, no ``%p`` is AM; ``%y``: 69..99
+    are 19xx; names in any case; ``%z``: ``Z`` or ``±HH[:]MM``, as strptime reads them); what else
+    ``strptime`` reads (runs of spaces, another case of literal text, one digit before a digit, an offset with
+    seconds) and what it rejects go to map_row. 2,000 random cells per pattern, the same documents, counts
+    and error file both ways."""
     rnd = random.Random(fmt)
     rows, items, counts, errors, calls = _time_column_both_ways(
         tmp_path, monkeypatch, [_strftime_cell(rnd, fmt) for _ in range(2000)], fmt)
@@ -389,17 +402,27 @@ def test_strftime_patterns_match_the_row_path(tmp_path, monkeypatch, fmt):
     assert counts[0] - len(calls) > 1100  # rows mapped columnar
     spaced = [r[1] for r in rows if r[1] != r[1].strip() or "  " in r[1]]
     assert spaced and set(spaced) <= set(calls)
-    if "/" in fmt:  # one-digit fields mapped columnar: 1/2/2025 3:04
+    if "/" in fmt and "%b" not in fmt:  # one-digit fields mapped columnar: 1/2/2025 3:04
         short = {r[1] for r in rows if re.fullmatch(r"[1-9]/[1-9]/[0-9]{4} [0-9]:[0-9]{2}( [AaPp][Mm])?", r[1])}
         assert short and not short & set(calls)
     if fmt == "%Y-%m-%dT%H:%M:%S.%fZ":
         docs = [orjson.loads(body) for *_, body in items]
         assert any(d["metadata"]["time"]["create"].endswith(".500000") for d in docs) or \
             any(len(d["metadata"]["time"]["create"]) == 26 for d in docs)
+    if "%z" in fmt:  # offsets with and without a colon, and Z, mapped columnar; with seconds, by map_row
+        columnar = {r[1] for r in rows} - set(calls)
+        assert any(re.search(r"[+-][0-9]{2}:[0-9]{2}$", c) for c in columnar)
+        assert any(re.search(r"[+-][0-9]{4}$", c) and not c.endswith(("+0000", "-0000")) for c in columnar)
+        assert any(re.search(r"[+-][0-9]{2}:?[0-9]{2}:?15$", c) for c in calls)
+    if re.search("%[aAbB]", fmt):  # names in any case mapped columnar
+        columnar = {r[1] for r in rows} - set(calls)
+        for case in ("[A-Z]{3}", "[a-z]{3}", "[A-Z][a-z]{2}"):
+            assert any(re.search(f"(^|[^A-Za-z]){case}", c) for c in columnar), case
 
 
-@pytest.mark.parametrize("fmt", [" %Y-%m-%d", "%Y-%m-%d ", "$D_%Y%m%d", "%y-%m-%d", "%Y-%m", "%Y-%m-%d %H:%M:%S%z",
-                                 "%Y-%m-%d %H %I:%M %p",
+@pytest.mark.parametrize("fmt", [" %Y-%m-%d", "%Y-%m-%d ", "$D_%Y%m%d", "%Y-%m", "%Y-%m-%d %H:%M:%S%Z",
+                                 "%Y-%m-%d %H %I:%M %p", "%y-%Y-%m-%d", "%Y-%m-%d %b", "%Y-%j", "%d %b %Y %z%H",
+                                 "%Y-%m-%d %a %a", "%G-%m-%d",
                                  "%Y-%m-%d %H:%M:%S.%f%H", "%Y-%m-%d %H:%M:%S.%f1", "%Y-%m-%d %H:%M.%f", "%Y-%m-%d %d",
                                  "%Y-%m-%d %%", "%Y-%m-%d %"])
 def test_strftime_patterns_it_cannot_prove_stay_on_the_row_path(fmt):

@@ -30,6 +30,7 @@ META = {"event": ["metadata.status", "metadata.instance", "metadata.time.x", "me
         "session": ["metadata.channel", "metadata.status", "metadata.time.insert"],
         "profile": ["data.pii.firstname", "active", "segments.x", "data.contact.email"]}
 TIMES = ["epoch", "epoch_ms", "iso", "%Y-%m-%d %H:%M:%S", "%d/%m/%Y %H:%M", "%Y%m%d%H%M%S.%f", "%d %b %Y",
+         "%a, %d-%b-%y %H:%M %z",
          "%m/%d/%Y %I:%M %p"]
 CELLS = ["", " ", "x", "Ada@Example.com", " ada@example.com ", "b@x.org", "not an email", "+49 30 1234567",
          "0049301234567", "12", "7", "-3", "+3", "007", "2147483648", "9223372036854775807", "1e3", "1.5", "-0",

@@ -9,7 +9,7 @@ row costs no per-row interpretation at all.
 
 It only takes what it can reproduce exactly; everything else goes to ``map_row``:
 - mappings: kind ``event`` or ``session`` with ``time.format`` ``epoch``, ``epoch_ms``, ``iso`` or a strftime
-  pattern ``strftime_regex`` reads, ``derived``
+  pattern ``strftime_regex`` reads (numeric fields, English month and weekday names, ``%z``), ``derived``
   templates of plain ``{column}`` fields, defaults that are not objects or lists, targets under the
   free-form bags only (properties, traits, context, ...) or a plain ``metadata`` value (``metadata.channel``),
   no target inside another, and the targets under any one new object listed together (so keys keep the
@@ -179,7 +179,15 @@ _EPOCH_DAY0 = "1970-01-01"
 # strftime directives the columnar path reads, as the zero-padded text strptime's own pattern takes first (so a
 # cell this matches, strptime reads as the same fields); any other directive leaves the mapping to map_row.
 _STRF_DIGITS = {"Y": "[0-9]{4}", "m": "0[1-9]|1[0-2]", "d": "0[1-9]|[12][0-9]|3[01]", "H": "[01][0-9]|2[0-3]",
-                "I": "0[1-9]|1[0-2]", "M": "[0-5][0-9]", "S": "[0-5][0-9]", "f": "[0-9]{1,6}", "p": "[AaPp][Mm]"}
+                "I": "0[1-9]|1[0-2]", "M": "[0-5][0-9]", "S": "[0-5][0-9]", "f": "[0-9]{1,6}", "p": "[AaPp][Mm]",
+                "y": "[0-9]{2}", "z": "Z|[+-][0-9]{2}:?[0-5][0-9]"}
+# Names strptime reads in any case, where its locale's are these (C and English locales): months (%b %B; their
+# number is the place in the list) and weekdays (%a %A; read, and ignored once the date is known, as strptime does).
+_STRF_NAMES = {"b": ("a_month", ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]),
+               "B": ("f_month", ["january", "february", "march", "april", "may", "june", "july", "august",
+                                 "september", "october", "november", "december"]),
+               "a": ("a_weekday", ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]),
+               "A": ("f_weekday", ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"])}
 _STRF_ONE_DIGIT = {"m": "[1-9]", "d": "[1-9]", "H": "[0-9]", "I": "[1-9]", "M": "[0-9]", "S": "[0-9]"}  # its last try
 _EPOCH_FRACTION_RE = r"^[0-9]{1,10}\.[0-9]{1,6}$"
 _EXACT_S = 2**33  # fractional epoch seconds below this: map_row's float() is within half a microsecond
@@ -187,16 +195,19 @@ _EXACT_S = 2**33  # fractional epoch seconds below this: map_row's float() is wi
 
 def strftime_regex(fmt: str) -> str | None:
     """A regular expression (RE2) with a named group per directive of the strftime pattern ``fmt`` that matches
-    the cells ``datetime.strptime(cell, fmt)`` reads as those digits — None unless ``fmt`` has ``%Y``, ``%m``
-    and ``%d``, each directive once from ``%Y %m %d %H %I %p %M %S %f`` (``%f`` with ``%S``, not followed by a
-    digit; ``%I`` or ``%H``, not both; ``%p`` only where strptime's AM/PM are ``am``/``pm``, as in the C and
-    English locales), and no surrounding whitespace (``parse_time`` strips the cell) or leading ``$D_``.
+    the cells ``datetime.strptime(cell, fmt)`` reads as those fields — None unless ``fmt`` has a year (``%Y``
+    or ``%y``), a month (``%m``, ``%b`` or ``%B``) and ``%d``, each directive once from ``%Y %y %m %b %B %d %H
+    %I %p %M %S %f %z %a %A`` (``%f`` with ``%S``; ``%f`` and ``%z`` not followed by a digit; ``%I`` or
+    ``%H``, not both; names and ``%p`` only where strptime's are the English ones, as in the C and English
+    locales), and no surrounding whitespace (``parse_time`` strips the cell) or leading ``$D_``.
 
     strptime tries each field's zero-padded form first (``1[0-2]|0[1-9]|[1-9]`` for ``%m``), so on a cell
     that is the padded form it takes that. A field followed by text that does not start with a digit (or by
     the end) may also be one digit (``1/2/2025 3:04``): only one reading of the cell then matches, the one
-    strptime finds. Literal text is matched exactly (strptime is looser: any run of whitespace, any case),
-    a subset of what it reads. Every other cell goes to map_row."""
+    strptime finds. ``%y`` is two digits (69..99: 19xx, else 20xx), names (``%b %B %a %A %p``) are read in
+    any case, ``%z`` is ``Z`` or ``±HH[:]MM`` (strptime also reads seconds: those cells go to map_row).
+    Literal text is matched exactly (strptime is looser: any run of whitespace, any case), a subset of what
+    it reads. Every other cell goes to map_row."""
     if fmt != fmt.strip() or fmt.startswith("$D_"):
         return None
     tokens = re.findall(r"%.|%$|[^%]+", fmt)
@@ -205,30 +216,42 @@ def strftime_regex(fmt: str) -> str | None:
     for i, tok in enumerate(tokens):
         if tok.startswith("%"):
             d = tok[1:]
-            if d not in _STRF_DIGITS or d in seen:
+            if (d not in _STRF_DIGITS and d not in _STRF_NAMES) or d in seen:
                 return None
             # followed by the end or by text that does not start with a digit: its digits end there
-            ends = i + 1 == len(tokens) or not (tokens[i + 1].startswith("%") or tokens[i + 1][0].isdigit())
-            if d == "f" and not ends:
+            after = tokens[i + 1] if i + 1 < len(tokens) else ""
+            ends = not after or (after[1:] in _STRF_NAMES or after[1:] in ("p", "z") if after.startswith("%")
+                                 else not after[0].isdigit())
+            if d in ("f", "z") and not ends:  # (strptime would read more digits into it where they follow)
                 return None
             seen.append(d)
+            if d in _STRF_NAMES:
+                out.append(f"(?P<{d}>(?i:{'|'.join(_STRF_NAMES[d][1])}))")
+                continue
             one = f"|{_STRF_ONE_DIGIT[d]}" if ends and d in _STRF_ONE_DIGIT else ""
             out.append(f"(?P<{d}>{_STRF_DIGITS[d]}{one})")
         else:
             out.extend(c if c.isascii() and c.isalnum() else f"\\x{{{ord(c):x}}}" for c in tok)
-    if not {"Y", "m", "d"} <= set(seen) or ("f" in seen and "S" not in seen) or {"H", "I"} <= set(seen):
+    have = set(seen)
+    if len(have & {"Y", "y"}) != 1 or len(have & {"m", "b", "B"}) != 1 or "d" not in have or \
+            ("f" in have and "S" not in have) or {"H", "I"} <= have:
         return None
-    if "p" in seen:
-        import _strptime  # the locale's AM/PM words strptime reads (any case)
+    if have & {"p", *_STRF_NAMES}:
+        import _strptime  # the locale's words strptime reads (any case)
 
-        if _strptime._TimeRE_cache.locale_time.am_pm != ["am", "pm"]:
+        words = _strptime._TimeRE_cache.locale_time
+        if "p" in have and words.am_pm != ["am", "pm"]:
             return None
+        for d in have & set(_STRF_NAMES):
+            attr, names = _STRF_NAMES[d]
+            if [w for w in getattr(words, attr) if w] != names:
+                return None
     return "".join(out) + "$"
 
 
 def _strftime_iso(text: pa.Array, regex: str) -> pa.Array:
-    """The ISO 8601 text (``YYYY-MM-DDTHH:MM:SS[.f]``, naive) of cells ``regex`` (strftime_regex) matches,
-    null for the others."""
+    """The ISO 8601 text (``YYYY-MM-DDTHH:MM:SS[.f][zone]``) of cells ``regex`` (strftime_regex) matches, null
+    for the others."""
     parts = pc.extract_regex(text, regex)
     names = {parts.type.field(i).name for i in range(parts.type.num_fields)}
 
@@ -237,6 +260,15 @@ def _strftime_iso(text: pa.Array, regex: str) -> pa.Array:
             return default
         field = pc.struct_field(parts, name)
         return field if name == "Y" else pc.utf8_lpad(field, 2, "0")
+    year = part("Y", "")
+    if "y" in names:  # strptime: 69..99 are 19xx, 00..68 20xx
+        yy = pc.struct_field(parts, "y")
+        year = pc.binary_join_element_wise(pc.if_else(pc.less_equal(yy, "68"), "20", "19"), yy, "")
+    month = part("m", "")
+    for d in ("b", "B"):
+        if d in names:  # the name's place in the year (any case)
+            place = pc.index_in(pc.utf8_lower(pc.struct_field(parts, d)), value_set=pa.array(_STRF_NAMES[d][1]))
+            month = pc.utf8_lpad(pc.cast(pc.add(place, 1), pa.string()), 2, "0")
     hour = part("H", "00")
     if "I" in names:  # strptime: 12 is 0 unless PM; PM adds 12 (no %p: AM)
         clock = pc.cast(pc.struct_field(parts, "I"), pa.int64())
@@ -244,10 +276,15 @@ def _strftime_iso(text: pa.Array, regex: str) -> pa.Array:
         if "p" in names:
             hour = pc.if_else(pc.equal(pc.utf8_lower(pc.struct_field(parts, "p")), "pm"), pc.add(hour, 12), hour)
         hour = pc.utf8_lpad(pc.cast(hour, pa.string()), 2, "0")
-    iso = pc.binary_join_element_wise(part("Y", ""), "-", part("m", ""), "-", part("d", ""), "T", hour,
+    iso = pc.binary_join_element_wise(year, "-", month, "-", part("d", ""), "T", hour,
                                       ":", part("M", "00"), ":", part("S", "00"), "")
     if "f" in names:
         iso = pc.binary_join_element_wise(iso, ".", pc.struct_field(parts, "f"), "")
+    if "z" in names:  # Z, or ±HH:MM (the colon put in where the cell has none)
+        zone = pc.struct_field(parts, "z")
+        zone = pc.if_else(pc.equal(pc.utf8_length(zone), 5), pc.binary_join_element_wise(
+            pc.utf8_slice_codeunits(zone, 0, 3), pc.utf8_slice_codeunits(zone, 3, 5), ":"), zone)
+        iso = pc.binary_join_element_wise(iso, zone, "")
     return iso
 
 
