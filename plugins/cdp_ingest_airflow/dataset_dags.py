@@ -183,6 +183,14 @@ def deadline_seconds(spec: DatasetSpec) -> int:
     return min(spec.sync_interval, 7200) if spec.sync_interval else 3600
 
 
+def _incremental(spec: DatasetSpec) -> str:
+    if not spec.watermark_column or spec.target.kind == "raw":
+        return ""
+    back = f", less {spec.watermark_lookback}" if spec.watermark_lookback else ""
+    return (f"\nA sync reads the rows whose `{spec.watermark_column}` is at or above the last sync's maximum{back};"
+            f" rows added below that window since are named in the job's reason.")
+
+
 def _doc(spec: DatasetSpec) -> str:
     target = (f"a raw dataset: alias `<prefix>dataset-{spec.name}`, replaced atomically by every sync"
               if spec.target.kind == "raw" else f"**{spec.target.kind}s** through the mapping `{spec.target.mapping}`")
@@ -195,7 +203,7 @@ def _doc(spec: DatasetSpec) -> str:
 
 Source: `{spec.source.describe()}` ({spec.format or 'format from the name'}; declared in
 {'the registry (REST API)' if spec.origin == 'api' else 'config/datasets.yaml'}). Target: {target}.
-Synced {every}; an unchanged source ({change}) ends the job as *nothing changed*.
+Synced {every}; an unchanged source ({change}) ends the job as *nothing changed*.{_incremental(spec)}
 
 Each run is a job: `fetch → transform → validate → load → finish`. Param `force` re-imports even an
 unchanged source. Jobs, state and error files: `cdp-ingest datasets jobs {spec.name}` or the REST API
