@@ -80,8 +80,8 @@ def random_mapping(rnd: random.Random, kind: str) -> dict:
             ["{c0}-{c1}", " fixed ", "{c2}", "{c3} and {extra one}", "", "{c4}{c5}", "{nope}"] * 3 + ["{c1:>3}"])
             for _ in range(rnd.randint(1, 2))}
     if rnd.random() < 0.4:
-        raw["defaults"] = {_target(rnd, kind, used): rnd.choice(["web", 3, 2.5, False, None, "q\""] * 4
-                                                                   + [[1], {"a": 1}])}
+        raw["defaults"] = {_target(rnd, kind, used): rnd.choice(["web", 3, 2.5, False, None, "q\""] * 4 + [
+            [1], {"a": 1}, [], {}, {"a": {"b": [1, "x", None]}}, [{"k": "v"}, 2.5], {"q\"": "\u00e9"}] * 2)}
     if kind == "event":
         raw["event_type"] = {"column": "kind"} if rnd.random() < 0.7 else {"value": rnd.choice(["buy", "page-view"])}
         if rnd.random() < 0.6:

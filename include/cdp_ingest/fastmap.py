@@ -10,7 +10,7 @@ row costs no per-row interpretation at all.
 It only takes what it can reproduce exactly; everything else goes to ``map_row``:
 - mappings: kind ``event`` or ``session`` with ``time.format`` ``epoch``, ``epoch_ms``, ``iso`` or a strftime
   pattern ``strftime_regex`` reads (numeric fields, English month and weekday names, ``%z``), ``derived``
-  templates of plain ``{column}`` fields, defaults that are not objects or lists, targets under the
+  templates of plain ``{column}`` fields, defaults (constants, objects and lists too), targets under the
   free-form bags only (properties, traits, context, ...) or a plain ``metadata`` value (``metadata.channel``),
   no target inside another, and the targets under any one new object listed together (so keys keep the
   order ``map_row`` gives them). Otherwise ``compile`` returns None.
@@ -678,9 +678,6 @@ class EventBatchMapper(_ProfileIds):
             return None
         if m.kind == "event" and not m.time_column:  # (map_row's own time for all: sessions only)
             return None
-        for v in m.defaults.values():
-            if isinstance(v, dict | list):
-                return None
         if m.kind == "event" and not m.event_type_column and not (
                 isinstance(m.event_type_value, str) and m.event_type_value.strip()):
             return None
@@ -931,7 +928,7 @@ class ProfileBatchMapper(_ProfileIds):
     Takes: kind ``profile``; any field types, ``validate`` and ``DATETIME`` fields (email and phone checks
     of printable-ASCII text with Arrow regexes; DATETIME cells as in ``_datetime_literal``), ``derived``
     templates of plain ``{column}``
-    fields, ``identity_normalize``; defaults that are not objects or lists. Targets must not sit inside
+    fields, ``identity_normalize``; defaults (objects and lists too). Targets must not sit inside
     another target or under a skeleton value that is not an object, and the targets under a new object
     must be listed together (key order). Rows are left to ``map_row`` as in ``EventBatchMapper``."""
 
@@ -948,9 +945,6 @@ class ProfileBatchMapper(_ProfileIds):
         m = mapper.m
         if m.kind != "profile":
             return None
-        for v in m.defaults.values():
-            if isinstance(v, dict | list):
-                return None
         derived = _derived_templates(m.derived)
         return cls(mapper, derived) if derived is not None else None
 
