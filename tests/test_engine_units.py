@@ -158,10 +158,29 @@ def test_profile_mapping_gives_operations_and_identity_id():
     ({"kind": "event", "event_type": "x", 1: "x", "colour": 2}, r"unknown keys \['1', 'colour'\]"),
     ({"kind": "event", "event_type": "x", "fields": {"a": {"target": "traits.a", 1: 2, "x": 3}}},
      r"unknown options \['1', 'x'\]"),
+    # a default the documents' JSON cannot hold (it failed every row's serialisation: the whole import)
+    ({"kind": "event", "event_type": "x", "defaults": {"traits.n": 2**70}},
+     "defaults 'traits.n' is not a JSON value: Integer exceeds 64-bit range"),
+    ({"kind": "event", "event_type": "x", "fields": {"a": {"target": "traits.a", "default": [2**64]}}},
+     "field 'a': default is not a JSON value"),
 ])
 def test_mapping_file_errors_are_precise(raw, message):
     with pytest.raises(MappingError, match=message):
         Mapping.from_dict(raw, name="bad")
+
+
+def test_defaults_are_json_values(tmp_path):
+    """YAML reads ``{1: small}`` with a number as the key and ``2025-11-01`` as a date: the key is text and the
+    date ISO text, as JSON holds them (a number key made orjson refuse every row's document: the import
+    failed with a TypeError)."""
+    path = tmp_path / "m.yaml"
+    path.write_text("kind: event\nevent_type: x\ntime: ts\ndefaults:\n  traits.sizes: {1: small, 2.5: [x]}\n"
+                    "  traits.since: 2025-11-01\nfields:\n  c: {target: traits.c, default: {7: seven}}\n")
+    m = Mapping.load(path)
+    assert m.defaults == {"traits.sizes": {"1": "small", "2.5": ["x"]}, "traits.since": "2025-11-01"}
+    assert m.fields[0].default == {"7": "seven"}
+    doc = Mapper(m, unit_key="u", now=NOW).map_row({"ts": "1761955200", "c": ""}, 1).document
+    assert doc["traits"] == {"c": {"7": "seven"}, "sizes": {"1": "small", "2.5": ["x"]}, "since": "2025-11-01"}
 
 
 def test_bundled_demo_mappings_load(tmp_path):

@@ -30,6 +30,7 @@ import functools
 import hashlib
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -173,7 +174,8 @@ class Mapping:
                 raise fail(f"field {column!r}: validate applies to STRING fields, not {ftype}")
             _check_target(kind, spec["target"], fail)
             rules.append(FieldRule(str(column), spec["target"], ftype, bool(spec.get("required", False)),
-                                   spec.get("default"), spec.get("validate")))
+                                   _as_json(spec.get("default"), f"field {column!r}: default", fail),
+                                   spec.get("validate")))
         identity = raw.get("identity") or []
         identity = [identity] if isinstance(identity, str) else list(identity)
         if kind == "profile" and not identity:
@@ -218,7 +220,8 @@ class Mapping:
                    id_column=raw.get("id_column"), identity=identity, session_column=raw.get("session_column"),
                    time_column=time_spec.get("column"), time_format=time_spec.get("format", "epoch"),
                    event_type_column=et.get("column"), event_type_value=et.get("value"),
-                   defaults=dict(raw.get("defaults") or {}), derived=dict(derived), unmapped=unmapped, name=name,
+                   defaults={t: _as_json(v, f"defaults {t!r}", fail) for t, v in (raw.get("defaults") or {}).items()},
+                   derived=dict(derived), unmapped=unmapped, name=name,
                    write_mode=write_mode, identity_normalize=steps_by_column)
 
     def source_columns(self) -> set[str]:
@@ -305,6 +308,18 @@ def parse_time(text: str, fmt: str, column: str) -> datetime:
         return dt.astimezone(UTC)
     except OverflowError:
         raise RowError(f"column '{column}': datetime out of range (years 1..9999 in UTC)") from None
+
+
+def _as_json(value: Any, what: str, fail: Callable[[str], MappingError]) -> Any:
+    """A default as JSON reads it back: object keys as text (YAML reads ``{1: small}`` with a number as the
+    key, which the documents' JSON cannot hold: it failed the whole import), dates as ISO text. A value JSON
+    cannot hold (an integer past 64 bits) is a mapping error."""
+    if value is None or isinstance(value, str | bool):
+        return value
+    try:
+        return orjson.loads(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
+    except (TypeError, orjson.JSONEncodeError) as e:
+        raise fail(f"{what} is not a JSON value: {e}") from None
 
 
 class Mapper:
