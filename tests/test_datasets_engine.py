@@ -132,6 +132,30 @@ def test_raw_json_lines_with_other_keys_keep_every_value_in_the_error_file(tmp_p
     assert rows[1][FAILURE_COLUMN].startswith("line 3: invalid JSON")
 
 
+def test_text_batches_of_typed_rows_are_each_value_as_text():
+    """JSON lines and database rows reach a mapped dataset's mapping as text columns: a column of text, whole
+    numbers or booleans is cast by Arrow, numbers go through ``str``, anything else value by value; each
+    cell the text ``_text`` gives it (random columns of every kind, mixed ones, nulls, integers past 64 bits,
+    100.0, nan)."""
+    import random
+
+    from cdp_ingest.datasets.raw import _as_text_batch, _text
+
+    pools = [["a", "", "é\u2028", None], [0, -7, 2**63 - 1, None], [2**64, 1], [1.5, 100.0, 1e16, -0.0, float("nan"),
+             float("inf"), None, 3], [True, False, None], [[], {"a": [1, None]}, None, "x", 2, 2.5, True]]
+    rnd = random.Random(5)
+    for _ in range(300):
+        rows = []
+        for i in range(rnd.randint(1, 40)):
+            row = {f"c{j}": rnd.choice(pool) for j, pool in enumerate(pools) if rnd.random() < 0.8}
+            if rnd.random() < 0.2:
+                row["mixed"] = rnd.choice([rnd.choice(pool) for pool in pools])
+            rows.append((i + 1, row, None))
+        batch = _as_text_batch(rows).batch
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            assert column.to_pylist() == [_text(row.get(name)) for _, row, _ in rows], name
+
+
 def test_names_and_source_kinds():
     with pytest.raises(DatasetError, match="lowercase"):
         parse_spec("Bad-Name", {"source": "/x.csv"})

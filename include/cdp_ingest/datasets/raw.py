@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cdp_ingest.arrow import pa
@@ -109,11 +110,28 @@ def text_batches(path: str | Path, fmt: str, *, batch_rows: int = STAGE_ROWS) ->
         yield _as_text_batch(rows)
 
 
+def _text_array(values: list[Any]) -> pa.Array:
+    """``[_text(v) for v in values]`` as an Arrow string array: columns of text, whole numbers (within 64 bits)
+    or booleans cast by Arrow (the same text), numbers with ``str``, any other column value by value."""
+    kinds = set(map(type, values))
+    kinds.discard(type(None))
+    if kinds <= {str} or kinds == {int} or kinds == {bool}:
+        try:
+            arr = pa.array(values, None if kinds else pa.string())
+        except (OverflowError, pa.ArrowException):  # an integer past 64 bits
+            pass
+        else:
+            return pc.fill_null(arr if arr.type == pa.string() else pc.cast(arr, pa.string()), "")
+    if kinds <= {int, float}:  # (Arrow writes 100.0 as "100": Python's text)
+        return pa.array(["" if v is None else str(v) for v in values], pa.string())
+    return pa.array([_text(v) for v in values], pa.string())
+
+
 def _as_text_batch(rows: list[tuple[int, dict[str, Any], str | None]]) -> SourceBatch:
     names: dict[str, None] = {}
     for _, row, _ in rows:
         names.update(dict.fromkeys(row))
-    arrays = [pa.array([_text(row.get(n)) for _, row, _ in rows], pa.string()) for n in names]
+    arrays = [_text_array([row.get(n) for _, row, _ in rows]) for n in names]
     batch = pa.RecordBatch.from_arrays(arrays, names=list(names)) if names else \
         pa.RecordBatch.from_pydict({"value": [""] * len(rows)})
     bad = {i: reason for i, (_, _, reason) in enumerate(rows) if reason}
