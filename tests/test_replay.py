@@ -73,10 +73,46 @@ def test_prepare_strips_archived_ids_in_any_casing_and_keeps_the_timestamp():
     # nested deeper than orjson writes (it reads 1024 levels): a TypeError failed the whole archive
     ({"type": "identify", "userId": "u", "traits": {"deep": orjson.loads("[" * 300 + "]" * 300)}},
      "cannot be written as JSON: Recursion limit reached"),
+    # not objects: Tracardi's payload read them as objects (an AttributeError/TypeError failed the whole replay
+    # to Tracardi at the batch's send); Segment's spec has them as objects too
+    ({"type": "track", "event": "x", "userId": "u", "context": "web"}, "track: context must be an object, not text"),
+    ({"type": "page", "userId": "u", "properties": [1]}, "page: properties must be an object, not a list"),
+    ({"type": "identify", "userId": "u", "traits": 2.5}, "identify: traits must be an object, not a number"),
+    ({"type": "identify", "userId": "u", "integrations": True}, "integrations must be an object, not true/false"),
 ])
 def test_prepare_refuses_with_a_reason(rec, reason):
     with pytest.raises(RowError, match=reason):
         prepare_message(rec, replay="r", unit="u", line=1)
+
+
+def test_every_message_prepare_accepts_makes_tracardi_payloads():
+    """Random messages with odd values in every field: each one ``prepare`` accepts turns into Tracardi
+    payloads (a non-object ``context``/``properties`` failed the whole batch there); a configured
+    ``integrations`` replaces an archived one of any shape."""
+    import random
+
+    odd = [None, "", "x", 1, 2.5, True, [], [1], {}, {"a": 1}, "2025-11-01T10:00:00Z", [{"b": 2}]]
+    rnd = random.Random(3)
+    accepted = 0
+    for i in range(3000):
+        msg = {"type": rnd.choice(["track", "identify", "page", "screen", "group", "alias"]), "userId": "u1",
+               "event": "Buy", "groupId": "g", "previousId": "p", "timestamp": "2025-11-01T10:00:00Z"}
+        for key in rnd.sample(["context", "properties", "traits", "name", "event", "timestamp", "userId",
+                               "anonymousId", "integrations", "messageId"], rnd.randint(0, 4)):
+            msg[key] = rnd.choice(odd)
+        if rnd.random() < 0.3:
+            msg["context"] = {"sessionId": rnd.choice(odd)}
+        try:
+            _, body, _ = prepare_message(msg, replay="r", unit="u", line=i)
+        except RowError:
+            continue
+        accepted += 1
+        (payload,) = tracardi_payloads([orjson.loads(body)], "src")
+        assert payload["events"][0]["id"] and payload["profile"]["id"]
+    assert accepted > 1000
+    _, body, _ = prepare_message({"type": "identify", "userId": "u", "integrations": "x"}, replay="r", unit="u",
+                                 line=1, integrations={"All": False})
+    assert orjson.loads(body)["integrations"] == {"All": False}
 
 
 def test_sent_at_is_stamped_into_every_message_at_send_time():

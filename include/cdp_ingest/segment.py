@@ -171,6 +171,25 @@ def check_identity(msg: dict[str, Any]) -> None:
         raise RowError("group: groupId is required")
     if kind == "alias" and (user in (None, "") or msg.get("previousId") in (None, "")):
         raise RowError("alias: userId and previousId are required")
+    for key in _OBJECT_KEYS:  # objects in the Segment spec (Tracardi's payload reads them as such)
+        value = msg.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise RowError(f"{kind}: {key} must be an object, not {_json_kind(value)}")
+
+
+_OBJECT_KEYS = ("context", "properties", "traits")
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
 
 
 _FAST_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|\+00:00)")
@@ -216,6 +235,8 @@ class Preparer:
             parse_timestamp(ts)  # the general rules (offsets, naive, spaces) and their error messages
         if self.integrations is not None:
             msg["integrations"] = self.integrations
+        elif msg.get("integrations") is not None and not isinstance(msg["integrations"], dict):
+            raise RowError(f"{msg['type']}: integrations must be an object, not {_json_kind(msg['integrations'])}")
         mid = self.message_id(original_id, line)
         msg["messageId"] = mid
         msg["sentAt"] = SENT_AT_PLACEHOLDER
