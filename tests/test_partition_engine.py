@@ -120,6 +120,24 @@ def test_schema_mismatch_fails_the_file_with_every_problem_listed(tmp_path):
         assert part in msg
 
 
+def test_dictionary_encoded_text_columns_are_read_as_text(tmp_path):
+    """pandas writes a ``category`` column as dictionary-encoded text: the file failed as bad_schema ("column
+    event_key must be a string, not dictionary<...>"); its values are read as text now."""
+    rows = [event(i) for i in range(4)]
+    rows[3]["insert_id"] = "nope"
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    for name in ("event_key", "insert_id"):
+        table = table.set_column(table.schema.get_field_index(name), name, table.column(name).dictionary_encode())
+    path = tmp_path / "cat.parquet"
+    pq.write_table(table, path)
+    assert pa.types.is_dictionary(pq.read_schema(path).field("event_key").type)
+    result, docs = stage(tmp_path, path)
+    assert (result.rows_in, result.accepted, result.rejected) == (4, 3, 1)
+    plain, plain_docs = stage(tmp_path / "plain", write(tmp_path / "plain.parquet", rows))
+    assert docs == plain_docs
+    assert [e[FAILURE_COLUMN] for e in read_error_file(result.error_file)] == ["insert_id: not a UUID"]
+
+
 def test_not_parquet_is_unreadable(tmp_path):
     p = tmp_path / "x.parquet"
     p.write_bytes(b"not parquet at all")

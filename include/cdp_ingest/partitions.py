@@ -112,6 +112,9 @@ SCHEMA = pa.schema([
 
 # ---- schema ---------------------------------------------------------------------------------------
 def _is_string(t: pa.DataType) -> bool:
+    """Text, also dictionary-encoded (pandas writes a ``category`` column so; the rows are decoded on read)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
@@ -172,9 +175,11 @@ def _metric_as_string(arr: pa.Array) -> pa.Array:
 
 def normalize_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     """Vectorised per-column work before rows become Python objects: ``ts`` → UTC milliseconds (sub-ms
-    truncated; naive = UTC), ``metric_value`` → exact decimal text."""
+    truncated; naive = UTC), ``metric_value`` → exact decimal text, dictionary-encoded text decoded."""
     cols = {}
     for name, col in zip(batch.schema.names, batch.columns, strict=True):
+        if pa.types.is_dictionary(col.type):  # (a pandas category column) its values, as plain text
+            col = col.dictionary_decode()
         if name == "ts":
             if col.type.tz is None:
                 col = pc.cast(col, pa.timestamp(col.type.unit, tz="UTC"))  # naive values are UTC wall times
