@@ -12,8 +12,9 @@ Change markers, compared with the ones the previous successful sync recorded:
   with a watermark read only the rows at or above the previous watermark, less ``watermark_lookback``
   (an incremental sync). The aggregate and the rows are read in one snapshot where the database has
   one (PostgreSQL: a read-only REPEATABLE READ transaction), so the recorded maximum is that of the rows
-  read. A row count that grew by more than the rows read means rows were added below the window: the
-  sync says so (its reason, and a warning in the log).
+  read. Each such sync also counts the rows under the next sync's window (``markers["below"]``); the next
+  one counts them again, and rows added there since (committed late, not read) are named in its reason
+  and logged as a warning.
 
 ``force=True`` skips every comparison. The fetched file keeps the source's own name (so its format is
 detected from it); a database result is written as JSON lines (types kept: numbers, booleans, nulls,
