@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap demo test test-fast ui lint typecheck bench bench-replay services-up services-down lock clean
+.PHONY: help bootstrap demo test test-fast ui lint typecheck bench bench-mapping bench-replay services-up services-down lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ lint: bootstrap ## ruff on everything, mypy on the engine
 
 bench: bootstrap ## benchmarks/bulk_import.py (prints a table, writes benchmarks/results/*.json)
 	$(PY) benchmarks/bulk_import.py
+
+bench-mapping: bootstrap ## benchmarks/mapping_paths.py: transform CPU per row, row by row vs columnar (no store)
+	$(PY) benchmarks/mapping_paths.py
 
 bench-replay: bootstrap ## benchmarks/replay.py: 1M archived messages into a no-op receiver (+ the 10x archive)
 	$(PY) benchmarks/replay.py
