@@ -376,15 +376,23 @@ def test_postgres_table_with_watermark_changes_deletes_and_adds(store, postgres)
     assert DatasetIndex(store).state("pgorders") == {}
 
 
-def test_postgres_query_mapped_to_events_is_incremental(store, postgres, tmp_path):
-    table = f"clicks_{os.getpid()}_{next(_prefixes)}"
+def _event_table(postgres, tmp_path: Path, name: str, columns: str, rows: str, mapping: str) -> tuple[str, Path]:
+    """A new table ``name_<pid>_<n>`` with ``columns`` and the ``rows`` (SQL VALUES), and an event mapping file
+    (``mapping``: its lines after ``kind``, ``id_column`` and ``identity``)."""
+    table = f"{name}_{os.getpid()}_{next(_prefixes)}"
     with _pg(postgres) as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE TABLE {table} (id text, email text, event text, ts bigint, session_id text)")
-        cur.execute(f"INSERT INTO {table} VALUES ('e1', 'a@x.io', 'click', 1767261600, 's1'), "  # noqa: S608 - generated table name
-                    f"('e2', 'b@x.io', 'view', 1767265200, 's2')")
-    mapping = tmp_path / "clicks.yaml"
-    mapping.write_text("kind: event\nsource_id: pg-clicks\nid_column: id\nidentity: [email]\n"
-                       "session_column: session_id\ntime: {column: ts, format: epoch}\nevent_type: {column: event}\n")
+        cur.execute(f"CREATE TABLE {table} ({columns})")
+        cur.execute(f"INSERT INTO {table} VALUES {rows}")  # noqa: S608 - generated table name
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"kind: event\nsource_id: pg-{name}\nid_column: id\nidentity: [email]\n{mapping}")
+    return table, path
+
+
+def test_postgres_query_mapped_to_events_is_incremental(store, postgres, tmp_path):
+    table, mapping = _event_table(
+        postgres, tmp_path, "clicks", "id text, email text, event text, ts bigint, session_id text",
+        "('e1', 'a@x.io', 'click', 1767261600, 's1'), ('e2', 'b@x.io', 'view', 1767265200, 's2')",
+        "session_column: session_id\ntime: {column: ts, format: epoch}\nevent_type: {column: event}\n")
     spec = parse_spec("clicks", {"source": {"conn_id": "cdp_postgres", "query": f"select * from {table}"},  # noqa: S608 - generated table name
                                  "watermark_column": "ts", "target": {"kind": "event", "mapping": str(mapping)}})
     connect = lambda: _pg(postgres)  # noqa: E731
@@ -407,14 +415,10 @@ def test_incremental_sync_reads_rows_at_the_last_watermark_and_says_when_rows_ca
     """A row written after a sync with the same watermark as that sync's maximum was never read (the query
     read ``> last``). A row written below it (a transaction that committed late) is not read unless
     ``watermark_lookback`` reaches it, and the sync says so instead of passing over it in silence."""
-    table = f"orders_{os.getpid()}_{next(_prefixes)}"
-    with _pg(postgres) as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE TABLE {table} (id text, email text, event text, at timestamptz)")
-        cur.execute(f"INSERT INTO {table} VALUES ('o1', 'a@x.io', 'order', '2026-01-05 10:00:00+00'), "  # noqa: S608 - generated table name
-                    f"('o2', 'b@x.io', 'order', '2026-01-05 11:00:00+00')")
-    mapping = tmp_path / "orders.yaml"
-    mapping.write_text("kind: event\nsource_id: pg-orders\nid_column: id\nidentity: [email]\n"
-                       "time: {column: at, format: iso}\nevent_type: {column: event}\n")
+    table, mapping = _event_table(
+        postgres, tmp_path, "orders", "id text, email text, event text, at timestamptz",
+        "('o1', 'a@x.io', 'order', '2026-01-05 10:00:00+00'), ('o2', 'b@x.io', 'order', '2026-01-05 11:00:00+00')",
+        "time: {column: at, format: iso}\nevent_type: {column: event}\n")
     decl = {"source": {"conn_id": "cdp_postgres", "table": f"public.{table}"}, "watermark_column": "at",
             "target": {"kind": "event", "mapping": str(mapping)}}
     spec = parse_spec("orders", decl)

@@ -75,10 +75,11 @@ def test_prepare_strips_archived_ids_in_any_casing_and_keeps_the_timestamp():
      "cannot be written as JSON: Recursion limit reached"),
     # not objects: Tracardi's payload read them as objects (an AttributeError/TypeError failed the whole replay
     # to Tracardi at the batch's send); Segment's spec has them as objects too
-    ({"type": "track", "event": "x", "userId": "u", "context": "web"}, "track: context must be an object, not text"),
-    ({"type": "page", "userId": "u", "properties": [1]}, "page: properties must be an object, not a list"),
+    ({"type": "track", "event": "x", "userId": "u", "context": "web"},
+     "track: context must be an object, not a string"),
+    ({"type": "page", "userId": "u", "properties": [1]}, "page: properties must be an object, not an array"),
     ({"type": "identify", "userId": "u", "traits": 2.5}, "identify: traits must be an object, not a number"),
-    ({"type": "identify", "userId": "u", "integrations": True}, "integrations must be an object, not true/false"),
+    ({"type": "identify", "userId": "u", "integrations": True}, "integrations must be an object, not a boolean"),
 ])
 def test_prepare_refuses_with_a_reason(rec, reason):
     with pytest.raises(RowError, match=reason):

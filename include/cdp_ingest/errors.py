@@ -1,5 +1,9 @@
 """Domain exceptions. Adapters catch these and turn them into task failures/notifications."""
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class IngestError(Exception):
     """Base class for every error the engine raises on purpose."""
@@ -40,3 +44,18 @@ class AccountingError(IngestError):
 
 class RowError(ValueError):
     """One row cannot be imported; the message becomes its ``Failure Description``."""
+
+
+def json_kind(value: Any) -> str:
+    """What a JSON value is, for messages that say what was expected instead ("not a string")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"

@@ -57,7 +57,7 @@ from functools import lru_cache
 from typing import Any, cast
 
 from cdp_ingest.coerce import coerce, parse_epoch_datetime, to_boolean
-from cdp_ingest.errors import ManifestError, RowError
+from cdp_ingest.errors import ManifestError, RowError, json_kind
 
 MANIFEST_SUFFIX = ".manifest"
 MAX_MANIFEST_BYTES = 1 << 20
@@ -198,7 +198,7 @@ def parse_manifest(raw: bytes, name: str, *, max_bytes: int = MAX_MANIFEST_BYTES
         raise ManifestError(f"manifest {name} is empty")
     doc = _load_json(text, name)
     if not isinstance(doc, dict):
-        raise ManifestError(f"manifest {name} must be a JSON object, not {_json_kind(doc)}")
+        raise ManifestError(f"manifest {name} must be a JSON object, not {json_kind(doc)}")
     _reject_unknown_keys(doc, MANIFEST_KEYS, f"manifest {name}")
 
     file_name = _required_string(doc, "fileName", name)
@@ -250,7 +250,7 @@ def _parse_columns(spec: Any, kind: str, name: str) -> dict[str, Column]:
     if not isinstance(spec, dict):
         raise ManifestError(
             f"{where}: 'columns' must be an object mapping CSV column names to "
-            f'{{"ctName": ..., "dataType": ...}}, not {_json_kind(spec)}'
+            f'{{"ctName": ..., "dataType": ...}}, not {json_kind(spec)}'
         )
     if len(spec) > MAX_COLUMNS:
         raise ManifestError(f"{where}: 'columns' maps {len(spec)} columns, limit {MAX_COLUMNS}")
@@ -263,13 +263,13 @@ def _parse_columns(spec: Any, kind: str, name: str) -> dict[str, Column]:
         if source.endswith(OPERATION_SUFFIX):
             raise ManifestError(f"{col} is an operation column and cannot be mapped")
         if not isinstance(mapping, dict):
-            raise ManifestError(f"{col} must map to an object with 'ctName', not {_json_kind(mapping)}")
+            raise ManifestError(f"{col} must map to an object with 'ctName', not {json_kind(mapping)}")
         _reject_unknown_keys(mapping, COLUMN_KEYS, col)
         if "ctName" not in mapping:
             raise ManifestError(f"{col}: 'ctName' is missing")
         ct_name = mapping["ctName"]
         if not isinstance(ct_name, str):
-            raise ManifestError(f"{col}: 'ctName' must be a string, not {_json_kind(ct_name)}")
+            raise ManifestError(f"{col}: 'ctName' must be a string, not {json_kind(ct_name)}")
         if not ct_name.strip():
             raise ManifestError(f"{col}: 'ctName' is empty")
         target = canonical_target(ct_name.strip())
@@ -334,7 +334,7 @@ def _required_string(doc: Mapping[str, Any], key: str, name: str) -> str:
         raise ManifestError(f"manifest {name}: '{key}' is missing")
     value = doc[key]
     if not isinstance(value, str):
-        raise ManifestError(f"manifest {name}: '{key}' must be a string, not {_json_kind(value)}")
+        raise ManifestError(f"manifest {name}: '{key}' must be a string, not {json_kind(value)}")
     if not value.strip():
         raise ManifestError(f"manifest {name}: '{key}' is empty")
     return value
@@ -351,20 +351,6 @@ def _reject_unknown_keys(obj: Mapping[str, Any], allowed: tuple[str, ...], where
     ]
     noun = "key" if len(unknown) == 1 else "keys"
     raise ManifestError(f"{where}: unknown {noun} {', '.join(hints)} (allowed: {', '.join(allowed)})")
-
-
-def _json_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -32,7 +32,7 @@ import orjson
 
 from cdp_ingest.coerce import MAX_TIME, MIN_TIME
 from cdp_ingest.documents import deterministic_id
-from cdp_ingest.errors import IngestError, RowError
+from cdp_ingest.errors import IngestError, RowError, json_kind
 
 MESSAGE_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 MAX_MESSAGE_BYTES = 32 * 1024
@@ -174,22 +174,10 @@ def check_identity(msg: dict[str, Any]) -> None:
     for key in _OBJECT_KEYS:  # objects in the Segment spec (Tracardi's payload reads them as such)
         value = msg.get(key)
         if value is not None and not isinstance(value, dict):
-            raise RowError(f"{kind}: {key} must be an object, not {_json_kind(value)}")
+            raise RowError(f"{kind}: {key} must be an object, not {json_kind(value)}")
 
 
 _OBJECT_KEYS = ("context", "properties", "traits")
-
-
-def _json_kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "text"
-    if isinstance(value, list):
-        return "a list"
-    return type(value).__name__
 
 
 _FAST_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|\+00:00)")
@@ -236,7 +224,7 @@ class Preparer:
         if self.integrations is not None:
             msg["integrations"] = self.integrations
         elif msg.get("integrations") is not None and not isinstance(msg["integrations"], dict):
-            raise RowError(f"{msg['type']}: integrations must be an object, not {_json_kind(msg['integrations'])}")
+            raise RowError(f"{msg['type']}: integrations must be an object, not {json_kind(msg['integrations'])}")
         mid = self.message_id(original_id, line)
         msg["messageId"] = mid
         msg["sentAt"] = SENT_AT_PLACEHOLDER
