@@ -827,26 +827,14 @@ def _first_line(path: Path) -> bytes:
 
 
 def _merge_by_name(out_path: Path, parts: list[Path]) -> None:
+    """The parts' rows under one header by column name: the writer grows its header part by part."""
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-    headers = []
-    for p in parts:
-        with open(p, newline="", encoding="utf-8") as fh:
-            headers.append(next(csv.reader(fh), [FAILURE_COLUMN])[:-1])
-    union = list(dict.fromkeys(c for h in headers for c in h))
-    place = {c: i for i, c in enumerate(union)}
-    with open(out_path, "w", newline="", encoding="utf-8") as dst:
-        out = csv.writer(dst)
-        out.writerow([*union, FAILURE_COLUMN])
-        for p, header in zip(parts, headers, strict=True):
-            at = [place[c] for c in header]
+    with ErrorFileWriter(out_path, []) as out:  # (cells are neutralised already: neutralise() keeps them)
+        for p in parts:
             with open(p, newline="", encoding="utf-8") as src:
-                rows = csv.reader(src)
-                next(rows, None)
-                for cells in rows:
-                    line = [""] * len(union)
-                    for i, v in zip(at, cells[:-1], strict=False):
-                        line[i] = v
-                    out.writerow([*line, cells[-1] if cells else ""])
+                for row in csv.DictReader(src):
+                    reason = row.pop(FAILURE_COLUMN, None) or ""
+                    out.write(row, reason)
 
 
 def commit_unit(ledger: Ledger, entry: LedgerEntry, t: TransformResult, ld: LoadResult, *,
