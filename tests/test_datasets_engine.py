@@ -25,6 +25,7 @@ from cdp_ingest.datasets.state import DatasetIndex
 from cdp_ingest.datasets.sync import delete_dataset, sync_dataset
 from cdp_ingest.errorfile import FAILURE_COLUMN, read_error_file
 from cdp_ingest.errors import FileLevelError
+from cdp_ingest.mapping import profile_id_for
 from cdp_ingest.store import Store, make_client
 
 _prefixes = itertools.count()
@@ -455,6 +456,36 @@ def test_incremental_sync_reads_rows_at_the_last_watermark_and_says_when_rows_ca
                                 "lookback 5400)")
     r = fourth["result"]  # o4 (10:30, not read before), o3, o2, o6, o5
     assert (r["rows_in"], r["loaded"], r["duplicates"]) == (5, 2, 3) and stored() == 6
+
+
+def test_incremental_profile_sync_counts_the_rows_read_again_as_duplicates(store, postgres):
+    """A profile row read again at the last watermark changes nothing: a duplicate, not written again
+    (before, every sync counted it as loaded once more); a changed row is loaded."""
+    table = f"crm_{os.getpid()}_{next(_prefixes)}"
+
+    def insert(rows: str) -> None:
+        with _pg(postgres) as conn, conn.cursor() as cur:
+            cur.execute(f"INSERT INTO {table} VALUES {rows}")  # noqa: S608 - generated table name
+
+    with _pg(postgres) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE TABLE {table} (email text, first_name text, loyalty_points int, changed int)")
+    insert("('ann@x.io', 'Ann', 10, 1), ('bob@x.io', 'Bob', 5, 2)")
+    spec = parse_spec("crmpg", {"source": {"conn_id": "cdp_postgres", "table": table}, "watermark_column": "changed",
+                                "target": {"kind": "profile", "mapping": "demo-profiles.yaml"}})
+    connect = lambda: _pg(postgres)  # noqa: E731
+    index = store.index("profile")
+    assert sync_dataset(spec, store, job_id=job(), connect=connect)["result"]["loaded"] == 2
+    bob = store.get(index, profile_id_for("bob@x.io"))
+    insert("('dan@x.io', 'Dan', 1, 3)")
+    r = sync_dataset(spec, store, job_id=job(), connect=connect)["result"]  # bob (at the watermark) again, dan
+    assert (r["rows_in"], r["loaded"], r["duplicates"], r["rejected"]) == (2, 1, 1, 0)
+    assert store.get(index, profile_id_for("bob@x.io"))["_seq_no"] == bob["_seq_no"]
+    insert("('bob@x.io', 'Bob', 6, 3)")
+    r = sync_dataset(spec, store, job_id=job(), connect=connect)["result"]  # dan again; bob's new points
+    assert (r["rows_in"], r["loaded"], r["duplicates"], r["rejected"]) == (2, 1, 1, 0)
+    assert store.get(index, profile_id_for("bob@x.io"))["_source"]["data"]["loyalty"]["points"] == 6
+    store.refresh([index])
+    assert store.count(index) == 3
 
 
 def test_a_load_that_fails_after_writing_leaves_the_previous_version_readable(store, tmp_path, monkeypatch):

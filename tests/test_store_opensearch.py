@@ -101,6 +101,42 @@ def test_profiles_merge_operations_across_rows_and_files(store, tmp_path):
     assert doc["metadata"]["aux"]["cdp"] == {"import_id": "imp-2", "row": 1}
 
 
+def test_profile_rows_that_leave_the_stored_profile_as_it_was_are_duplicates_and_not_written(store):
+    """The same data imported again (a re-upload, a row an incremental sync reads again) changes nothing:
+    the profile is not written (its version, update time and import stamp stay) and its rows count as
+    duplicates — but as loaded for the import that wrote it (a retried import counts as its first attempt)."""
+    index = store.index("profile")
+    ada, bob = profile_id_for("ada@example.com"), profile_id_for("bob@example.com")
+    later = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
+
+    def rows(value: str) -> list[ProfileRow]:
+        return [ProfileRow(ada, 1, [("$set", "data.pii.firstname", "Ada"), ("$add", "traits.tags", ["vip", "b"])]),
+                ProfileRow(ada, 2, [("$add", "traits.tags", "vip"), ("$remove", "traits.tags", "x")]),
+                ProfileRow(bob, 3, [("$set", "traits.tier", value)], ids=[profile_id_for("bob@work.example")])]
+
+    def status(import_id: str, rs: list[ProfileRow]) -> dict[int, str]:
+        return {o.ref: o.status for o in store.merge_profiles(rs, import_id, later)}
+
+    assert status("imp-1", rows("gold")) == {1: "loaded", 2: "loaded", 3: "loaded"}
+    first = {pid: store.get(index, pid) for pid in (ada, bob)}
+    assert status("imp-1", rows("gold")) == {1: "loaded", 2: "loaded", 3: "loaded"}  # a retry of imp-1
+    assert status("imp-2", rows("gold")) == {1: "duplicate", 2: "duplicate", 3: "duplicate"}
+    # bob changes, ada does not: only bob is written, with imp-3's stamp and update time
+    assert status("imp-3", rows("silver")) == {1: "duplicate", 2: "duplicate", 3: "loaded"}
+    now = {pid: store.get(index, pid) for pid in (ada, bob)}
+    assert now[ada]["_seq_no"] == first[ada]["_seq_no"] and now[ada]["_source"] == first[ada]["_source"]
+    assert now[ada]["_source"]["metadata"]["aux"]["cdp"] == {"import_id": "imp-1", "row": 2}
+    assert now[bob]["_seq_no"] > first[bob]["_seq_no"]
+    assert now[bob]["_source"]["traits"] == {"tier": "silver"}
+    assert now[bob]["_source"]["metadata"]["aux"]["cdp"] == {"import_id": "imp-3", "row": 3}
+    assert now[bob]["_source"]["metadata"]["time"]["update"].startswith("2026-11-24T08:00:00")
+    # an operation that changes a stored value back, or a new id for the profile, is a change
+    assert status("imp-4", [ProfileRow(ada, 1, [("$remove", "traits.tags", "b")])]) == {1: "loaded"}
+    assert status("imp-5", [ProfileRow(ada, 1, [], ids=["other-id"])]) == {1: "loaded"}
+    assert store.get(index, ada)["_source"]["ids"] == [ada, "other-id"]
+    assert status("imp-6", [ProfileRow(ada, 1, [], ids=["other-id"])]) == {1: "duplicate"}
+
+
 def test_profile_rows_keep_their_order_across_chunks_in_flight(store):
     """Chunks of 2 rows per lane, 3 lanes, while the next chunk is already queued: every profile's
     rows still apply in file order (a $add/$remove/$set sequence whose result depends on it)."""

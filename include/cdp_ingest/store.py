@@ -1523,6 +1523,8 @@ class Store:
                     self._blind_creates = len(alone & current.keys()) <= len(alone) // 10
             merged: dict[str, dict] = {}
             bodies: dict[str, bytes] = {}  # in the order the profiles come, written as they are
+            stored: dict[str, bytes] = {}  # a stored profile as it was read (to tell a merge that changes nothing)
+            last: dict[str, int] = {}  # the latest row of each merged profile (its stamp)
             for r in todo:
                 if r.new is not None and r.profile_id in alone and r.profile_id not in current:
                     # a new profile, only this row: the document the columnar mapping made for it
@@ -1531,7 +1533,11 @@ class Store:
                 doc = merged.get(r.profile_id)
                 if doc is None:
                     found = current.get(r.profile_id)
-                    doc = found["_source"] if found else new_document("profile", r.profile_id, now_iso)
+                    if found:
+                        doc = found["_source"]
+                        stored[r.profile_id] = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
+                    else:
+                        doc = new_document("profile", r.profile_id, now_iso)
                     merged[r.profile_id] = doc
                     bodies[r.profile_id] = b""
                 for op, path, value in r.ops():
@@ -1542,10 +1548,22 @@ class Store:
                 for extra_id in r.ids:
                     if extra_id not in doc["ids"]:
                         doc["ids"].append(extra_id)
-                doc["metadata"]["time"]["update"] = now_iso
-                stamp(doc, import_id, r.ref)
+                last[r.profile_id] = r.ref
+            same: dict[str, str] = {}  # stored profiles these rows leave as they were: not written (see below)
             for pid, doc in merged.items():
+                body = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
+                if body == stored.get(pid):
+                    same[pid] = _unchanged_status(doc, import_id)
+                    del bodies[pid]
+                    continue
+                doc["metadata"]["time"]["update"] = now_iso
+                stamp(doc, import_id, last[pid])
                 bodies[pid] = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
+            if same:
+                out.extend(Outcome(r.ref, same[r.profile_id], id=r.profile_id) for r in todo if r.profile_id in same)
+                todo = [r for r in todo if r.profile_id not in same]
+                if not todo:
+                    return out, requests
             too_big = {pid: why for pid, b in bodies.items() if (why := self._oversized(len(b), "the merged profile"))}
             if too_big:  # the profile keeps its stored state; the rows that would grow it past the limit fail
                 out.extend(Outcome(r.ref, "failed", too_big[r.profile_id], id=r.profile_id)
@@ -1640,6 +1658,16 @@ class ProfileRow:
 def _is_own(cdp: dict, import_id: str | None, ref: int) -> bool:
     """Written by this import (an earlier attempt of it) from this very row."""
     return import_id is not None and cdp.get("import_id") == import_id and cdp.get("row") == ref
+
+
+def _unchanged_status(doc: dict, import_id: str | None) -> str:
+    """A stored profile that a row's operations leave as it was: a ``duplicate`` of what is stored (the
+    same data imported again, a row a dataset sync reads again), unless this import wrote it (an earlier
+    attempt of it, or an earlier row of it): then ``loaded``, as that attempt counted it."""
+    cdp: Any = doc
+    for key in ("metadata", "aux", "cdp", "import_id"):
+        cdp = cdp.get(key) if isinstance(cdp, dict) else None
+    return "loaded" if import_id is not None and cdp == import_id else "duplicate"
 
 
 PAUSE_META = "cdp_ingest_refresh_paused"  # the lease a load keeps on a month whose refresh it paused
