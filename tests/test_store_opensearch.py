@@ -7,6 +7,7 @@ import http.server
 import itertools
 import threading
 import urllib.request
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -135,6 +136,64 @@ def test_profile_rows_that_leave_the_stored_profile_as_it_was_are_duplicates_and
     assert status("imp-5", [ProfileRow(ada, 1, [], ids=["other-id"])]) == {1: "loaded"}
     assert store.get(index, ada)["_source"]["ids"] == [ada, "other-id"]
     assert status("imp-6", [ProfileRow(ada, 1, [], ids=["other-id"])]) == {1: "duplicate"}
+
+
+def test_random_profile_operations_are_duplicates_exactly_when_they_change_nothing(store):
+    """Random operations on a few profiles, one chunk per import: each row's status and each profile's
+    stored state against a model that applies the same operations to the stored documents (read first)."""
+    import copy
+    import random
+
+    from cdp_ingest.documents import apply_operation, new_document
+
+    index = store.index("profile")
+    pids = [profile_id_for(f"rnd{i}@example.com") for i in range(3)]
+    values = {"traits.a": [1, 2], "traits.tags": ["x", "y", ["x", "y"]], "data.pii.firstname": ["A", "B"]}
+    counts: Counter[str] = Counter()
+    rows: list[ProfileRow] = []
+    for seed in range(60):
+        rnd = random.Random(seed)
+        store.concurrency = rnd.choice([1, 2, 3])
+        import_id = rnd.choice(["imp-a", "imp-b", "imp-c"])
+        rows = rows if seed and rnd.random() < 0.3 else []  # sometimes the previous rows again
+        for ref in range(len(rows) + 1, rnd.randint(1, 8) + 1 if not rows else 0):
+            ops = []
+            for _ in range(rnd.randint(1, 3)):
+                path = rnd.choice(list(values))
+                op = rnd.choice(["$set", "$add", "$remove", "$delete"])
+                ops.append((op, path, None if op == "$delete" else rnd.choice(values[path])))
+            rows.append(ProfileRow(rnd.choice(pids), ref, ops))
+        before = {pid: store.get(index, pid) for pid in pids}
+        expected, model = {}, {}
+        for pid in pids:
+            mine = [r for r in rows if r.profile_id == pid]
+            if not mine:
+                continue
+            found = before[pid]
+            doc = copy.deepcopy(found["_source"]) if found else new_document("profile", pid, "now")
+            for r in mine:
+                for op, path, value in r.ops():
+                    apply_operation(doc, op, path, value)
+            same = found is not None and doc == found["_source"] and \
+                orjson.dumps(doc) == orjson.dumps(found["_source"])
+            stamped = found and found["_source"]["metadata"]["aux"]["cdp"]["import_id"] == import_id
+            status = "loaded" if not same or stamped else "duplicate"
+            expected.update({r.ref: status for r in mine})
+            model[pid] = (doc, same, mine[-1].ref)
+        out = {o.ref: o.status for o in store.merge_profiles(rows, import_id, NOW, chunk_rows=10)}
+        assert out == expected, seed
+        counts.update(out.values())
+        for pid, (doc, same, last) in model.items():
+            got = store.get(index, pid)
+            if same:
+                assert (got["_seq_no"], got["_source"]) == (before[pid]["_seq_no"], before[pid]["_source"]), seed
+                continue
+            assert got["_source"]["metadata"]["aux"]["cdp"] == {"import_id": import_id, "row": last}, seed
+            for d in (doc, got["_source"]):
+                d["metadata"]["time"] = {**d["metadata"]["time"], "insert": None, "create": None, "update": None}
+                d["metadata"]["aux"].pop("cdp", None)
+            assert got["_source"] == doc, seed
+    assert counts["duplicate"] > 20 and counts["loaded"] > 20, counts  # both kinds were drawn
 
 
 def test_profile_rows_keep_their_order_across_chunks_in_flight(store):

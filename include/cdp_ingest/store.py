@@ -1452,6 +1452,8 @@ class Store:
         Within a lane, rows that touch the same profile are folded in memory, then each profile is
         written once with optimistic concurrency; a conflict re-reads and re-applies that profile.
         (A lane's next read is a real-time ``_mget``, so it sees the lane's previous write.)
+        A stored profile that its rows in a chunk leave exactly as it was is not written: those rows are
+        ``duplicate``s (``loaded`` if this import wrote the profile before; ``_unchanged_status``).
         """
         stats = stats if stats is not None else LoadStats()
         index = self.index("profile")
