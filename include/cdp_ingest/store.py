@@ -1525,7 +1525,7 @@ class Store:
                     self._blind_creates = len(alone & current.keys()) <= len(alone) // 10
             merged: dict[str, dict] = {}
             bodies: dict[str, bytes] = {}  # in the order the profiles come, written as they are
-            stored: dict[str, bytes] = {}  # a stored profile as it was read (to tell a merge that changes nothing)
+            as_read: dict[str, bytes] = {}  # a stored profile as it was read (to tell a merge that changes nothing)
             last: dict[str, int] = {}  # the latest row of each merged profile (its stamp)
             for r in todo:
                 if r.new is not None and r.profile_id in alone and r.profile_id not in current:
@@ -1537,7 +1537,7 @@ class Store:
                     found = current.get(r.profile_id)
                     if found:
                         doc = found["_source"]
-                        stored[r.profile_id] = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
+                        as_read[r.profile_id] = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
                     else:
                         doc = new_document("profile", r.profile_id, now_iso)
                     merged[r.profile_id] = doc
@@ -1554,7 +1554,7 @@ class Store:
             same: dict[str, str] = {}  # stored profiles these rows leave as they were: not written (see below)
             for pid, doc in merged.items():
                 body = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
-                if body == stored.get(pid):
+                if body == as_read.get(pid):
                     same[pid] = _unchanged_status(doc, import_id)
                     del bodies[pid]
                     continue
