@@ -1553,8 +1553,7 @@ class Store:
                 last[r.profile_id] = r.ref
             same: dict[str, str] = {}  # stored profiles these rows leave as they were: not written (see below)
             for pid, doc in merged.items():
-                body = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
-                if body == as_read.get(pid):
+                if pid in as_read and orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS) == as_read[pid]:
                     same[pid] = _unchanged_status(doc, import_id)
                     del bodies[pid]
                     continue
