@@ -150,19 +150,22 @@ def test_random_profile_operations_are_duplicates_exactly_when_they_change_nothi
     pids = [profile_id_for(f"rnd{i}@example.com") for i in range(3)]
     values = {"traits.a": [1, 2], "traits.tags": ["x", "y", ["x", "y"]], "data.pii.firstname": ["A", "B"]}
     counts: Counter[str] = Counter()
+
+    def random_row(rnd: random.Random, ref: int) -> ProfileRow:
+        ops = []
+        for _ in range(rnd.randint(1, 3)):
+            path = rnd.choice(list(values))
+            op = rnd.choice(["$set", "$add", "$remove", "$delete"])
+            ops.append((op, path, None if op == "$delete" else rnd.choice(values[path])))
+        return ProfileRow(rnd.choice(pids), ref, ops)
+
     rows: list[ProfileRow] = []
     for seed in range(60):
         rnd = random.Random(seed)
         store.concurrency = rnd.choice([1, 2, 3])
         import_id = rnd.choice(["imp-a", "imp-b", "imp-c"])
-        rows = rows if seed and rnd.random() < 0.3 else []  # sometimes the previous rows again
-        for ref in range(len(rows) + 1, rnd.randint(1, 8) + 1 if not rows else 0):
-            ops = []
-            for _ in range(rnd.randint(1, 3)):
-                path = rnd.choice(list(values))
-                op = rnd.choice(["$set", "$add", "$remove", "$delete"])
-                ops.append((op, path, None if op == "$delete" else rnd.choice(values[path])))
-            rows.append(ProfileRow(rnd.choice(pids), ref, ops))
+        if not rows or rnd.random() >= 0.3:  # else the previous rows again
+            rows = [random_row(rnd, ref) for ref in range(1, rnd.randint(1, 8) + 1)]
         before = {pid: store.get(index, pid) for pid in pids}
         expected, model = {}, {}
         for pid in pids:
