@@ -83,7 +83,7 @@ from typing import Any
 
 import orjson
 
-from cdp_ingest.documents import NOW_MARK, apply_operation, new_document, set_path, stamp
+from cdp_ingest.documents import NOW_MARK, apply_operation, get_path, new_document, set_path, stamp
 from cdp_ingest.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -1665,10 +1665,8 @@ def _unchanged_status(doc: dict, import_id: str | None) -> str:
     """A stored profile that a row's operations leave as it was: a ``duplicate`` of what is stored (the
     same data imported again, a row a dataset sync reads again), unless this import wrote it (an earlier
     attempt of it, or an earlier row of it): then ``loaded``, as that attempt counted it."""
-    cdp: Any = doc
-    for key in ("metadata", "aux", "cdp", "import_id"):
-        cdp = cdp.get(key) if isinstance(cdp, dict) else None
-    return "loaded" if import_id is not None and cdp == import_id else "duplicate"
+    return "loaded" if import_id is not None and get_path(doc, "metadata.aux.cdp.import_id") == import_id \
+        else "duplicate"
 
 
 PAUSE_META = "cdp_ingest_refresh_paused"  # the lease a load keeps on a month whose refresh it paused
