@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import itertools
+import logging
 import threading
 import urllib.request
 from collections import Counter
@@ -83,6 +84,23 @@ def test_events_land_shaped_in_monthly_indices_and_rerun_adds_nothing(store, tmp
     assert reasons == {"column 'event' (event type) is empty", "column 'price': expected FLOAT"}
     assert set(errors[0]) == {"insert_id", "ts", "event", "email", "session_id", "page", "product_id", "price",
                               "quantity", "referrer", FAILURE_COLUMN}
+
+
+def test_expected_misses_are_answers_not_logged_as_failed_requests(store, tmp_path, caplog):
+    """A ledger entry, month or document not there yet is a normal answer: the client logs no
+    "[status:404]" warning for it (every first import used to show a few in its task log), and a
+    real failure is still an error."""
+    caplog.set_level(logging.WARNING)
+    assert store.get(store.index("ledger"), "no-such-unit") is None
+    assert store.count(f"{store.prefix}event-1999-01") == 0
+    src = tmp_path / "events.csv"
+    exp = sample.write_events(src, 300, profiles=10, sessions=5)
+    rep = _import(store, src, "events", tmp_path / "work")
+    assert (rep.status, rep.loaded) == ("committed", exp.good)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("opensearch")] == []
+    with pytest.raises(StoreError, match="HTTP 404"):
+        store._request("GET", f"/{store.prefix}event-1999-01/_doc/x")
+    assert any("status:404" in r.getMessage() for r in caplog.records if r.name.startswith("opensearch"))
 
 
 def test_profiles_merge_operations_across_rows_and_files(store, tmp_path):

@@ -367,7 +367,8 @@ class Store:
                  headers: dict | None = None, ok_statuses: tuple[int, ...] = (),
                  check: Callable[[], None] | None = None) -> Any:
         """One request with retries on connection errors, 429 and 5xx (``check()`` runs before each
-        attempt: an exception it raises ends the retries)."""
+        attempt: an exception it raises ends the retries). A status in ``ok_statuses`` returns its body
+        (the client does not log it as a failed request: a missing ledger entry is no warning)."""
         from opensearchpy.exceptions import ConnectionError as OSConnectionError
         from opensearchpy.exceptions import ConnectionTimeout, TransportError
 
@@ -377,7 +378,7 @@ class Store:
                 check()
             try:
                 return self.client.transport.perform_request(method, path, body=body, params=params or {},
-                                                             headers=headers)
+                                                             headers=headers, ignore=ok_statuses)
             except (OSConnectionError, ConnectionTimeout) as e:
                 status, reason = None, f"connection error: {e.__class__.__name__}"
             except TransportError as e:
@@ -605,7 +606,7 @@ class Store:
                                  params={"filter_path": "hits.hits._index,hits.hits._id,hits.hits._source",
                                          "ignore_unavailable": "true", "allow_no_indices": "true"})
             for h in ((resp or {}).get("hits") or {}).get("hits") or []:
-                cdp = (((h.get("_source") or {}).get("metadata") or {}).get("aux") or {}).get("cdp") or {}
+                cdp = get_path(h, "_source.metadata.aux.cdp") or {}
                 found.setdefault(h["_id"], []).append((h["_index"], cdp))
         return found
 
@@ -1436,7 +1437,7 @@ class Store:
                              params={"_source_includes": "metadata.aux.cdp"})
         out = []
         for it, d in zip(items, resp["docs"], strict=True):
-            cdp = (((d.get("_source") or {}).get("metadata") or {}).get("aux") or {}).get("cdp") or {}
+            cdp = get_path(d, "_source.metadata.aux.cdp") or {}
             out.append(Outcome(it.ref, "loaded" if _is_own(cdp, import_id, it.ref) else "duplicate", id=it.id))
         return out
 
@@ -1845,7 +1846,7 @@ class _Beat:
         if self._thread is not None:
             self._thread.join()
         try:  # one attempt: a beat left behind goes stale, as a killed load's does
-            self.store.client.transport.perform_request("DELETE", self.path)
+            self.store.client.transport.perform_request("DELETE", self.path, ignore=(404,))
         except Exception as e:
             if getattr(e, "status_code", None) == 404:
                 return
