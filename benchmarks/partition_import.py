@@ -12,10 +12,13 @@ with a bad insert_id), then measures side by side, against the real local servic
 - ``local``: the real DAG under ``airflow standalone`` (LocalExecutor), triggered once — peak RSS = the
   largest task process.
 
-Throughput = rows in / wall time. Prints a table and writes ``benchmarks/results/partition_import.json``.
+Throughput = rows in / wall time. ``--rounds N`` runs the modes N times in turn: each round's DAG/engine
+ratios are side-by-side pairs. Every mode also reports the CPU seconds the machine and the store node
+used while it ran (the LocalExecutor: per Airflow process too). Prints tables and writes
+``benchmarks/results/partition_import.json``.
 
     .venv/bin/python benchmarks/partition_import.py --rows 200000             # quick run
-    .venv/bin/python benchmarks/partition_import.py --rows 1000000 --modes engine,local
+    .venv/bin/python benchmarks/partition_import.py --rows 1000000 --modes engine,dag-test,local --rounds 3
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import json
 import logging
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -255,6 +257,7 @@ class _TaskPeaks:
 
         self.root = root
         self.peaks: dict[int, tuple[int, str]] = {}  # pid -> (VmHWM MB, task instance id)
+        self.cpu: dict[int, tuple[int, str]] = {}  # pid -> (CPU ticks last seen, role)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -271,33 +274,106 @@ class _TaskPeaks:
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
-            parents = self._children()
-            tree, frontier = set(), {self.root}
-            while frontier:
-                tree |= frontier
-                frontier = {p for p, pp in parents.items() if pp in frontier} - tree
-            for pid in tree - {self.root}:
-                try:
-                    title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-                    status = Path(f"/proc/{pid}/status").read_text()
-                except OSError:
-                    continue
-                if not title.startswith("airflow worker -- "):
-                    continue
-                hwm = int(status.split("VmHWM:")[1].split()[0]) // 1024
-                if hwm > self.peaks.get(pid, (0, ""))[0]:
-                    self.peaks[pid] = (hwm, title.split("-- ", 1)[1].strip())
+            self.sample()
+
+    def sample(self) -> None:
+        parents = self._children()
+        tree, frontier = set(), {self.root}
+        while frontier:
+            tree |= frontier
+            frontier = {p for p, pp in parents.items() if pp in frontier} - tree
+        for pid in tree:
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+                status = Path(f"/proc/{pid}/status").read_text()
+                ticks = _cpu_ticks(pid)
+            except OSError:
+                continue
+            # an exited task process (a zombie until reaped) has no command line: keep the role seen before
+            self.cpu[pid] = (ticks, _role(title) if title else self.cpu.get(pid, (0, "?"))[1])
+            if not title.startswith("airflow worker -- "):
+                continue
+            hwm = int(status.split("VmHWM:")[1].split()[0]) // 1024
+            if hwm > self.peaks.get(pid, (0, ""))[0]:
+                self.peaks[pid] = (hwm, title.split("-- ", 1)[1].strip())
 
     def __enter__(self) -> _TaskPeaks:
+        self.cpu_before = {pid: ticks for pid, (ticks, _) in self.cpu.items()}
         self._thread.start()
         return self
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds each role used while watched (a process's last 100 ms before it exited are missed)."""
+        out: dict[str, float] = {}
+        for pid, (ticks, role) in self.cpu.items():
+            out[role] = out.get(role, 0.0) + (ticks - self.cpu_before.get(pid, 0)) / TICKS
+        return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
 
 
-def run_local_executor(run_dir: Path, env: dict[str, str], dag_id: str) -> dict:
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime of one process, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _tree_cpu_s(root: int) -> float:
+    """CPU seconds used so far by ``root`` and its live descendants (the store node's JVM)."""
+    total = 0
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if int(d) == root or os.getpgid(int(d)) == root:
+                    total += _cpu_ticks(int(d))
+            except OSError:
+                pass
+    return total / TICKS
+
+
+def _machine_busy_s() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:8]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / TICKS, (v[3] + v[4]) / TICKS
+
+
+class _CpuWindow:
+    """CPU seconds the whole machine (busy / idle) and the store node used inside a ``with`` block."""
+
+    def __init__(self, node_pid: int) -> None:
+        self.node_pid = node_pid
+        self.cpu_s: dict[str, float] = {}
+
+    def __enter__(self) -> _CpuWindow:
+        self.node0 = _tree_cpu_s(self.node_pid)
+        self.busy0, self.idle0 = _machine_busy_s()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, idle = _machine_busy_s()
+        self.cpu_s = {"machine_busy": round(busy - self.busy0, 1), "machine_idle": round(idle - self.idle0, 1),
+                      "store_node": round(_tree_cpu_s(self.node_pid) - self.node0, 1)}
+
+
+def _role(title: str) -> str:
+    if title.startswith("airflow worker -- "):
+        return "task processes"
+    words = title.split()
+    if words and words[0].rsplit("/", 1)[-1].startswith("python"):
+        words = words[1:]
+    if words and "/" in words[0]:
+        words[0] = words[0].rsplit("/", 1)[1]
+    return " ".join(words[:2]) or "?"
+
+
+def run_local_executor(run_dir: Path, env: dict[str, str], dag_id: str, node_pid: int) -> dict:
     """Trigger one run for the day under ``airflow standalone`` (LocalExecutor, the embedded settings:
     up to 4 tasks at a time) and time it from the trigger to the run's end."""
     from devservices import free_port
@@ -313,7 +389,9 @@ def run_local_executor(run_dir: Path, env: dict[str, str], dag_id: str) -> dict:
     try:
         af.boot(dag_id, timeout=300)
         af.cli("dags", "unpause", dag_id)
-        with _TaskPeaks(af.proc.pid) as peaks:
+        peaks = _TaskPeaks(af.proc.pid)
+        peaks.sample()  # the CPU the running scheduler, DAG processor, API server and triggerer used before
+        with _CpuWindow(node_pid) as cpu, peaks:
             t0 = time.monotonic()
             af.cli("dags", "trigger", dag_id, "--run-id", "bench", "--conf", json.dumps({"date": DAY}))
             state = af.wait("the benchmark run to finish", lambda: (af.query(
@@ -332,6 +410,7 @@ def run_local_executor(run_dir: Path, env: dict[str, str], dag_id: str) -> dict:
         by_task[task] = max(by_task.get(task, 0), hwm)
     return {"state": state, "run_s": round(run_s, 1), "task_s": {t: round(s or 0, 1) for t, _, s in tasks},
             "task_processes": len(peaks.peaks),
+            "cpu_s": {**cpu.cpu_s, **peaks.cpu_by_role()},
             "peak_rss_mb": max(by_task.values(), default=0), "peak_rss_mb_by_task": by_task}
 
 
@@ -347,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default="engine,ceiling,dag-test,local",
                     help="comma list of: engine (no Airflow), ceiling (raw bulk of the same documents), "
                          "dag-test (dag.test(), one process), local (airflow standalone, LocalExecutor)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the modes this many times, in order (the ceiling once): each round's DAG/engine "
+                         "ratio is a side-by-side pair; the table shows the last round, the pairs and medians")
     ap.add_argument("--parallel-loads", type=int, default=2, help="the source's parallel_loads (default 2)")
     ap.add_argument("--keep-services", action="store_true", help="leave OpenSearch and moto running")
     ap.add_argument("--generate-into", help=argparse.SUPPRESS)  # child mode
@@ -387,10 +469,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
     harness = Harness(run_dir / "services")
     results: dict[str, dict] = {}
+    rounds: list[dict[str, float]] = []  # rows/s and the store node's CPU of each mode, per round
     try:
         harness.start(["opensearch", "s3"])
         os.environ.update(harness.airflow_connections())
         os_url = harness.services["opensearch"].info["url"]
+        node_pid = harness.services["opensearch"].pid
         base_conn = json.loads(os.environ["AIRFLOW_CONN_CDP_OPENSEARCH"])
 
         def use_prefix(prefix: str) -> None:
@@ -443,63 +527,81 @@ def main(argv: list[str] | None = None) -> int:
             _child("engine", argparse.Namespace(url=os_url, prefix=f"{PREFIX}warm-", data=str(warm), work=str(work)))
             Store(make_client(os_url), prefix=PREFIX)._request("DELETE", f"/{PREFIX}warm-*")
             shutil.rmtree(work, ignore_errors=True)
-        if "engine" in modes:
-            ns = argparse.Namespace(url=os_url, prefix=f"{PREFIX}engine-", data=str(data_dir), work=str(work))
-            r = _child("engine", ns)
-            r["documents"], _ = count(ns.prefix)
-            results["engine"] = {**r, "rows_per_s": round(args.rows / r["seconds"])}
-            if "ceiling" in modes:
-                ns.prefix = f"{PREFIX}ceiling-"
-                r = _child("ceiling", ns)
-                count(ns.prefix)
-                results["ceiling"] = {**r, "rows_per_s": round(r["documents"] / r["seconds"])}
-        shutil.rmtree(work, ignore_errors=True)
-
         from airflow.dag_processing.dagbag import DagBag
         from airflow.utils.db import initdb
 
         dag_id = f"partition_import_{SOURCE}"
-        if "dag-test" in modes:
-            use_prefix(f"{PREFIX}dagtest-")
-            initdb()
-            dag = DagBag(dag_folder=str(ROOT / "dags" / "partition_import.py")).dags[dag_id]
-            import pendulum
+        dag = None
+        for rnd in range(args.rounds):  # each round runs the modes in order: the pairs' ratios are the measure
+            tag = f"r{rnd}-" if args.rounds > 1 else ""
+            per_round: dict[str, float] = {}
+            if "engine" in modes:
+                ns = argparse.Namespace(url=os_url, prefix=f"{PREFIX}engine-{tag}", data=str(data_dir),
+                                        work=str(work))
+                with _CpuWindow(node_pid) as cpu:
+                    r = _child("engine", ns)
+                r["documents"], _ = count(ns.prefix)
+                r["cpu_s"] = cpu.cpu_s
+                results["engine"] = {**r, "rows_per_s": round(args.rows / r["seconds"])}
+                if "ceiling" in modes and rnd == 0:
+                    ns.prefix = f"{PREFIX}ceiling-"
+                    r = _child("ceiling", ns)
+                    count(ns.prefix)
+                    results["ceiling"] = {**r, "rows_per_s": round(r["documents"] / r["seconds"])}
+            shutil.rmtree(work, ignore_errors=True)
 
-            rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            samples = _RssSampler()
-            t0 = time.monotonic()
-            with samples:
-                dr = dag.test(logical_date=pendulum.now("UTC"), run_conf={"date": DAY})
-            run_s = time.monotonic() - t0
-            peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            phases: dict[str, float] = {}
-            grew: dict[str, int] = {}  # task -> RSS growth (MB) while its instances ran
-            for ti in dr.get_task_instances():
-                if ti.start_date and ti.end_date:
-                    secs = (ti.end_date - ti.start_date).total_seconds()
-                    phases[ti.task_id] = phases.get(ti.task_id, 0.0) + secs
-                    grew[ti.task_id] = grew.get(ti.task_id, 0) + samples.growth(ti.start_date.timestamp(),
-                                                                                 ti.end_date.timestamp())
-            docs, acc = count(f"{PREFIX}dagtest-")
-            results["dag-test"] = {
-                "state": str(dr.state), "run_s": round(run_s, 1), "rows_per_s": round(args.rows / run_s),
-                "documents": docs, "accounting": acc,
-                "task_s": {k: round(v, 1) for k, v in sorted(phases.items(), key=lambda kv: -kv[1])},
-                "peak_rss_mb": round(peak_kb / 1024), "rss_before_run_mb": round(rss_before / 1024),
-                "rss_growth_mb_by_task": {k: v for k, v in sorted(grew.items(), key=lambda kv: -kv[1]) if v}}
-        if "local" in modes:
-            use_prefix(f"{PREFIX}local-")
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT / "include")])}
-            r = run_local_executor(run_dir, env, dag_id)
-            docs, acc = count(f"{PREFIX}local-")
-            results["local"] = {**r, "rows_per_s": round(args.rows / r["run_s"]), "documents": docs,
-                                "accounting": acc}
+            if "dag-test" in modes:
+                use_prefix(f"{PREFIX}dagtest-{tag}")
+                if dag is None:
+                    initdb()
+                    dag = DagBag(dag_folder=str(ROOT / "dags" / "partition_import.py")).dags[dag_id]
+                import pendulum
+
+                Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM: each round's own peak
+                rss_before = _vm_hwm_mb()
+                samples = _RssSampler()
+                t0 = time.monotonic()
+                with _CpuWindow(node_pid) as cpu, samples:
+                    dr = dag.test(logical_date=pendulum.now("UTC"), run_conf={"date": DAY})
+                run_s = time.monotonic() - t0
+                peak_mb = _vm_hwm_mb()
+                phases: dict[str, float] = {}
+                grew: dict[str, int] = {}  # task -> RSS growth (MB) while its instances ran
+                for ti in dr.get_task_instances():
+                    if ti.start_date and ti.end_date:
+                        secs = (ti.end_date - ti.start_date).total_seconds()
+                        phases[ti.task_id] = phases.get(ti.task_id, 0.0) + secs
+                        grew[ti.task_id] = grew.get(ti.task_id, 0) + samples.growth(ti.start_date.timestamp(),
+                                                                                     ti.end_date.timestamp())
+                docs, acc = count(f"{PREFIX}dagtest-{tag}")
+                results["dag-test"] = {
+                    "state": str(dr.state), "run_s": round(run_s, 1), "rows_per_s": round(args.rows / run_s),
+                    "documents": docs, "accounting": acc,
+                    "task_s": {k: round(v, 1) for k, v in sorted(phases.items(), key=lambda kv: -kv[1])},
+                    "cpu_s": cpu.cpu_s, "peak_rss_mb": peak_mb, "rss_before_run_mb": rss_before,
+                    "rss_growth_mb_by_task": {k: v for k, v in sorted(grew.items(), key=lambda kv: -kv[1]) if v}}
+            if "local" in modes:
+                use_prefix(f"{PREFIX}local-{tag}")
+                env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT / "include")])}
+                r = run_local_executor(run_dir / f"local-{rnd}", env, dag_id, node_pid)
+                docs, acc = count(f"{PREFIX}local-{tag}")
+                results["local"] = {**r, "rows_per_s": round(args.rows / r["run_s"]), "documents": docs,
+                                    "accounting": acc}
+            for mode in ("engine", "dag-test", "local"):
+                if mode in modes:
+                    per_round[mode] = results[mode]["rows_per_s"]
+                    per_round[f"{mode} node CPU s"] = results[mode]["cpu_s"]["store_node"]
+                    if results[mode]["documents"] != expected["unique_good"] or \
+                            results[mode].get("state", "success") != "success" or \
+                            (mode != "engine" and not _exact(results[mode]["accounting"], args.rows)):
+                        results[mode]["failed_round"] = rnd  # report() fails the run
+            rounds.append(per_round)
     finally:
         if not args.keep_services:
             harness.stop()
         shutil.rmtree(run_dir / "landing", ignore_errors=True)
 
-    return report(results, args, expected, gen_s, upload_s)
+    return report(results, args, expected, gen_s, upload_s, rounds)
 
 
 LABELS = {"ceiling": "raw bulk ceiling (same documents, 5000x2)",
@@ -508,8 +610,12 @@ LABELS = {"ceiling": "raw bulk ceiling (same documents, 5000x2)",
           "local": "DAG, airflow standalone (LocalExecutor, 4 slots)"}
 
 
+def _exact(acc: dict, rows: int) -> bool:
+    return acc["rows_in"] == acc["loaded"] + acc["rejected"] + acc["duplicates"] == rows
+
+
 def report(results: dict[str, dict], args: argparse.Namespace, expected: dict, gen_s: float,
-           upload_s: float) -> int:
+           upload_s: float, rounds: list[dict[str, float]]) -> int:
     engine = results.get("engine", {}).get("rows_per_s")
     ceiling = results.get("ceiling", {}).get("rows_per_s")
     lines = [f"\npartition import benchmark — {DAY}: {args.rows:,} rows in {args.files} files "
@@ -533,7 +639,28 @@ def report(results: dict[str, dict], args: argparse.Namespace, expected: dict, g
             ok &= r["documents"] == expected["unique_good"]
             ok &= r.get("state", "success") == "success"
         if acc and mode in ("dag-test", "local"):
-            ok &= acc["rows_in"] == acc["loaded"] + acc["rejected"] + acc["duplicates"] == args.rows
+            ok &= _exact(acc, args.rows)
+        ok &= "failed_round" not in r
+    if len(rounds) > 1:
+        import statistics
+
+        lines += [f"\n{len(rounds)} rounds, each running the modes in order (the table above is the last):", "",
+                  "| round | engine rows/s | dag-test rows/s | vs engine | local rows/s | vs engine "
+                  "| store node CPU s (engine / dag-test / local) |",
+                  "|---:|---:|---:|---:|---:|---:|---|"]
+        ratios: dict[str, list[float]] = {"dag-test": [], "local": []}
+        for n, rr in enumerate(rounds):
+            cells = [str(n + 1), f"{rr.get('engine', 0):,.0f}"]
+            for mode in ("dag-test", "local"):
+                if mode in rr and rr.get("engine"):
+                    ratios[mode].append(rr[mode] / rr["engine"])
+                    cells += [f"{rr[mode]:,.0f}", f"{ratios[mode][-1]:.2f}"]
+                else:
+                    cells += ["-", "-"]
+            cells.append(" / ".join(str(rr.get(f"{m} node CPU s", "-")) for m in ("engine", "dag-test", "local")))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("median vs engine: " + ", ".join(f"{m} {statistics.median(v):.2f}"
+                                                       for m, v in ratios.items() if v))
     for mode in ("dag-test", "local"):
         if mode in results:
             lines.append(f"\n{mode} time per task (s, summed over mapped instances): {results[mode]['task_s']}")
@@ -543,11 +670,17 @@ def report(results: dict[str, dict], args: argparse.Namespace, expected: dict, g
     if "local" in results:
         lines.append(f"local: peak RSS per task process (MB, largest instance): "
                      f"{results['local']['peak_rss_mb_by_task']}")
+    for mode in ("engine", "dag-test"):
+        if mode in results:
+            lines.append(f"{mode}: CPU seconds during the run (the machine, the store node): {results[mode]['cpu_s']}")
+    if "local" in results:
+        lines.append(f"local: CPU seconds during the run (the machine, the store node, each Airflow role): "
+                     f"{results['local']['cpu_s']}")
     print("\n".join(lines))
     out = {"benchmark": "partition_import", "when": datetime.now(UTC).isoformat(timespec="seconds"),
            "rows": args.rows, "files": args.files, "parquet_mb": round(expected["parquet_bytes"] / 1e6, 1),
            "expected": expected, "generate_s": round(gen_s, 1), "upload_s": round(upload_s, 1),
-           "results": results, "ok": ok,
+           "results": results, "rounds": rounds, "ok": ok,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
