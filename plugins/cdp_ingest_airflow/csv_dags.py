@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from airflow.sdk import DAG, Param, PokeReturnValue, TaskGroup, task
 
+from cdp_ingest_airflow.dag_base import pulled
 from cdp_ingest_airflow.defaults import DEFAULT_ARGS
 from cdp_ingest_airflow.operators import (
     CommitChunkedFilesOperator,
@@ -173,7 +174,7 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
                              ) -> list[dict[str, Any]]:
                     from cdp_ingest_airflow.operators import validate_chunks
 
-                    return validate_chunks(list(results), max_reject_ratio=ratio, store_conn_id=conn_id,
+                    return validate_chunks(pulled(results), max_reject_ratio=ratio, store_conn_id=conn_id,
                                            dry_run=bool(params and params.get("dry_run")))
 
                 validated = validate(staged.output)
