@@ -6,6 +6,8 @@ for a 2-core machine. ``python scripts/airflow_env.py AIRFLOW_HOME`` prints shel
 
 from __future__ import annotations
 
+import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -17,6 +19,22 @@ ROOT = Path(__file__).resolve().parent.parent
 # five 25,000-row files in one process: peak 334 MB -> 270 MB, same CPU — but with them the 1 GB SFTP test's
 # transform grew with the file once (390 MB at 150k rows, 457 MB at 2.8M; it passed in another run).
 MEMORY_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "2"}
+
+
+def jwt_secret(home: Path) -> str:
+    """The secret all of this home's components sign their API tokens with, made once (64 bytes, 0600).
+    Airflow's own generated one is 16 bytes, which PyJWT flags (HS512 wants 64) in a warning on every
+    token the scheduler and API server make."""
+    path = home / "jwt_secret"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        home.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(48)  # 64 characters
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+        return secret
 
 
 def airflow_env(airflow_home: Path | str, landing: Path | str | None = None) -> dict[str, str]:
@@ -33,6 +51,7 @@ def airflow_env(airflow_home: Path | str, landing: Path | str | None = None) -> 
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret(home),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "CDP_LANDING_DIR": str(Path(landing).resolve() if landing else home / "landing"),

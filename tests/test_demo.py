@@ -32,10 +32,11 @@ def test_demo_runs_every_dag_and_accounts_for_every_row():
     assert "2021-03-01.jsonl.gz                replay   committed      2001     2000        1      0" in out
     assert "4000 messages received, 0 repeated deliveries" in out
     # no noise a user would have to read past: the scheduler's output logged no "XCom not found" error
-    # (reading a mapped task's results one past the end) and no task log the standard provider's
-    # deprecation warning
+    # (reading a mapped task's results one past the end) and no short-JWT-key warning, and no task log
+    # the standard provider's deprecation warning
     standalone = (run_dir / "airflow" / "standalone.log").read_text()
     assert "csv_import_demo" in standalone and "XCom not found" not in standalone
+    assert "InsecureKeyLengthWarning" not in standalone  # the embedded JWT secret is 64 bytes
     task_logs = list((run_dir / "airflow" / "logs").rglob("attempt=*.log"))
     assert len(task_logs) >= 40
     assert not [p for p in task_logs if "determine_kwargs" in p.read_text()]
