@@ -670,12 +670,10 @@ def report(results: dict[str, dict], args: argparse.Namespace, expected: dict, g
     if "local" in results:
         lines.append(f"local: peak RSS per task process (MB, largest instance): "
                      f"{results['local']['peak_rss_mb_by_task']}")
-    for mode in ("engine", "dag-test"):
+    for mode in ("engine", "dag-test", "local"):
         if mode in results:
-            lines.append(f"{mode}: CPU seconds during the run (the machine, the store node): {results[mode]['cpu_s']}")
-    if "local" in results:
-        lines.append(f"local: CPU seconds during the run (the machine, the store node, each Airflow role): "
-                     f"{results['local']['cpu_s']}")
+            whose = "the machine, the store node" + (", each Airflow role" if mode == "local" else "")
+            lines.append(f"{mode}: CPU seconds during the run ({whose}): {results[mode]['cpu_s']}")
     print("\n".join(lines))
     out = {"benchmark": "partition_import", "when": datetime.now(UTC).isoformat(timespec="seconds"),
            "rows": args.rows, "files": args.files, "parquet_mb": round(expected["parquet_bytes"] / 1e6, 1),
