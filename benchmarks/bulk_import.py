@@ -1,7 +1,7 @@
 """Bulk import benchmark: the same generated CSVs into the same local OpenSearch, side by side.
 
     python benchmarks/bulk_import.py [--events 1000000] [--profiles 200000] [--naive-rows 20000]
-                                     [--big-factor 10] [--url http://127.0.0.1:9200]
+                                     [--big-factor 10] [--rounds 3] [--url http://127.0.0.1:9200]
 
 Variants (each runs in its own child process, so peak RSS is per variant):
   a  naive     csv.DictReader, one client.index() per row (the hand-written script style)
@@ -10,7 +10,7 @@ Variants (each runs in its own child process, so peak RSS is per variant):
   b3 parallel  helpers.parallel_bulk, tuned: the ceiling's best chunk size and thread count, orjson
   c  ceiling   pre-serialised NDJSON (made before the clock starts) sent with the best chunk
                size/concurrency of a small sweep: what the cluster accepts at most (after an untimed
-               warm-up pass; measured again after the engine variants (c2), "vs (c)" uses the better one)
+               warm-up pass)
   c3 claims    (events) the ceiling's bodies, each sent after the bulk body of its ids' claims, as the
                engine writes them: what one document per event id (SPEC) costs the node at least
   d  engine    cdp_ingest streamed (map + load overlapped), end to end from the CSV, with
@@ -20,7 +20,9 @@ Variants (each runs in its own child process, so peak RSS is per variant):
   d' staged    cdp_ingest as the Airflow tasks run it: transform to a staged file, then load
 Documents are built by the same mapping in a, b and d, so the variants differ in how they load.
 (a) is measured on the first --naive-rows rows only (at ~1-2k rows/s a full run takes many minutes).
-Finally the engine runs on a file --big-factor times larger to show that its memory stays flat.
+(c), (c3), (d) and (d') run in --rounds rounds, in turn: the node's speed drifts over minutes, so each
+round's ratios are to its own ceiling (a side-by-side pair), and the other variants are compared with the
+rounds' median. Finally the engine runs on a file --big-factor times larger to show that its memory stays flat.
 Besides rows/s, each variant's CPU per row: its whole process (start-up included) and, with the
 benchmark's own node, the node's (all its threads) over the same run. On a shared 2-core VM rows/s
 moves with the neighbours; CPU per row much less, and the two cores' sum bounds the rate.
@@ -323,6 +325,8 @@ def main() -> int:
     ap.add_argument("--pin-node", action="store_true",
                     help="run the node on the last CPU (all its threads) and every client on the others, as on "
                          "a machine where OpenSearch does not share cores with the import (needs its own node)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of the ceiling (c), with claims (c3), the engine streamed (d) and staged (d')")
     ap.add_argument("--out", default="bulk_import.json", help="results file name in benchmarks/results/")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     for a in ("--kind", "--prefix", "--csv", "--work", "--ndjson"):
@@ -369,13 +373,13 @@ def main() -> int:
             sweep = [(2000, 2), (5000, 2), (5000, 4), (10000, 3)]
             prepare_ndjson(kind, path, nd, sorted({c for c, _ in sweep}))
 
-            def one(variant: str, label: str, kind=kind, path=path, exp=exp, **kw) -> dict:
+            def one(variant: str, label: str, kind=kind, path=path, exp=exp, round: int = 0, **kw) -> dict:
                 prefix = f"bench-{kind}-{variant}-{len(results)}-"
                 admin.prefix = prefix
                 admin.ensure_templates()
                 r = measure(variant, kind, url=url, prefix=prefix, csv_path=path, work=tmp / "work", **kw)
                 admin._request("DELETE", f"/{prefix}*")  # each variant starts from empty indices
-                r.update(kind=kind, variant=label, rows_in=exp.rows)
+                r.update(kind=kind, variant=label, rows_in=exp.rows, **({"round": round} if round else {}))
                 results.append(r)
                 print(f"  {label:46} {r['docs']:>9,d} docs {r['seconds']:8.1f} s {r['rows_per_s']:>9,.0f}/s "
                       f"peak RSS {r['peak_rss_mb']:6.0f} MB  CPU µs/row {r['client_cpu_us']:5.1f} + node "
@@ -390,22 +394,25 @@ def main() -> int:
                 r = one("ceiling", f"c  ceiling sweep {chunk}x{conc}", ndjson=nd, chunk=chunk, concurrency=conc)
                 if best is None or r["rows_per_s"] > best[0]["rows_per_s"]:
                     best = (r, chunk, conc)
-            best[0]["variant"] = f"c  raw bulk ceiling ({best[1]}x{best[2]})"
             one("naive", "a  per-row index() loop", limit=args.naive_rows)
             one("helpers", "b  helpers.bulk (defaults)")
             one("helpers-tuned", f"b2 helpers.streaming_bulk ({best[1]}, orjson)", chunk=best[1], concurrency=1)
             one("helpers-tuned", f"b3 helpers.parallel_bulk ({best[1]}x{best[2]}, orjson)", chunk=best[1],
                 concurrency=best[2])
-            one("engine", "d  cdp_ingest (streamed)")
             if kind == "events":
                 one("engine-rows", "d0 cdp_ingest (streamed, row-by-row mapping)")
-            one("staged", "d' cdp_ingest (staged, as the DAG)")
-            # the ceiling once more, after the engine: "vs (c)" divides by the better of the two
-            one("ceiling", f"c2 raw bulk ceiling again, last ({best[1]}x{best[2]})", ndjson=nd, chunk=best[1],
-                concurrency=best[2])
-            if kind == "events":  # what one document per event id costs the node at least (not in "vs (c)")
-                one("ceiling-claims", f"c3 raw ceiling + each id's claim ({best[1]}x{best[2]})", ndjson=nd,
-                    chunk=best[1], concurrency=best[2])
+            # The node's speed drifts over minutes (the same bodies 10-40 % apart within one run), so the
+            # ceilings and the engine are measured in rounds, side by side: each round's ratios are to its
+            # own ceiling; the rows above are compared with the rounds' median ceiling.
+            for k in range(1, args.rounds + 1):
+                tag = f", round {k}" if args.rounds > 1 else ""
+                one("ceiling", f"c  raw bulk ceiling ({best[1]}x{best[2]}){tag}", ndjson=nd, chunk=best[1],
+                    concurrency=best[2], round=k)
+                if kind == "events":  # what one document per event id costs the node at least
+                    one("ceiling-claims", f"c3 raw ceiling + each id's claim ({best[1]}x{best[2]}){tag}", ndjson=nd,
+                        chunk=best[1], concurrency=best[2], round=k)
+                one("engine", f"d  cdp_ingest (streamed){tag}", round=k)
+                one("staged", f"d' cdp_ingest (staged, as the DAG){tag}", round=k)
         if args.big_factor and args.events:
             big = tmp / "events-big.csv"
             exp = sample.write_events(big, args.events * args.big_factor, profiles=args.events,
@@ -429,24 +436,71 @@ def main() -> int:
     return 0
 
 
+def _median(values: list[float]) -> float | None:
+    import statistics
+
+    return statistics.median(values) if values else None
+
+
+def round_ratios(results: list[dict], kind: str) -> list[dict]:
+    """Per round of ``kind``: the ceiling's rows/s and each measured variant's ratio to it (and the
+    engine's to the ceiling with claims), side by side within the round."""
+    out = []
+    for k in sorted({r["round"] for r in results if r["kind"] == kind and r.get("round")}):
+        by = {r["variant"][:2].strip(): r for r in results if r["kind"] == kind and r.get("round") == k}
+        c, c3 = by.get("c"), by.get("c3")
+        row: dict = {"round": k, "c_rows_per_s": c["rows_per_s"] if c else None}
+        for name, key in (("c3", "c3_vs_c"), ("d", "d_vs_c"), ("d'", "staged_vs_c")):
+            row[key] = by[name]["rows_per_s"] / c["rows_per_s"] if c and name in by else None
+        row["d_vs_c3"] = by["d"]["rows_per_s"] / c3["rows_per_s"] if c3 and "d" in by else None
+        row["node_cpu_us"] = {n: by[n].get("node_cpu_us") for n in ("c", "c3", "d", "d'") if n in by}
+        out.append(row)
+    return out
+
+
 def report(results: list[dict], args) -> None:
     lines = ["", "| data | variant | docs | rows/s | vs (c) | vs (c3) | vs (a) | peak RSS MB | client CPU µs/row "
                  "| node CPU µs/row |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rounds: dict[str, list[dict]] = {}
     for kind in ("events", "profiles"):
         rows = [r for r in results if r["kind"] == kind and "sweep" not in r["variant"]
                 and "warm-up" not in r["variant"]]
         if not rows:
             continue
-        ceiling = max((r["rows_per_s"] for r in rows if r["variant"].startswith(("c ", "c2 "))), default=None)
+        # a row of a round is compared with its round's ceilings; any other with the rounds' medians
+        ceilings: dict[int, dict[str, float]] = {}
+        for r in rows:
+            if r.get("round") and r["variant"].startswith(("c ", "c3 ")):
+                ceilings.setdefault(r["round"], {})[r["variant"][:2].strip()] = r["rows_per_s"]
+        median = {n: _median([c[n] for c in ceilings.values() if n in c]) for n in ("c", "c3")}
         naive = next((r["rows_per_s"] for r in rows if r["variant"].startswith("a ")), None)
-        claims = next((r["rows_per_s"] for r in rows if r["variant"].startswith("c3 ")), None)
         for r in sorted(rows, key=lambda r: r["variant"]):
+            ref = ceilings.get(r.get("round", 0), median)
+            ceiling, claims = ref.get("c"), ref.get("c3")
             vc = f"{r['rows_per_s'] / ceiling:.2f}" if ceiling else "-"
             v3 = f"{r['rows_per_s'] / claims:.2f}" if claims else "-"
             va = f"{r['rows_per_s'] / naive:.1f}x" if naive else "-"
             node = f"{r['node_cpu_us']:.0f}" if "node_cpu_us" in r else "-"
             lines.append(f"| {kind} | {r['variant']} | {r['docs']:,} | {r['rows_per_s']:,.0f} | {vc} | {v3} | {va} | "
                          f"{r['peak_rss_mb']:.0f} | {r['client_cpu_us']:.1f} | {node} |")
+        rounds[kind] = round_ratios(results, kind)
+    medians: dict[str, dict] = {}
+    if any(len(v) > 1 for v in rounds.values()):
+        lines += ["", "| data | round | (c) rows/s | (c3) vs (c) | (d) vs (c) | (d') vs (c) | (d) vs (c3) "
+                      "| node CPU µs/row (c / c3 / d / d') |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+        keys = ("c_rows_per_s", "c3_vs_c", "d_vs_c", "staged_vs_c", "d_vs_c3")
+
+        def cells(row: dict) -> str:
+            return " | ".join("-" if row.get(k) is None else (f"{row[k]:,.0f}" if k == "c_rows_per_s" else
+                                                              f"{row[k]:.2f}") for k in keys)
+
+        for kind, rs in rounds.items():
+            for row in rs:
+                node = " / ".join("-" if row["node_cpu_us"].get(n) is None else f"{row['node_cpu_us'][n]:.0f}"
+                                  for n in ("c", "c3", "d", "d'"))
+                lines.append(f"| {kind} | {row['round']} | {cells(row)} | {node} |")
+            medians[kind] = {k: _median([row[k] for row in rs if row.get(k) is not None]) for k in keys}
+            lines.append(f"| {kind} | **median** | {cells(medians[kind])} | |")
     table = "\n".join(lines)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -454,8 +508,8 @@ def report(results: list[dict], args) -> None:
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": {
             "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "args": {k: v for k, v in vars(args).items() if k in ("events", "profiles", "naive_rows", "big_factor",
-                                                              "pin_node")},
-        "results": results, "table": table}, indent=2))
+                                                              "pin_node", "rounds")},
+        "results": results, "rounds": rounds, "medians": medians, "table": table}, indent=2))
     print(f"\nwritten to {RESULTS / args.out}")
 
 
