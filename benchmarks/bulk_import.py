@@ -373,13 +373,13 @@ def main() -> int:
             sweep = [(2000, 2), (5000, 2), (5000, 4), (10000, 3)]
             prepare_ndjson(kind, path, nd, sorted({c for c, _ in sweep}))
 
-            def one(variant: str, label: str, kind=kind, path=path, exp=exp, round: int = 0, **kw) -> dict:
+            def one(variant: str, label: str, kind=kind, path=path, exp=exp, in_round: int = 0, **kw) -> dict:
                 prefix = f"bench-{kind}-{variant}-{len(results)}-"
                 admin.prefix = prefix
                 admin.ensure_templates()
                 r = measure(variant, kind, url=url, prefix=prefix, csv_path=path, work=tmp / "work", **kw)
                 admin._request("DELETE", f"/{prefix}*")  # each variant starts from empty indices
-                r.update(kind=kind, variant=label, rows_in=exp.rows, **({"round": round} if round else {}))
+                r.update(kind=kind, variant=label, rows_in=exp.rows, **({"round": in_round} if in_round else {}))
                 results.append(r)
                 print(f"  {label:46} {r['docs']:>9,d} docs {r['seconds']:8.1f} s {r['rows_per_s']:>9,.0f}/s "
                       f"peak RSS {r['peak_rss_mb']:6.0f} MB  CPU µs/row {r['client_cpu_us']:5.1f} + node "
@@ -407,12 +407,12 @@ def main() -> int:
             for k in range(1, args.rounds + 1):
                 tag = f", round {k}" if args.rounds > 1 else ""
                 one("ceiling", f"c  raw bulk ceiling ({best[1]}x{best[2]}){tag}", ndjson=nd, chunk=best[1],
-                    concurrency=best[2], round=k)
+                    concurrency=best[2], in_round=k)
                 if kind == "events":  # what one document per event id costs the node at least
                     one("ceiling-claims", f"c3 raw ceiling + each id's claim ({best[1]}x{best[2]}){tag}", ndjson=nd,
-                        chunk=best[1], concurrency=best[2], round=k)
-                one("engine", f"d  cdp_ingest (streamed){tag}", round=k)
-                one("staged", f"d' cdp_ingest (staged, as the DAG){tag}", round=k)
+                        chunk=best[1], concurrency=best[2], in_round=k)
+                one("engine", f"d  cdp_ingest (streamed){tag}", in_round=k)
+                one("staged", f"d' cdp_ingest (staged, as the DAG){tag}", in_round=k)
         if args.big_factor and args.events:
             big = tmp / "events-big.csv"
             exp = sample.write_events(big, args.events * args.big_factor, profiles=args.events,
