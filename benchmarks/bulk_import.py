@@ -449,7 +449,8 @@ def round_ratios(results: list[dict], kind: str) -> list[dict]:
     for k in sorted({r["round"] for r in results if r["kind"] == kind and r.get("round")}):
         by = {r["variant"][:2].strip(): r for r in results if r["kind"] == kind and r.get("round") == k}
         c, c3 = by.get("c"), by.get("c3")
-        row: dict = {"round": k, "c_rows_per_s": c["rows_per_s"] if c else None}
+        row: dict = {"round": k, "c_rows_per_s": c["rows_per_s"] if c else None,
+                     "c3_rows_per_s": c3["rows_per_s"] if c3 else None}
         for name, key in (("c3", "c3_vs_c"), ("d", "d_vs_c"), ("d'", "staged_vs_c")):
             row[key] = by[name]["rows_per_s"] / c["rows_per_s"] if c and name in by else None
         row["d_vs_c3"] = by["d"]["rows_per_s"] / c3["rows_per_s"] if c3 and "d" in by else None
@@ -468,11 +469,9 @@ def report(results: list[dict], args) -> None:
         if not rows:
             continue
         # a row of a round is compared with its round's ceilings; any other with the rounds' medians
-        ceilings: dict[int, dict[str, float]] = {}
-        for r in rows:
-            if r.get("round") and r["variant"].startswith(("c ", "c3 ")):
-                ceilings.setdefault(r["round"], {})[r["variant"][:2].strip()] = r["rows_per_s"]
-        median = {n: _median([c[n] for c in ceilings.values() if n in c]) for n in ("c", "c3")}
+        rounds[kind] = round_ratios(results, kind)
+        ceilings = {row["round"]: {"c": row["c_rows_per_s"], "c3": row["c3_rows_per_s"]} for row in rounds[kind]}
+        median = {n: _median([c[n] for c in ceilings.values() if c[n] is not None]) for n in ("c", "c3")}
         naive = next((r["rows_per_s"] for r in rows if r["variant"].startswith("a ")), None)
         for r in sorted(rows, key=lambda r: r["variant"]):
             ref = ceilings.get(r.get("round", 0), median)
@@ -483,7 +482,6 @@ def report(results: list[dict], args) -> None:
             node = f"{r['node_cpu_us']:.0f}" if "node_cpu_us" in r else "-"
             lines.append(f"| {kind} | {r['variant']} | {r['docs']:,} | {r['rows_per_s']:,.0f} | {vc} | {v3} | {va} | "
                          f"{r['peak_rss_mb']:.0f} | {r['client_cpu_us']:.1f} | {node} |")
-        rounds[kind] = round_ratios(results, kind)
     medians: dict[str, dict] = {}
     if any(len(v) > 1 for v in rounds.values()):
         lines += ["", "| data | round | (c) rows/s | (c3) vs (c) | (d) vs (c) | (d') vs (c) | (d) vs (c3) "
