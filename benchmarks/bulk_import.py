@@ -463,15 +463,18 @@ def report(results: list[dict], args) -> None:
     lines = ["", "| data | variant | docs | rows/s | vs (c) | vs (c3) | vs (a) | peak RSS MB | client CPU µs/row "
                  "| node CPU µs/row |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rounds: dict[str, list[dict]] = {}
+    medians: dict[str, dict] = {}
+    keys = ("c_rows_per_s", "c3_vs_c", "d_vs_c", "staged_vs_c", "d_vs_c3")  # the rounds table's columns
     for kind in ("events", "profiles"):
         rows = [r for r in results if r["kind"] == kind and "sweep" not in r["variant"]
                 and "warm-up" not in r["variant"]]
         if not rows:
             continue
         # a row of a round is compared with its round's ceilings; any other with the rounds' medians
-        rounds[kind] = round_ratios(results, kind)
-        ceilings = {row["round"]: {"c": row["c_rows_per_s"], "c3": row["c3_rows_per_s"]} for row in rounds[kind]}
-        median = {n: _median([c[n] for c in ceilings.values() if c[n] is not None]) for n in ("c", "c3")}
+        rs = rounds[kind] = round_ratios(results, kind)
+        medians[kind] = {k: _median([row[k] for row in rs if row.get(k) is not None]) for k in (*keys, "c3_rows_per_s")}
+        ceilings = {row["round"]: {"c": row["c_rows_per_s"], "c3": row["c3_rows_per_s"]} for row in rs}
+        median = {"c": medians[kind]["c_rows_per_s"], "c3": medians[kind]["c3_rows_per_s"]}
         naive = next((r["rows_per_s"] for r in rows if r["variant"].startswith("a ")), None)
         for r in sorted(rows, key=lambda r: r["variant"]):
             ref = ceilings.get(r.get("round", 0), median)
@@ -482,11 +485,9 @@ def report(results: list[dict], args) -> None:
             node = f"{r['node_cpu_us']:.0f}" if "node_cpu_us" in r else "-"
             lines.append(f"| {kind} | {r['variant']} | {r['docs']:,} | {r['rows_per_s']:,.0f} | {vc} | {v3} | {va} | "
                          f"{r['peak_rss_mb']:.0f} | {r['client_cpu_us']:.1f} | {node} |")
-    medians: dict[str, dict] = {}
     if any(len(v) > 1 for v in rounds.values()):
         lines += ["", "| data | round | (c) rows/s | (c3) vs (c) | (d) vs (c) | (d') vs (c) | (d) vs (c3) "
                       "| node CPU µs/row (c / c3 / d / d') |", "|---|---:|---:|---:|---:|---:|---:|---|"]
-        keys = ("c_rows_per_s", "c3_vs_c", "d_vs_c", "staged_vs_c", "d_vs_c3")
 
         def cells(row: dict) -> str:
             return " | ".join("-" if row.get(k) is None else (f"{row[k]:,.0f}" if k == "c_rows_per_s" else
@@ -497,7 +498,6 @@ def report(results: list[dict], args) -> None:
                 node = " / ".join("-" if row["node_cpu_us"].get(n) is None else f"{row['node_cpu_us'][n]:.0f}"
                                   for n in ("c", "c3", "d", "d'"))
                 lines.append(f"| {kind} | {row['round']} | {cells(row)} | {node} |")
-            medians[kind] = {k: _median([row[k] for row in rs if row.get(k) is not None]) for k in keys}
             lines.append(f"| {kind} | **median** | {cells(medians[kind])} | |")
     table = "\n".join(lines)
     print(table)
