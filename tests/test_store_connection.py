@@ -20,7 +20,7 @@ def test_defaults(monkeypatch):
     store = store_from_connection("t_store")
     assert (store.prefix, store.flavor, store.chunk_docs, store.chunk_bytes, store.concurrency) == (
         "cdp-", "opensearch", 5000, CHUNK_BYTES, 2)
-    assert store.pause_refresh is True and store.claim_wait == CLAIM_WAIT == 180.0
+    assert store.pause_refresh is None and store.claim_wait == CLAIM_WAIT == 180.0  # None: overwrite loads only
 
 
 def test_extras(monkeypatch):
@@ -34,4 +34,17 @@ def test_extras(monkeypatch):
 def test_a_connection_of_another_type_is_refused(monkeypatch):
     _conn(monkeypatch, "postgres")
     with pytest.raises(ValueError, match="expected one of"):
+        store_from_connection("t_store")
+
+
+@pytest.mark.parametrize(("value", "expected"), [("auto", None), ("true", True), (True, True), ("False", False),
+                                                 (False, False), ("0", False)])
+def test_pause_refresh_extra(monkeypatch, value, expected):
+    _conn(monkeypatch, pause_refresh=value)
+    assert store_from_connection("t_store").pause_refresh is expected
+
+
+def test_a_pause_refresh_extra_that_is_not_a_choice_is_refused(monkeypatch):
+    _conn(monkeypatch, pause_refresh="sometimes")
+    with pytest.raises(ValueError, match="pause_refresh must be auto, true or false, not 'sometimes'"):
         store_from_connection("t_store")

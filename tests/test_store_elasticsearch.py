@@ -49,7 +49,7 @@ def test_elasticsearch_connection_imports_profiles_and_events(elasticsearch, tmp
     mapping = store._request("GET", "/t-es-event-2025-11/_mapping")
     assert mapping["t-es-event-2025-11"]["mappings"]["properties"]["properties"] == {"type": "object",
                                                                                      "enabled": False}
-    # the two months the load created had their automatic refresh off while it ran: restored, lease cleared
+    # the two months the load created: the template's refresh setting, no lease, marked as claimed
     settings = store._request("GET", "/t-es-event-*/_settings", params={"flat_settings": "true"})
     assert sorted(settings) == ["t-es-event-2025-11", "t-es-event-2025-12"]
     assert all("index.refresh_interval" not in v["settings"] for v in settings.values())

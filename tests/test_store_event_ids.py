@@ -18,7 +18,7 @@ from cdp_ingest.ledger import Ledger, SourceUnit
 from cdp_ingest.mapping import Mapper, Mapping
 from cdp_ingest.pipeline import begin_unit, load_unit, transform_unit
 from cdp_ingest.readers import read_batches
-from cdp_ingest.store import CLAIM_LEASE, PAUSE_META, BulkItem, LoadStats, Store, make_client
+from cdp_ingest.store import CLAIM_LEASE, CLAIMED_META, PAUSE_META, BulkItem, LoadStats, Store, make_client
 
 pytestmark = pytest.mark.services
 _prefixes = itertools.count()
@@ -476,8 +476,9 @@ def _visible(store, index: str) -> int:
 def test_a_load_pauses_the_refresh_of_past_months_it_creates_and_restores_it(store):
     """While the load runs, the months it created (not the live one, not one that existed) have their
     automatic refresh off and a lease; when it ends the setting is back, the lease cleared and every
-    document searchable."""
+    document searchable. (``pause_refresh`` true: a create load pauses too.)"""
     p = store.prefix
+    store.pause_refresh = True
     store._clock = lambda: datetime(2025, 12, 20, tzinfo=UTC).timestamp()  # 2025-12 is the live month
     store._request("PUT", f"/{p}event-2025-09")  # existed before the load
     months = ["2025-10", "2025-11", "2025-12", "2025-09"]
@@ -499,6 +500,7 @@ def test_a_load_pauses_the_refresh_of_past_months_it_creates_and_restores_it(sto
 
 def test_a_load_that_dies_restores_the_refresh_and_a_killed_ones_months_are_recovered(store):
     p = store.prefix
+    store.pause_refresh = True
     with crash_on_send(store, 2), pytest.raises(StoreError):
         list(store.bulk_load([_item(store, f"y{i}", "2025-03", i) for i in range(1, 30)], import_id="imp-1"))
     assert _refresh_interval(store, f"{p}event-2025-03") is None and _lease(store, f"{p}event-2025-03") == 0
@@ -529,6 +531,26 @@ def test_pause_refresh_off_leaves_the_template_setting(store):
     next(load)
     assert _refresh_interval(store, f"{store.prefix}event-2025-02") is None
     assert {o.status for o in load} == {"loaded"}
+
+
+def test_by_default_only_an_overwrite_load_pauses_the_refresh_of_the_months_it_creates(store):
+    """``pause_refresh`` None (the default): a create load searches none of the months it creates, so they
+    keep the template's setting (with it off, the node wrote each shard's full indexing buffer at once and
+    held the load ~1 s each time); an overwrite load, which searches them, pauses them until it ends."""
+    assert store.pause_refresh is None
+    p = store.prefix
+    seen: dict[str, tuple[str | None, float]] = {}
+    for mode, month in (("create", "2025-01"), ("overwrite", "2024-12")):
+        load = store.bulk_load([_item(store, f"{mode}-{i}", month, i) for i in range(1, 12)], import_id="imp-1",
+                               write_mode=mode)
+        first = next(load)
+        seen[mode] = (_refresh_interval(store, f"{p}event-{month}"), _lease(store, f"{p}event-{month}"))
+        assert {o.status for o in [first, *load]} == {"loaded"}
+        assert _refresh_interval(store, f"{p}event-{month}") is None and _lease(store, f"{p}event-{month}") == 0
+        meta = store._request("GET", f"/{p}event-{month}/_mapping")[f"{p}event-{month}"]["mappings"]["_meta"]
+        assert meta[CLAIMED_META] is True
+    assert seen["create"] == (None, 0.0)
+    assert seen["overwrite"][0] == "-1" and seen["overwrite"][1] > store._clock() + 1700
 
 
 def test_every_new_month_is_created_before_its_first_chunk_is_sent(store):

@@ -16,7 +16,8 @@ def store_from_connection(conn_id: str, *, prefix: str | None = None) -> Store:
     Connection extras: ``use_ssl`` / ``verify_certs`` (booleans), ``index_prefix`` (default ``cdp-``),
     ``bulk_chunk_docs``, ``bulk_chunk_bytes``, ``bulk_concurrency``, ``max_cell_bytes`` (default 1 MiB) and
     ``max_document_bytes`` (default 4 MiB): rows over either limit are rejected with a reason;
-    ``pause_refresh`` (default true): past months a load creates do not refresh on their own while it runs;
+    ``pause_refresh`` (``auto`` by default: in overwrite loads only; ``true``: in every load; ``false``: never):
+    past months a load creates do not refresh on their own while it runs;
     ``claim_wait_seconds`` (default 180): how long a row waits for an event id another load claimed and has
     not stored before it fails with the reason.
     """
@@ -42,5 +43,17 @@ def store_from_connection(conn_id: str, *, prefix: str | None = None) -> Store:
                  concurrency=int(extra.get("bulk_concurrency", 2)),
                  max_cell_bytes=int(extra.get("max_cell_bytes", MAX_CELL_BYTES)),
                  max_document_bytes=int(extra.get("max_document_bytes", MAX_DOCUMENT_BYTES)),
-                 pause_refresh=str(extra.get("pause_refresh", True)).lower() == "true",
+                 pause_refresh=_pause_refresh(extra.get("pause_refresh")),
                  claim_wait=float(extra.get("claim_wait_seconds", CLAIM_WAIT)))
+
+
+def _pause_refresh(value: object) -> bool | None:
+    """The ``pause_refresh`` extra: ``auto`` (or absent) → None, the store's default; true/false."""
+    text = "auto" if value is None else str(value).strip().lower()
+    if text in ("auto", ""):
+        return None
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"connection extra pause_refresh must be auto, true or false, not {value!r}")
