@@ -553,6 +553,50 @@ def test_by_default_only_an_overwrite_load_pauses_the_refresh_of_the_months_it_c
     assert seen["overwrite"][0] == "-1" and seen["overwrite"][1] > store._clock() + 1700
 
 
+def test_a_create_load_refreshes_the_months_it_writes_while_it_runs(store, caplog):
+    """``refresh_every``: a create load refreshes the months it writes every so often on its own thread, so
+    its final refresh has little left to write; one that fails is logged and the load goes on. Not a
+    month it paused (refreshed when it resumes), not in overwrite mode (its id window refreshes)."""
+    p = store.prefix
+    store.refresh_every = 0.05
+    refreshes: list[str] = []
+    request, send = store._request, store._send_bulk
+
+    def recorded(method, path, **kw):
+        if path.endswith("/_refresh"):
+            refreshes.append(path)
+            if len(refreshes) == 2 and failing:  # the first create load's second
+                raise StoreError("refresh refused (test)")
+        return request(method, path, **kw)
+
+    def slow(payload, *args, **kw):  # ten chunks of four, ~0.6 s in all
+        time.sleep(0.03)
+        return send(payload, *args, **kw)
+
+    store._request, store._send_bulk = recorded, slow
+    failing = True
+    runs = [("create", None, "2025-04", "2025-05"), ("overwrite", None, "2024-04", "2024-05"),
+            ("create", True, "2023-04", "2023-05")]
+    for mode, pause, *months in runs:
+        store.pause_refresh = pause
+        refreshes.clear()
+        items = [_item(store, f"{mode}-{pause}-{i}", months[i % 2], i) for i in range(1, 41)]
+        with caplog.at_level("WARNING", logger="cdp_ingest.store"):
+            out = list(store.bulk_load(items, import_id="imp-1", write_mode=mode))
+        assert sorted(o.ref for o in out) == list(range(1, 41))
+        assert {o.status for o in out} == {"loaded"}
+        pair = f"/{p}event-{months[0]},{p}event-{months[1]}/_refresh"
+        if (mode, pause) == ("create", None):
+            assert len(refreshes) >= 3 and set(refreshes) == {pair}
+            assert "during the load failed (refresh refused (test)); the load goes on" in caplog.text
+            failing = False
+        elif pause:  # the paused months: once, when they resume
+            assert refreshes == [pair]
+        else:
+            assert refreshes == [pair]  # overwrite: the resume of its paused months only
+        assert _docs(store).keys() >= {it.id for it in items}
+
+
 def test_every_new_month_is_created_before_its_first_chunk_is_sent(store):
     """A month left to the bulk request to auto-create answered another chunk's id check, made meanwhile,
     with 503 until its shard had started (a retry and 0.5 s). Every month the load writes to first, the
