@@ -519,11 +519,11 @@ class Store:
                     # what finished is made searchable, then forgotten
                     refreshing = (refresher.submit(self.refresh, set(window.indices)), window.done)
                 if (not overwrite and self.refresh_every and refreshing is None
-                        and time.monotonic() - last_refresh >= self.refresh_every
-                        and window.indices - paused.indices):  # a paused month is refreshed when it resumes
-                    last_refresh = time.monotonic()
-                    refreshing = (refresher.submit(self._refresh_meanwhile, window.indices - paused.indices),
-                                  window.done)
+                        and time.monotonic() - last_refresh >= self.refresh_every):
+                    months = window.indices - paused.indices  # a paused month is refreshed when it resumes
+                    if months:
+                        last_refresh = time.monotonic()
+                        refreshing = (refresher.submit(self._refresh_meanwhile, months), window.done)
                 paused.renew()
             while pending:
                 yield from self._collect(pending.popleft()[1], stats)
