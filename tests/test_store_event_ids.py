@@ -590,10 +590,8 @@ def test_a_create_load_refreshes_the_months_it_writes_while_it_runs(store, caplo
             assert len(refreshes) >= 3 and set(refreshes) == {pair}
             assert "during the load failed (refresh refused (test)); the load goes on" in caplog.text
             failing = False
-        elif pause:  # the paused months: once, when they resume
+        else:  # months paused (pause_refresh true, or an overwrite load): once, when they resume
             assert refreshes == [pair]
-        else:
-            assert refreshes == [pair]  # overwrite: the resume of its paused months only
         assert _docs(store).keys() >= {it.id for it in items}
 
 
