@@ -109,6 +109,44 @@ def test_edge_cases_match_the_row_path(tmp_path):
     assert items[0][2] == "p-event-2025-11"
 
 
+def test_item_batches_cut_runs_only_where_a_row_went_alone(tmp_path):
+    """``RowMapper.item_batches`` (the streamed load's feed): the same rows, documents and counts as ``items``,
+    in file order; a row the columnar mapping left and ``map_row`` accepted cuts the run there, a rejected
+    one is only left out of it (one filtered run, not a cut per bad row)."""
+    from cdp_ingest.pipeline import SourceRows
+    from cdp_ingest.store import BulkItem, ItemBatch
+
+    path = tmp_path / "ev.csv"
+    exp = sample.write_events(path, 3000, profiles=300, sessions=600)
+    assert exp.bad > 1
+    with open(path, "a", encoding="utf-8") as fh:  # ids with a space around: map_row strips them (row path)
+        fh.write(" e-alone-1,1761955200,search,a@x.com,s-1,/p,sku,1,1,x\n")
+        fh.write("e-after-1,1761955200,search,a@x.com,s-1,/p,sku,1,1,x\n")
+        fh.write("e-bad,,search,a@x.com,s-1,/p,sku,1,1,x\n")
+        fh.write("e-after-2,1761955200,search,a@x.com,s-1,/p,sku,1,1,x\n")
+    mapper = Mapper(Mapping.load(DEMO), unit_key="u1", now=NOW)
+
+    def feed(kind: str) -> tuple[list, tuple]:
+        rm = RowMapper(mapper.map_row, tmp_path / f"errors-{kind}.csv", max_cell_bytes=200)
+        batches = read_batches(str(path), batch_rows=5000)
+        got = (list(rm.item_batches(batches, "p-", "imp-1", SourceRows())) if kind == "batches"
+               else list(rm.items(batches, "p-", "imp-1")))
+        rm.close()
+        return got, (rm.rows_in, rm.accepted, rm.rejected)
+
+    fed, counts = feed("batches")
+    rows, row_counts = feed("items")
+    assert counts == row_counts == (exp.rows + 4, exp.rows - exp.bad + 3, exp.bad + 1)
+    flat = [(it.ref, it.index, it.id, it.source) for part in fed
+            for it in (part.items() if isinstance(part, ItemBatch) else [part])]
+    assert flat == [(ref, index, doc_id, body) for ref, _kind, index, doc_id, body, _ in rows]
+    assert [type(part) for part in fed] == [ItemBatch, BulkItem, ItemBatch] and fed[1].id == "e-alone-1"
+    runs = [fed[0], fed[2]]
+    refs = runs[0].refs.to_pylist()
+    assert len(refs) == refs[-1] - refs[0] + 1 - exp.bad  # the rejected rows left out, the run not cut at them
+    assert runs[1].ids.to_pylist() == ["e-after-1", "e-after-2"]
+
+
 def test_generated_file_matches_and_mostly_takes_the_columnar_path(tmp_path, monkeypatch):
     path = tmp_path / "events.csv"
     exp = sample.write_events(path, 6000, profiles=600, sessions=1200)

@@ -449,21 +449,28 @@ class RowMapper:
             sources.add_batch(first, rows)
             whole = ItemBatch(pa.array(np.arange(first, first + n, dtype=np.int64)), fb.column("indices"),
                               fb.column("ids"), fb.column("bodies"))
-            slow = np.flatnonzero(~np.asarray(fb.ok, dtype=bool)).tolist()
-            slow_rows = dict(zip(slow, batch.take(slow).to_pylist(), strict=True)) if slow else {}
-            start = accepted = 0
-            for i in [*slow, n]:
-                if i > start:
-                    accepted += i - start
-                    yield whole if i - start == n else whole.slice(start, i - start)
-                start = i + 1
-                if i == n:
-                    break
-                row, ref = slow_rows[i], first + i
+            fast_ok = np.asarray(fb.ok, dtype=bool)
+            slow = np.flatnonzero(~fast_ok).tolist()
+            # the rows the columnar mapping left go through the row function first (in file order); only the
+            # ones it accepts cut the batch there (file order), the rejected ones are filtered out of the run:
+            # a few bad rows per batch cost one filter, not hundreds of small ItemBatches down the load
+            left_items: dict[int, BulkItem] = {}
+            for i, row in zip(slow, batch.take(slow).to_pylist() if slow else [], strict=True):
+                ref = first + i
                 left = self._row(row, ref, bad.get(i))
                 if left is not None:
                     sources.add_row(ref, row)
-                    yield BulkItem(*mapped_to_stage_row(left, prefix, import_id, ref), ref)
+                    left_items[i] = BulkItem(*mapped_to_stage_row(left, prefix, import_id, ref), ref)
+            start = accepted = 0
+            for i in [*left_items, n]:
+                took = int(fast_ok[start:i].sum())
+                if took:
+                    accepted += took
+                    run = whole if i - start == n else whole.slice(start, i - start)
+                    yield run if took == i - start else run.filter(pa.array(fast_ok[start:i]))
+                if i < n:
+                    yield left_items[i]
+                start = i + 1
             self.accepted += accepted
             if accepted:
                 self.kinds.add(fast.kind)
