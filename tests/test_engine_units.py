@@ -339,6 +339,46 @@ def test_id_window_claims_and_forgets_per_chunk():
     assert (w.get("a"), len(w)) == (None, 0)
 
 
+def test_id_window_of_item_batch_chunks_keeps_their_ids_as_arrays():
+    """A create load's ``ItemBatch`` chunks (Store._check_window_columns): an id repeated in the chunk or
+    sent in a chunk still in flight is a duplicate (the first row wins); the window keeps each chunk's ids as
+    one array until its chunk is expired; a chunk of ``BulkItem``s after them sees those ids too."""
+    import orjson
+
+    from cdp_ingest.arrow import pa
+    from cdp_ingest.store import BulkItem, ItemBatch, Store, _IdWindow
+
+    store = Store(None, prefix="p-")
+    store._event_indices = {"p-event-2025-01", "p-event-2025-02"}
+    ev = "p-event-2025-0%d"
+
+    def batch(*specs, first=1):
+        return ItemBatch(pa.array(range(first, first + len(specs)), pa.int64()),
+                         pa.array([ev % m for _, m in specs], pa.string()),
+                         pa.array([i for i, _ in specs], pa.string()),
+                         pa.array([orjson.dumps({"id": i}) for i, _ in specs], pa.binary()))
+
+    w = _IdWindow()
+    sent, early, _, _ = store._check_window_columns(batch(("a", 1), ("b", 1), ("a", 2), ("b", 2), ("c", 1)), w, 1)
+    assert sent.ids.to_pylist() == ["a", "b", "c"] and sent.refs.to_pylist() == [1, 2, 5]
+    assert [(o.ref, o.status, o.id) for o in early] == [(3, "duplicate", "a"), (4, "duplicate", "b")]
+    assert len(w) == 3 and w.indices == {ev % 1}
+    sent, early, _, _ = store._check_window_columns(batch(("c", 2), ("d", 2), ("d", 2), first=10), w, 2)
+    assert sent.ids.to_pylist() == ["d"] and [(o.ref, o.id) for o in early] == [(10, "c"), (12, "d")]
+    assert len(w) == 4 and w.indices == {ev % 1, ev % 2}
+    w.expire(1)  # chunk 1 came back: its ids are claimed, the claims refuse a later copy
+    sent, early, _, _ = store._check_window_columns(batch(("a", 2), ("d", 1), first=20), w, 3)
+    assert sent.ids.to_pylist() == ["a"] and [(o.ref, o.id) for o in early] == [(21, "d")]
+    rows = [BulkItem(ev % 1, i, b"{}", ref) for ref, i in ((30, "d"), (31, "e"), (32, "a"))]
+    send, early, _, _ = store._check_window(rows, w, 4, "create")
+    assert [it.id for it in send] == ["e"] and [o.ref for o in early] == [30, 32]
+    assert (w.get("d"), w.get("a"), len(w)) == (("", 2), ("", 3), 3)
+    w.expire(3)
+    assert (w.get("a"), w.get("e"), len(w)) == (None, (ev % 1, 4), 1)
+    sent, early, _, _ = store._check_window_columns(batch(("a", 1), ("e", 1), first=40), w, 5)
+    assert sent.ids.to_pylist() == ["a"] and [o.ref for o in early] == [41]
+
+
 def test_staged_origs_finds_refused_rows_in_any_row_group(tmp_path, monkeypatch):
     """The load reads a staged file without its source rows; a refused row's is read from its row group
     (refs out of order, groups read again after leaving the two-group cache, a ref not staged: None)."""

@@ -542,6 +542,7 @@ class Store:
         early: list[Outcome] = []
         replaces: dict[int, set[str]] = {}
         after = 0
+        window.unpack()
         seen, order = window._ids, window._order  # window.get / window.add, inlined (once per row)
         for it in chunk:
             if overwrite:
@@ -572,29 +573,28 @@ class Store:
 
         from cdp_ingest.arrow import pa
 
-        ids = chunk.ids.to_pylist()
-        seen, order = window._ids, window._order
-        again = seen.keys() & ids
-        unique = dict.fromkeys(ids)
+        ids = chunk.ids
+        recent = window.recent()
+        in_window = pc.is_in(ids, value_set=recent) if recent is not None else None
+        again = (set(pc.filter(ids, in_window).to_pylist())
+                 if in_window is not None and pc.any(in_window).as_py() else set())
         early: list[Outcome] = []
-        if again or len(unique) < len(ids):
-            counts = pc.value_counts(chunk.ids)
-            twice = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1)).to_pylist()
-            suspects = pa.array(sorted(again | set(twice)), pa.string())
+        counts = pc.value_counts(ids)
+        twice = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+        if again or len(twice):
+            suspects = pa.array(sorted(again | set(twice.to_pylist())), pa.string())
             keep = np.ones(len(ids), dtype=bool)
             met = set(again)
             refs = chunk.refs
-            for i in np.flatnonzero(pc.is_in(chunk.ids, value_set=suspects).to_numpy(zero_copy_only=False)):
-                doc_id = ids[i]
+            for i in np.flatnonzero(pc.is_in(ids, value_set=suspects).to_numpy(zero_copy_only=False)):
+                doc_id = ids[int(i)].as_py()
                 if doc_id in met:
                     keep[i] = False
                     early.append(Outcome(refs[int(i)].as_py(), "duplicate", id=doc_id))
                 else:
                     met.add(doc_id)
             chunk = chunk.filter(pa.array(keep))
-        fresh = [x for x in unique if x not in again] if again else unique
-        seen.update(zip(fresh, itertools.repeat(("", seq))))  # (a create load does not look at the month)
-        order.extend(zip(itertools.repeat(seq), fresh))
+        window.add_ids(chunk.ids, seq)  # (a create load does not look at the month)
         if not len(chunk):
             return chunk, early, {}, 0
         months = set(self._months_of(chunk))
@@ -1920,16 +1920,19 @@ class _IdWindow:
     """Event ids one load has sent (id → index), kept until a refresh has made them searchable.
 
     ``done`` is the last chunk whose results came back; ``expire`` (called right after a refresh)
-    forgets the ids of chunks up to it. A deque keeps the order, so forgetting is O(forgotten)."""
+    forgets the ids of chunks up to it. A deque keeps the order, so forgetting is O(forgotten). A create
+    load's ``ItemBatch`` chunks keep theirs as one Arrow array each (``add_ids``; ``recent`` for
+    ``pc.is_in``): no Python string, dict entry and deque entry per row (~0.5 µs per event less)."""
 
     def __init__(self) -> None:
         self._ids: dict[str, tuple[str, int]] = {}
         self._order: deque[tuple[int, str]] = deque()
+        self._arrays: deque[tuple[int, Any]] = deque()  # (chunk, its ids) of create loads' ItemBatch chunks
         self.indices: set[str] = set()
         self.done = 0
 
     def __len__(self) -> int:  # what it holds, repeats included (what refresh + expire frees)
-        return len(self._order)
+        return len(self._order) + sum(len(ids) for _, ids in self._arrays)
 
     def get(self, doc_id: str) -> tuple[str, int] | None:
         """(index, chunk) where this load sent the id last."""
@@ -1940,9 +1943,33 @@ class _IdWindow:
         self._order.append((seq, doc_id))
         self.indices.add(index)
 
+    def add_ids(self, ids: Any, seq: int) -> None:
+        """A create load's ``ItemBatch`` chunk's ids (an Arrow array): kept as they are, not one by one."""
+        self._arrays.append((seq, ids))
+
+    def unpack(self) -> None:
+        """The ids ``add_ids`` kept, one by one (a create load's chunk of ``BulkItem``s follows theirs)."""
+        while self._arrays:
+            seq, ids = self._arrays.popleft()
+            for doc_id in ids.to_pylist():
+                if doc_id not in self._ids:
+                    self._ids[doc_id] = ("", seq)
+                    self._order.append((seq, doc_id))
+
+    def recent(self) -> Any:
+        """Every id held, as one Arrow array (for ``pc.is_in``); None when none is."""
+        from cdp_ingest.arrow import pa
+
+        parts = [ids for _, ids in self._arrays]
+        if self._ids:
+            parts.append(pa.array(list(self._ids), pa.string()))
+        return pa.concat_arrays(parts) if parts else None
+
     def expire(self, upto: int | None = None) -> None:
         """Forget the ids of chunks up to ``upto`` (default: ``done``)."""
         upto = self.done if upto is None else upto
+        while self._arrays and self._arrays[0][0] <= upto:
+            self._arrays.popleft()
         while self._order and self._order[0][0] <= upto:
             seq, doc_id = self._order.popleft()
             hit = self._ids.get(doc_id)
