@@ -147,6 +147,28 @@ def test_item_batches_cut_runs_only_where_a_row_went_alone(tmp_path):
     assert runs[1].ids.to_pylist() == ["e-after-1", "e-after-2"]
 
 
+def test_a_bag_without_absent_keys_is_joined_into_the_document_in_one_piece_list():
+    """A free-form bag whose keys are in every row becomes constant text and value arrays spliced into the
+    document's own join (``_bag_pieces``); with a key absent in some row (null) it is joined on its own."""
+    import pyarrow as pa
+
+    from cdp_ingest.fastmap import _bag_json, _bag_pieces, _Template
+
+    page, price = pa.array(['"/a"', '"/b"']), pa.array(["1.5", "2"])
+    values = [("page", page), ("product", [("price", price), ("currency", '"EUR"')])]
+    pieces = _bag_pieces(values)
+    assert pieces == ['"page":', page, ',"product":{"price":', price, ',"currency":"EUR"}']
+    tpl = _Template()
+    body = tpl.bodies({"id": "x", "properties": tpl.slot(["{", *pieces, "}"])})
+    expect = [{"id": "x", "properties": {"page": p, "product": {"price": v, "currency": "EUR"}}}
+              for p, v in (("/a", 1.5), ("/b", 2))]
+    assert [orjson.loads(b) for b in body.to_pylist()] == expect
+    assert tpl.pieces({"id": "x", "properties": tpl.slot(["{", *pieces, "}"])})[0] == '{"id":"x","properties":{"page":'
+    holed = [("page", pa.array(['"/a"', None])), ("product", [("price", price)])]
+    assert _bag_pieces(holed) is None
+    assert _bag_json(holed).to_pylist() == ['"page":"/a","product":{"price":1.5}', '"product":{"price":2}']
+
+
 def test_generated_file_matches_and_mostly_takes_the_columnar_path(tmp_path, monkeypatch):
     path = tmp_path / "events.csv"
     exp = sample.write_events(path, 6000, profiles=600, sessions=1200)

@@ -517,8 +517,17 @@ class _Template:
         return _MARK % (len(self.slots) - 1)
 
     def pieces(self, doc: dict) -> list[Any]:
+        """(A slot may hold a list of pieces: they are spliced in, adjacent texts merged.)"""
         parts = _SLOT_RE.split(orjson.dumps(doc).decode())  # constant text, slot number, constant text, ...
-        return [self.slots[int(x)] if k % 2 else x for k, x in enumerate(parts)]
+        out: list[Any] = []
+        for k, x in enumerate(parts):
+            v = self.slots[int(x)] if k % 2 else x
+            for p in v if isinstance(v, list) else [v]:
+                if isinstance(p, str) and out and isinstance(out[-1], str):
+                    out[-1] += p
+                else:
+                    out.append(p)
+        return out
 
     def bodies(self, doc: dict) -> pa.Array:
         return pc.cast(pc.binary_join_element_wise(*self.pieces(doc), ""), pa.binary())
@@ -548,16 +557,52 @@ class _Clean:
         return lit
 
 
-def _bag_json(node: _Node, value: Callable[[tuple[str, Any]], Any]) -> Any:
-    """``"k":v,...`` of the keys present (per row: an array; or constant text), or None when none is.
-    (Module level, not a closure of ``map_batch``: a closure calling itself is a reference cycle that held
-    each batch's columns until a garbage collection, ~130 MB per million rows.)"""
-    parts = []
+def _bag_values(node: _Node, value: Callable[[tuple[str, Any]], Any]) -> list[tuple[str, Any]]:
+    """(key, value) of each child of ``node`` present in some row: a leaf's JSON text (constant text or per-row
+    array, null = absent), or a child node's own list. ``value`` is called once per leaf. (Module level, not a
+    closure of ``map_batch``: a closure calling itself is a reference cycle that held each batch's columns
+    until a garbage collection, ~130 MB per million rows.)"""
+    out: list[tuple[str, Any]] = []
     for key, child in node.children.items():
-        v = _bag_json(child, value) if isinstance(child, _Node) else value(child)
-        if v is None:
-            continue
-        if isinstance(child, _Node):
+        v = _bag_values(child, value) if isinstance(child, _Node) else value(child)
+        if v is not None and not (isinstance(v, list) and not v):
+            out.append((key, v))
+    return out
+
+
+def _bag_pieces(values: list[tuple[str, Any]]) -> list[Any] | None:
+    """``"k":v,...`` as constant text and arrays to be joined (adjacent texts merged), when no value is null
+    in any row (every key in every row); None otherwise. Joined into the document in one
+    ``binary_join_element_wise`` with the rest of it, the values are copied once, not once per level."""
+    pieces: list[Any] = []
+    for k, (key, v) in enumerate(values):
+        pieces.append(("," if k else "") + orjson.dumps(key).decode() + ":")
+        if isinstance(v, list):
+            inner = _bag_pieces(v)
+            if inner is None:
+                return None
+            pieces += ["{", *inner, "}"]
+        elif isinstance(v, str) or isinstance(v, pa.Array) and not v.null_count:
+            pieces.append(v)
+        else:
+            return None
+    merged: list[Any] = []
+    for p in pieces:
+        if isinstance(p, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += p
+        else:
+            merged.append(p)
+    return merged
+
+
+def _bag_json(values: list[tuple[str, Any]]) -> Any:
+    """``"k":v,...`` of the keys present (per row: an array; or constant text), or None when none is."""
+    parts = []
+    for key, v in values:
+        if isinstance(v, list):
+            v = _bag_json(v)
+            if v is None:
+                continue
             v = "{" + v + "}" if isinstance(v, str) else pc.if_else(
                 pc.equal(v, ""), _NULL, pc.binary_join_element_wise("{", v, "}", ""))
         parts.append(pc.binary_join_element_wise(orjson.dumps(key).decode() + ":", v, ""))
@@ -733,7 +778,12 @@ class EventBatchMapper(_ProfileIds):
                         here = pa.scalar(orjson.dumps(doc["metadata"][key]).decode())
                         doc["metadata"][key] = slot(v if isinstance(v, str) else pc.coalesce(v, here))
                 continue
-            content = _bag_json(node, value)
+            values = _bag_values(node, value)
+            pieces = _bag_pieces(values)
+            if pieces is not None:  # every key in every row: its pieces go into the document's join
+                doc[root] = slot(["{", *pieces, "}"])
+                continue
+            content = _bag_json(values)
             doc[root] = slot("{}" if content is None else
                              pc.binary_join_element_wise("{", content, "}", "") if not isinstance(content, str)
                              else "{" + content + "}")
