@@ -169,6 +169,31 @@ def test_a_bag_without_absent_keys_is_joined_into_the_document_in_one_piece_list
     assert _bag_json(holed).to_pylist() == ['"page":"/a","product":{"price":1.5}', '"product":{"price":2}']
 
 
+@pytest.mark.parametrize("regex,lo,hi,max_len", [("_ID_RE", 0x21, 0x7E, 512), ("_INT_RE", 0x30, 0x39, 18),
+                                                  ("_EPOCH_RE", 0x30, 0x39, 11)])
+def test_regex_checks_answered_by_numpy_are_the_regex_answers(regex, lo, hi, max_len):
+    """``_matches``: the NumPy answer (all values in the byte range, none too long) is the regex's, and any
+    other batch (a space, a sign, a letter, too long, Unicode, a null) gets the regex's own answer."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    import cdp_ingest.fastmap as fm
+
+    rnd = random.Random(7)
+    pattern = getattr(fm, regex)
+    inside = "".join(map(chr, range(lo, hi + 1)))
+    clean = [["".join(rnd.choice(inside) for _ in range(rnd.randint(0, max_len))) for _ in range(300)],
+             ["", "1"], ["7" * max_len], ["7" * max_len, ""]]
+    odd = [["1", "7" * (max_len + 1)], ["12", " 12"], ["-5", "5"], ["é1", "1"], ["1", None], ["a1", "1\n"], []]
+    for values in clean + odd:
+        arr = pa.array(values, pa.string())
+        assert fm._matches(arr, pattern, lo, hi, max_len).to_pylist() == pc.match_substring_regex(
+            arr, pattern).to_pylist(), values
+        sliced = pa.array(["x y", *values, "x y"], pa.string()).slice(1, len(values))
+        assert fm._matches(sliced, pattern, lo, hi, max_len).to_pylist() == pc.match_substring_regex(
+            sliced, pattern).to_pylist()
+
+
 def test_generated_file_matches_and_mostly_takes_the_columnar_path(tmp_path, monkeypatch):
     path = tmp_path / "events.csv"
     exp = sample.write_events(path, 6000, profiles=600, sessions=1200)

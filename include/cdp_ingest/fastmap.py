@@ -71,6 +71,19 @@ def value_bytes(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return (np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)), offsets
 
 
+def _matches(arr: pa.Array, regex: str, lo: int, hi: int, max_len: int) -> pa.Array:
+    """``pc.match_substring_regex(arr, regex)`` for a ``regex`` that accepts every value of 1..``max_len``
+    bytes, each in ``lo..hi``: when all non-empty values are such, the answer is "not empty", found with
+    NumPy (the usual batch: digits, ids); otherwise the regex runs (~0.07 µs per value each)."""
+    if isinstance(arr, pa.Array) and arr.type == pa.string() and not arr.null_count and len(arr):
+        data, offsets = value_bytes(arr)
+        used = data[offsets[0]:offsets[-1]]
+        sizes = np.diff(offsets)
+        if (not len(used) or int(used.min()) >= lo and int(used.max()) <= hi) and int(sizes.max()) <= max_len:
+            return pa.array(sizes > 0)
+    return pc.match_substring_regex(arr, regex)
+
+
 def json_strings(arr: pa.Array) -> tuple[pa.Array, pa.Array]:
     """(JSON string literals as orjson writes them, mask of the values that needed no control escape;
     null = not clean). A string array's bytes are scanned once with NumPy (~50x faster than the regex
@@ -114,7 +127,7 @@ def _leaf_literal(leaf: tuple[str, Any], col: dict[str, pa.Array], need: Callabl
     if rule.type == "STRING":
         lit = strings(text)
     elif rule.type in ("INTEGER", "LONG"):
-        good = pc.match_substring_regex(text, _INT_RE)
+        good = _matches(text, _INT_RE, 0x30, 0x39, 18)
         num = pc.cast(pc.if_else(good, text, "0"), pa.int64())
         if rule.type == "INTEGER":
             good = pc.and_(good, pc.and_(pc.greater_equal(num, INT32_MIN), pc.less_equal(num, INT32_MAX)))
@@ -808,7 +821,7 @@ class EventBatchMapper(_ProfileIds):
         # id, time, type, identity, session
         if m.id_column:
             ids_arr = col[m.id_column]
-            need(pc.match_substring_regex(ids_arr, _ID_RE))
+            need(_matches(ids_arr, _ID_RE, 0x21, 0x7E, 512))
         else:
             ids_arr = pa.array([deterministic_id(mp.unit_key, first_row + i) for i in range(n)], pa.string())
         id_json = strings(ids_arr)
@@ -865,7 +878,7 @@ class EventBatchMapper(_ProfileIds):
         format; a cell it cannot prove the same, or out of 1970..3000, is marked for map_row (0 here)."""
         fmt = self.mapper.m.time_format
         if fmt == "epoch":
-            tgood = pc.match_substring_regex(tcol, _EPOCH_RE)
+            tgood = _matches(tcol, _EPOCH_RE, 0x30, 0x39, 11)
             secs = pc.cast(pc.if_else(tgood, tcol, "0"), pa.int64())
             whole = pc.and_(tgood, pc.less_equal(secs, MAX_EPOCH))
             micros = pc.multiply(pc.if_else(whole, secs, 0), _MICROS)
