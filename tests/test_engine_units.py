@@ -472,6 +472,45 @@ def test_source_rows_of_a_streamed_load_are_found_for_refused_rows_and_forgotten
     assert (len(src._batches), len(src._rows)) == (0, 0)
 
 
+@pytest.mark.parametrize("drop", [[], [0], [3, 4, 9], [63], list(range(0, 64, 2))])
+def test_item_batch_filter_and_concat_keep_bodies_as_slices_and_the_bulk_body_is_the_rows(drop):
+    """``ItemBatch.filter`` with a few rows left out keeps the bodies as the slices between them (one chunked
+    array; more left out: ``pc.filter``), ``concat`` chains the parts' bodies; either way the rows, and the
+    create chunk's bulk body (``_payload_columns`` / ``_claim_columns``, sent as the chunks' blocks), are
+    byte for byte those of the rows given one by one."""
+    import numpy as np
+    import orjson
+
+    from cdp_ingest.fastmap import json_strings
+    from cdp_ingest.store import BulkItem, ItemBatch, Store, _arrow_blocks
+
+    rows = [BulkItem(f"u-event-2025-1{i % 2}", f"e{i}", orjson.dumps({"n": i, "pad": "x" * i}), i + 1)
+            for i in range(64)]
+    keep = np.ones(64, dtype=bool)
+    keep[drop] = False
+    got = ItemBatch.of(rows).filter(keep)
+    want = [it for it, k in zip(rows, keep, strict=True) if k]
+    assert [(it.index, it.id, it.source, it.ref) for it in got.items()] == [
+        (it.index, it.id, it.source, it.ref) for it in want]
+    runs = int(np.count_nonzero(np.diff(np.concatenate(([0], keep.astype(int)))) == 1))  # runs of kept rows
+    if len(drop) <= 4:
+        assert got.bodies.num_chunks == runs
+    else:  # many left out: pc.filter, one plain array
+        assert not hasattr(got.bodies, "num_chunks")
+    both = ItemBatch.concat([got, ItemBatch.of(rows[:3]).slice(1, 2)])
+    want += rows[1:3]
+    assert [it.source for it in both.items()] == [it.source for it in want]
+    store = Store(None, prefix="u-")
+    id_json = json_strings(both.ids)[0].cast("binary")
+    blocks = store._payload_columns(both, id_json)
+    assert b"".join(blocks) == b"".join(Store._payload(want)) and blocks.size == len(b"".join(blocks))
+    assert len(blocks) == (both.bodies.num_chunks if want else 0)
+    claims = b"".join(store._claim_columns(both, id_json, "imp")).splitlines()
+    assert [orjson.loads(h)["create"]["_id"] for h in claims[::2]] == [it.id for it in want]
+    assert [orjson.loads(b)["r"] for b in claims[1::2]] == [it.ref for it in want]
+    assert b"".join(_arrow_blocks(ItemBatch.of(rows).bodies)) == b"".join(it.source for it in rows)
+
+
 @pytest.mark.parametrize("docs,size", [(5, 1024), (1000, 1024), (7, 1 << 20)])
 def test_item_batches_are_cut_into_the_chunks_rows_would_be(docs, size):
     """``Store._chunks`` cuts ``ItemBatch``es where it cuts the same rows given one by one (by count and

@@ -467,7 +467,7 @@ class RowMapper:
                 if took:
                     accepted += took
                     run = whole if i - start == n else whole.slice(start, i - start)
-                    yield run if took == i - start else run.filter(pa.array(fast_ok[start:i]))
+                    yield run if took == i - start else run.filter(fast_ok[start:i])
                 if i < n:
                     yield left_items[i]
                 start = i + 1

@@ -207,9 +207,25 @@ class ItemBatch:
                          self.bodies.slice(start, n))
 
     def filter(self, keep: Any) -> ItemBatch:
+        """The rows where ``keep`` (a boolean NumPy or Arrow array, no nulls) is true. With a few rows left out,
+        the bodies are the runs between them as one chunked array (slices, no copy: the bulk body's join
+        copies them anyway; ``pc.filter`` copied them value by value, ~2 ms per 8,192 events)."""
+        import numpy as np
         import pyarrow.compute as pc
 
-        return ItemBatch(*(pc.filter(a, keep) for a in (self.refs, self.indices, self.ids, self.bodies)))
+        from cdp_ingest.arrow import pa
+
+        if not isinstance(keep, np.ndarray):
+            keep = keep.to_numpy(zero_copy_only=False)
+        mask = pa.array(keep)
+        out = np.flatnonzero(~keep)
+        if len(out) * 16 > len(keep):
+            bodies = pc.filter(self.bodies, mask)
+        else:
+            runs = [self.bodies.slice(a, b - a) for a, b in zip([0, *(out + 1).tolist()], [*out.tolist(), len(keep)],
+                                                                 strict=True) if b > a]
+            bodies = pa.chunked_array(_chunks_of(runs), pa.binary())
+        return ItemBatch(pc.filter(self.refs, mask), pc.filter(self.indices, mask), pc.filter(self.ids, mask), bodies)
 
     @staticmethod
     def of(items: list[BulkItem]) -> ItemBatch:
@@ -226,8 +242,14 @@ class ItemBatch:
             return parts[0]
         from cdp_ingest.arrow import pa
 
-        return ItemBatch(*(pa.concat_arrays([getattr(p, name) for p in parts])
-                           for name in ("refs", "indices", "ids", "bodies")))
+        refs, indices, ids = (pa.concat_arrays([getattr(p, n) for p in parts]) for n in ("refs", "indices", "ids"))
+        # the bodies as one chunked array of the parts' (no copy: the bulk body's join copies them anyway)
+        return ItemBatch(refs, indices, ids, pa.chunked_array(_chunks_of([p.bodies for p in parts]), pa.binary()))
+
+
+def _chunks_of(arrays: list[Any]) -> list[Any]:
+    """The arrays and chunked arrays' chunks, in order, as one list of arrays (empty ones left out)."""
+    return [c for a in arrays for c in (a.chunks if hasattr(a, "chunks") else [a]) if len(c)]
 
 
 @dataclass(slots=True)
@@ -593,7 +615,7 @@ class Store:
                     early.append(Outcome(refs[int(i)].as_py(), "duplicate", id=doc_id))
                 else:
                     met.add(doc_id)
-            chunk = chunk.filter(pa.array(keep))
+            chunk = chunk.filter(keep)
         window.add_ids(chunk.ids, seq)  # (a create load does not look at the month)
         if not len(chunk):
             return chunk, early, {}, 0
@@ -1908,12 +1930,16 @@ class _Sent:
 
 
 def _arrow_blocks(body: Any) -> Blocks:
-    """An Arrow binary array's bytes (no nulls) as a request body, without a copy."""
+    """An Arrow binary array's bytes (no nulls; a chunked array: each chunk's) as a request body, without a copy."""
     import numpy as np
 
-    offsets = np.frombuffer(body.buffers()[1], np.int32)[body.offset:body.offset + len(body) + 1]
-    data = body.buffers()[2]
-    return Blocks([memoryview(data)[int(offsets[0]):int(offsets[-1])]]) if data is not None else Blocks()
+    blocks = Blocks()
+    for part in _chunks_of([body]):
+        offsets = np.frombuffer(part.buffers()[1], np.int32)[part.offset:part.offset + len(part) + 1]
+        data = part.buffers()[2]
+        if data is not None and offsets[-1] > offsets[0]:
+            blocks.append(memoryview(data)[int(offsets[0]):int(offsets[-1])])
+    return blocks
 
 
 class _IdWindow:
