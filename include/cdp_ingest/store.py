@@ -6,8 +6,9 @@ Design (measured in benchmarks/bulk_import.py):
   A bulk body goes out as blocks of 64 documents (``Blocks``), not one multi-MB buffer: those were a
   fresh mapping per request, and their page faults cost the load ~1.5 µs of CPU per document.
 - A create load of events can take its documents as ``ItemBatch``es (Arrow columns, as the columnar
-  mapping and a staged file hold them): the id window, the claims' and the events' bulk bodies are
-  then built by Arrow kernels and set operations per chunk, and a chunk the store takes whole comes
+  mapping and a staged file hold them): the id window (one id array per chunk), the claims' and the
+  events' bulk bodies are then built by Arrow kernels and set operations per chunk (the bodies kept as
+  slices until that join copies them once), and a chunk the store takes whole comes
   back as one ``final`` outcome with its count — no Python object per row. Anything else (a claim or
   document refused, a lapse) turns the chunk into ``BulkItem``s and carries on row by row from the
   answers in hand, so the outcomes are those of the row-by-row path.
