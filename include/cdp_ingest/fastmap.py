@@ -584,9 +584,9 @@ def _bag_values(node: _Node, value: Callable[[tuple[str, Any]], Any]) -> list[tu
 
 
 def _bag_pieces(values: list[tuple[str, Any]]) -> list[Any] | None:
-    """``"k":v,...`` as constant text and arrays to be joined (adjacent texts merged), when no value is null
-    in any row (every key in every row); None otherwise. Joined into the document in one
-    ``binary_join_element_wise`` with the rest of it, the values are copied once, not once per level."""
+    """``"k":v,...`` as constant text and arrays to be joined, when no value is null in any row (every key in
+    every row); None otherwise. Put in a ``_Template`` slot, they are joined into the document in its one
+    ``binary_join_element_wise`` (which merges adjacent texts): the values are copied once, not once per level."""
     pieces: list[Any] = []
     for k, (key, v) in enumerate(values):
         pieces.append(("," if k else "") + orjson.dumps(key).decode() + ":")
@@ -599,13 +599,7 @@ def _bag_pieces(values: list[tuple[str, Any]]) -> list[Any] | None:
             pieces.append(v)
         else:
             return None
-    merged: list[Any] = []
-    for p in pieces:
-        if isinstance(p, str) and merged and isinstance(merged[-1], str):
-            merged[-1] += p
-        else:
-            merged.append(p)
-    return merged
+    return pieces
 
 
 def _bag_json(values: list[tuple[str, Any]]) -> Any:
