@@ -185,10 +185,11 @@ class BulkItem:
 
 class ItemBatch:
     """Documents of source rows in file order as Arrow columns — ``refs`` (int64), ``indices``, ``ids``
-    (string) and ``bodies`` (binary) — as the columnar mapping and a staged file's record batches hold
-    them. ``bulk_load`` writes them (create mode, events) without a Python object per row while nothing
-    goes wrong; a chunk that meets anything else (a claim conflict, a refused document, a lapse) is
-    turned into ``BulkItem``s and goes the row-by-row way from there."""
+    (string) and ``bodies`` (binary; after ``filter`` or ``concat`` a chunked array of slices) — as the
+    columnar mapping and a staged file's record batches hold them. ``bulk_load`` writes them (create mode,
+    events) without a Python object per row while nothing goes wrong; a chunk that meets anything else (a
+    claim conflict, a refused document, a lapse) is turned into ``BulkItem``s and goes the row-by-row way
+    from there."""
 
     __slots__ = ("refs", "indices", "ids", "bodies")
 
