@@ -537,3 +537,22 @@ def test_item_batches_are_cut_into_the_chunks_rows_would_be(docs, size):
     assert expected[1] == [41]
     assert isinstance(chunks[0], ItemBatch)  # the first batch went the columnar way
     assert any(isinstance(c, list) for c in chunks)  # the batch with "big" and "ctl\x01" row by row
+
+
+def test_terse_answers_pause_longer_after_each_chunk_with_errors_and_come_back_after_a_clean_one():
+    from cdp_ingest.store import _Terse
+
+    t = _Terse()
+    assert [t.ask() for _ in range(3)] == [True] * 3
+    t.missed()  # 1 chunk with statuses, then terse
+    assert [t.ask() for _ in range(2)] == [False, True]
+    t.missed()  # 2
+    assert [t.ask() for _ in range(3)] == [False, False, True]
+    t.missed()  # 4
+    assert [t.ask() for _ in range(5)] == [False] * 4 + [True]
+    t.clean()  # a terse chunk written whole: the next miss pauses 1 chunk again
+    t.missed()
+    assert [t.ask() for _ in range(2)] == [False, True]
+    for _ in range(10):
+        t.missed()
+    assert [t.ask() for _ in range(_Terse.MAX + 1)] == [False] * _Terse.MAX + [True]  # at most MAX chunks

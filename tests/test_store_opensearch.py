@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from store_kit import crash_on_send, merged_new
+from store_kit import columnar_loads, crash_on_send, merged_new
 
 from cdp_ingest import sample
 from cdp_ingest.documents import NOW_MARK
@@ -24,7 +24,7 @@ from cdp_ingest.ledger import Ledger, SourceUnit
 from cdp_ingest.mapping import Mapper, Mapping, profile_id_for
 from cdp_ingest.pipeline import begin_unit, import_unit, load_unit, transform_unit
 from cdp_ingest.readers import read_batches
-from cdp_ingest.store import BulkItem, ProfileRow, Store, make_client
+from cdp_ingest.store import FILTER_PATH, TERSE_FILTER_PATH, BulkItem, ProfileRow, Store, make_client
 
 pytestmark = pytest.mark.services
 MAPPINGS = Path(__file__).resolve().parents[1] / "include" / "cdp_ingest" / "mappings"
@@ -437,6 +437,79 @@ def test_templates_route_free_form_bags_to_flat_object(store):
     items = [BulkItem(f"{store.prefix}event-2025-11", "a", orjson.dumps({"properties": {"v": 1}}), 1),
              BulkItem(f"{store.prefix}event-2025-11", "b", orjson.dumps({"properties": {"v": {"x": "y"}}}), 2)]
     assert [o.status for o in store.bulk_load(items)] == ["loaded", "loaded"]
+
+
+def _bulk_paths(store, monkeypatch) -> list[tuple[str, str]]:
+    """Each bulk request from here on as (``claims`` or ``events``, its ``filter_path``), in order."""
+    sent: list[tuple[str, str]] = []
+    send = Store._send_bulk
+
+    def spied(self, payload, filter_path=FILTER_PATH, check=None):
+        head = payload if isinstance(payload, bytes) else payload[0]
+        sent.append(("claims" if self.index("claims").encode() in bytes(head[:200]) else "events", filter_path))
+        return send(self, payload, filter_path, check)
+    monkeypatch.setattr(Store, "_send_bulk", spied)
+    return sent
+
+
+def _event(store, doc_id: str, ref: int, import_id: str, **fields) -> BulkItem:
+    doc = {"id": doc_id, **fields, "metadata": {"time": {"insert": "2025-11-15T00:00:00"},
+                                                "aux": {"cdp": {"import_id": import_id, "row": ref}}}}
+    return BulkItem(f"{store.prefix}event-2025-11", doc_id, orjson.dumps(doc), ref)
+
+
+def test_columnar_chunks_ask_for_item_results_only_after_a_chunk_with_errors(store, monkeypatch):
+    """A create load's columnar chunks ask the bulk API for ``errors`` alone while the store takes them
+    whole; a chunk whose claims conflict is claimed again with statuses (its rows are duplicates, counted
+    exactly), and the next chunks ask for statuses: 1, then 2, then 4 chunks after each such chunk."""
+    columnar_loads(monkeypatch)
+    store.chunk_docs, store.concurrency = 4, 1  # one chunk at a time: the order of the requests is fixed
+    sent = _bulk_paths(store, monkeypatch)
+    items = [_event(store, f"e-{i:02d}", i, "imp-1") for i in range(40)]
+    assert Counter(o.status for o in store.bulk_load(items, import_id="imp-1")) == {"loaded": 40}
+    assert sent == [("claims", TERSE_FILTER_PATH), ("events", TERSE_FILTER_PATH)] * 10
+    sent.clear()
+    again = [_event(store, f"e-{i:02d}", i, "imp-2") for i in range(40)]  # the same ids in another import
+    assert Counter(o.status for o in store.bulk_load(again, import_id="imp-2")) == {"duplicate": 40}
+    t, f = ("claims", TERSE_FILTER_PATH), ("claims", FILTER_PATH)
+    # chunk 1 terse, claimed again; chunk 2 with statuses; 3 terse + again; 4-5; 6 terse + again; 7-10
+    assert sent == [t, f, f, t, f, f, f, t, f, f, f, f, f]
+    store.refresh([f"{store.prefix}event-*"])
+    assert store.count(f"{store.prefix}event-2025-11") == 40
+    assert {store.get(f"{store.prefix}event-2025-11", f"e-{i:02d}")["_source"]["metadata"]["aux"]["cdp"]["import_id"]
+            for i in range(40)} == {"imp-1"}
+
+
+def test_a_columnar_chunk_answered_only_with_errors_gets_each_rows_status(store, monkeypatch):
+    """A chunk whose events were answered ``"errors": true`` without item results: its rows' statuses are
+    read back — this row's copy is loaded, a copy written without a claim in the same month (a live
+    collector's) is a duplicate left as it was, and a row with no copy is sent again, so the store's own
+    reason fails it and its claim is given back."""
+    columnar_loads(monkeypatch)
+    store.chunk_docs, store.concurrency = 4, 1
+    ix = f"{store.prefix}event-2025-11"
+    store._request("PUT", f"/{ix}", body={"mappings": {"properties": {"name": {"type": "long"}}}})
+    store._request("PUT", f"/{ix}/_doc/x", body={"id": "x", "name": 7, "metadata": {"aux": {"cdp": {
+        "import_id": "collector", "row": 0}}}}, params={"refresh": "true"})
+    sent = _bulk_paths(store, monkeypatch)
+    items = [_event(store, "a", 1, "imp-1", name=1), _event(store, "x", 2, "imp-1", name=2),
+             _event(store, "b", 3, "imp-1", name="page-view"), _event(store, "c", 4, "imp-1", name=4)]
+    out = {o.ref: o for o in store.bulk_load(items, import_id="imp-1")}
+    assert {r: o.status for r, o in out.items()} == {1: "loaded", 2: "duplicate", 3: "failed", 4: "loaded"}
+    assert "mapper_parsing_exception" in (out[3].reason or ""), out[3].reason
+    # the terse claims and events, b sent again with statuses, b's claim given back
+    assert sent == [("claims", TERSE_FILTER_PATH), ("events", TERSE_FILTER_PATH), ("events", FILTER_PATH),
+                    ("claims", FILTER_PATH)]
+    store.refresh([ix])
+    assert store.count(ix) == 3
+    assert store.get(ix, "x")["_source"]["name"] == 7
+    assert store.get(ix, "a")["_source"]["metadata"]["aux"]["cdp"] == {"import_id": "imp-1", "row": 1}
+    claims = store._read_claims(["a", "b", "c", "x"])
+    assert [d.get("found") for d in claims] == [True, False, True, True]
+    sent.clear()  # the store's next chunk asks for statuses: its last one had errors
+    assert [o.status for o in store.bulk_load([_event(store, "d", 1, "imp-2", name=5)], import_id="imp-2")] \
+        == ["loaded"]
+    assert sent == [("claims", FILTER_PATH), ("events", FILTER_PATH)]
 
 
 @pytest.mark.parametrize("stage", [True, False], ids=["staged", "streamed"])
