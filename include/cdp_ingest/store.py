@@ -909,17 +909,10 @@ class Store:
         by this request or an earlier attempt, as a 409 on it would count —, another's 409, and no copy 503,
         so that the row is sent again (after the retries' backoff) and its own answer tells why it was
         refused. Its claims were all accepted, so a copy here is this load's or a duplicate."""
-        docs = [{"_index": ix, "_id": i}
-                for ix, i in zip(chunk.indices.to_pylist(), chunk.ids.to_pylist(), strict=True)]
-        resp = self._request("POST", "/_mget", body={"docs": docs}, params={"_source_includes": "metadata.aux.cdp"})
-        items = []
-        for ref, d in zip(chunk.refs.to_pylist(), resp["docs"], strict=True):
-            if not d.get("found"):
-                st = 503
-            else:
-                st = 201 if _is_own(get_path(d, "_source.metadata.aux.cdp") or {}, import_id, ref) else 409
-            items.append({"create": {"status": st}})
-        return {"errors": True, "items": items}
+        stamps = self._stamps(list(zip(chunk.indices.to_pylist(), chunk.ids.to_pylist(), strict=True)))
+        return {"errors": True, "items": [
+            {"create": {"status": 503 if cdp is None else 201 if _is_own(cdp, import_id, ref) else 409}}
+            for ref, cdp in zip(chunk.refs.to_pylist(), stamps, strict=True)]}
 
     def _claim_columns(self, chunk: ItemBatch, id_json: Any, import_id: str | None) -> Blocks:
         """``_claim_body(chunk.items(), import_id)``, joined by Arrow (``id_json``: the ids as JSON strings)."""
@@ -1524,14 +1517,16 @@ class Store:
         """A 409 on create: ours from an earlier attempt (same import and row) or a real duplicate."""
         if import_id is None:
             return [Outcome(it.ref, "duplicate", id=it.id) for it in items]
-        docs = [{"_index": it.index, "_id": it.id} for it in items]
-        resp = self._request("POST", "/_mget", body={"docs": docs},
+        stamps = self._stamps([(it.index, it.id) for it in items])
+        return [Outcome(it.ref, "loaded" if _is_own(cdp or {}, import_id, it.ref) else "duplicate", id=it.id)
+                for it, cdp in zip(items, stamps, strict=True)]
+
+    def _stamps(self, docs: list[tuple[str, str]]) -> list[dict | None]:
+        """The import stamp (``metadata.aux.cdp``) of each (index, id)'s stored copy, read in real time;
+        None: no copy."""
+        resp = self._request("POST", "/_mget", body={"docs": [{"_index": ix, "_id": i} for ix, i in docs]},
                              params={"_source_includes": "metadata.aux.cdp"})
-        out = []
-        for it, d in zip(items, resp["docs"], strict=True):
-            cdp = get_path(d, "_source.metadata.aux.cdp") or {}
-            out.append(Outcome(it.ref, "loaded" if _is_own(cdp, import_id, it.ref) else "duplicate", id=it.id))
-        return out
+        return [(get_path(d, "_source.metadata.aux.cdp") or {}) if d.get("found") else None for d in resp["docs"]]
 
     # ---- profile merges -------------------------------------------------------------------------------
     def merge_profiles(self, rows: Iterable[ProfileRow], import_id: str, now: datetime,
