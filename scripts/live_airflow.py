@@ -71,6 +71,25 @@ class LiveAirflow:
         except ProcessLookupError:
             pass
 
+    def components(self) -> dict[str, int]:
+        """PID of each running component by its command (``scheduler``, ``api-server``, ...):
+        ``airflow standalone`` starts each as ``airflow <command>``, a child of its own."""
+        assert self.proc is not None
+        found: dict[str, int] = {}
+        for d in os.listdir("/proc"):
+            try:
+                if not d.isdigit() or int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1]) \
+                        != self.proc.pid:
+                    continue
+                argv = [a.decode(errors="replace") for a in Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")]
+            except (OSError, IndexError, ValueError):
+                continue
+            if argv and argv[0].rsplit("/", 1)[-1].startswith("python"):
+                argv = argv[1:]  # the airflow script, run by its interpreter
+            if len(argv) >= 2 and argv[0].rsplit("/", 1)[-1] == "airflow":
+                found[argv[1]] = int(d)
+        return found
+
     def query(self, sql: str, *args) -> list[tuple]:
         try:
             with sqlite3.connect(self.db, timeout=30) as c:

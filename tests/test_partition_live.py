@@ -6,6 +6,7 @@ api-server, LocalExecutor) on its own SQLite metadata DB, against moto S3 and th
 - The deadline alert: the run the scheduler creates on unpausing (yesterday, no ``_SUCCESS``) misses the
   configured local deadline, the triggerer runs ``partition_deadline_missed`` and the webhook receives one
   ``partition-deadline-missed``; the backfill runs (whose deadlines passed long ago) notify nothing.
+- Of Airflow's components only the scheduler has the engine's libraries loaded (the preload).
 """
 
 from __future__ import annotations
@@ -83,6 +84,13 @@ def test_backfill_rerun_and_deadline_alert_with_the_real_scheduler(tmp_path, ope
     inbox = Path(webhook.info["inbox"])
     try:
         af.boot(dag_id)
+
+        # the scheduler loaded the engine's libraries before forking the LocalExecutor's workers (so each
+        # task process starts with them); no other component did (cdp_ingest_airflow.preload)
+        procs = af.components()
+        assert {"scheduler", "dag-processor", "triggerer"} <= set(procs), procs
+        arrow = {c for c, pid in procs.items() if "libarrow" in Path(f"/proc/{pid}/maps").read_text()}
+        assert arrow == {"scheduler"}, procs
 
         # the scheduler's own run: yesterday (local) has no _SUCCESS, and its deadline has passed already
         af.cli("dags", "unpause", dag_id)
