@@ -2,14 +2,14 @@
 
 Airflow runs every task instance in a process of its own, forked (LocalExecutor) from a worker the
 scheduler forked at start, or (CeleryExecutor) from a pool process of ``airflow celery worker``. Each
-task process used to import pyarrow, opensearch-py, the engine and this package itself — about 0.2 CPU-s
-and as much wall time per task, 32 times for an 8-file partition day — although they are the same in
-every task. Imported in the scheduler (or Celery worker) before it forks, they are in every task
+task process used to import pyarrow, opensearch-py, s3fs, the engine and this package itself — 0.2–0.4
+CPU-s per task process, 32 of them for an 8-file partition day (README, Benchmark results) — although
+they are the same in every task. Imported in the scheduler (or Celery worker) before it forks, they are in every task
 process from its first instruction, shared copy-on-write.
 
 ``airflow_local_settings.py`` in the plugins folder calls :func:`preload`: Airflow imports that module in
 each of its processes at start (from ``$AIRFLOW_HOME/config`` first, then the plugins folder), and only
-the processes that fork task processes load anything. Memory: ~90 MB more in those processes, none in
+the processes that fork task processes load anything. Memory: ~100 MB more in those processes, none in
 the API server, DAG processor or triggerer. ``CDP_PRELOAD=0`` turns it off; a deployment with an
 ``airflow_local_settings.py`` of its own calls :func:`preload` from it.
 """
