@@ -4,8 +4,8 @@ Airflow runs every task instance in a process of its own, forked (LocalExecutor)
 scheduler forked at start, or (CeleryExecutor) from a pool process of ``airflow celery worker``. Each
 task process used to import pyarrow, opensearch-py, s3fs, the engine and this package itself — 0.2–0.4
 CPU-s per task process, 32 of them for an 8-file partition day (README, Benchmark results) — although
-they are the same in every task. Imported in the scheduler (or Celery worker) before it forks, they are in every task
-process from its first instruction, shared copy-on-write.
+they are the same in every task. Imported in the scheduler (or Celery worker) before it forks, they are
+in every task process from its first instruction, shared copy-on-write.
 
 ``airflow_local_settings.py`` in the plugins folder calls :func:`preload`: Airflow imports that module in
 each of its processes at start (from ``$AIRFLOW_HOME/config`` first, then the plugins folder), and only
