@@ -38,6 +38,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "plugins")]
+
+from live_airflow import parent_pids  # noqa: E402 (scripts/ is on the path from here on)
+
 DAY = "2025-06-01"
 BUCKET = "cdp-bench-partitions"
 SOURCE = "bench"
@@ -261,23 +264,12 @@ class _TaskPeaks:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _children(self) -> dict[int, int]:
-        parents = {}
-        for d in os.listdir("/proc"):
-            if d.isdigit():
-                try:
-                    with open(f"/proc/{d}/stat") as f:
-                        parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-                except OSError:
-                    pass
-        return parents
-
     def _run(self) -> None:
         while not self._stop.wait(0.1):
             self.sample()
 
     def sample(self) -> None:
-        parents = self._children()
+        parents = parent_pids()
         tree, frontier = set(), {self.root}
         while frontier:
             tree |= frontier

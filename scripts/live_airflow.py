@@ -24,6 +24,19 @@ def standalone_env(env: dict[str, str], port: int) -> dict[str, str]:
             "PATH": os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])}
 
 
+def parent_pids() -> dict[int, int]:
+    """Every running process's parent, from ``/proc/<pid>/stat``."""
+    parents = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    return parents
+
+
 class LiveAirflow:
     def __init__(self, home: Path, env: dict[str, str]):
         self.home, self.env = home, env
@@ -76,18 +89,15 @@ class LiveAirflow:
         ``airflow standalone`` starts each as ``airflow <command>``, a child of its own."""
         assert self.proc is not None
         found: dict[str, int] = {}
-        for d in os.listdir("/proc"):
+        for pid in [p for p, parent in parent_pids().items() if parent == self.proc.pid]:
             try:
-                if not d.isdigit() or int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1]) \
-                        != self.proc.pid:
-                    continue
-                argv = [a.decode(errors="replace") for a in Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")]
-            except (OSError, IndexError, ValueError):
+                argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+            except OSError:
                 continue
             if argv and argv[0].rsplit("/", 1)[-1].startswith("python"):
                 argv = argv[1:]  # the airflow script, run by its interpreter
             if len(argv) >= 2 and argv[0].rsplit("/", 1)[-1] == "airflow":
-                found[argv[1]] = int(d)
+                found[argv[1]] = pid
         return found
 
     def query(self, sql: str, *args) -> list[tuple]:
