@@ -37,6 +37,15 @@ def test_every_dag_follows_house_rules(dagbag):
             assert t.on_failure_callback, f"{dag_id}.{t.task_id} has no failure callback"
 
 
+def test_every_task_pushes_one_xcom(dagbag):
+    """A dict a task returns is one XCom. Airflow infers ``multiple_outputs`` from a ``-> dict`` return
+    annotation and then pushes each key as an XCom of its own as well: an execution-API call and a metadata
+    row per key (16 per file for a partition file's transform)."""
+    many = [f"{dag_id}.{t.task_id}" for dag_id, dag in dagbag.dags.items() for t in dag.tasks
+            if getattr(t, "multiple_outputs", False)]
+    assert many == []
+
+
 def test_csv_import_order_is_profiles_sessions_events(dagbag):
     dag = dagbag.dags["csv_import_demo"]
     assert dag.get_task("session.list_files").upstream_task_ids == {"profile.archive"}

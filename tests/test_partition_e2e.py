@@ -201,6 +201,15 @@ def partition_env(request, tmp_path, monkeypatch, opensearch, airflow_db, webhoo
     return make
 
 
+def _xcom_keys(dr) -> set[str]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return {k for (k,) in session.query(XComModel.key).filter(XComModel.dag_id == dr.dag_id,
+                                                                    XComModel.run_id == dr.run_id)}
+
+
 def _states(dr) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for ti in dr.get_task_instances():
@@ -233,6 +242,8 @@ def test_days_duplicates_bad_rows_markers_reruns_and_replaced_files(partition_en
     env.put(f"dt={D1}/notes.txt", b"not data")
     dr = env.run(D1)
     assert dr.state == "success"
+    # each task's result is one XCom: no copy of every key of the dicts the tasks return
+    assert _xcom_keys(dr) == {"return_value"}
     expect.add(f0 + f1)
     docs = env.documents()
     assert set(docs) == set(expect.docs)

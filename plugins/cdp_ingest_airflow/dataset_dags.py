@@ -241,7 +241,9 @@ def build_dag(spec: DatasetSpec) -> DAG:
         params={"force": Param(False, type="boolean", description="Sync even when the source did not change")},
     ) as dag:
 
-        @task(task_id="fetch")
+        # multiple_outputs=False: a returned dict is one XCom. Airflow infers multiple outputs from a dict return
+        # annotation and would push each key as an XCom of its own too (an execution-API call and a row per key).
+        @task(task_id="fetch", multiple_outputs=False)
         def fetch(run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
             from cdp_ingest.datasets.sync import fetch_step
 
@@ -253,26 +255,26 @@ def build_dag(spec: DatasetSpec) -> DAG:
             activity(spec, str(run_id), status="processing", step="fetched", note=got["reason"])
             return got
 
-        @task(task_id="transform")
+        @task(task_id="transform", multiple_outputs=False)
         def transform(fetched: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
             from cdp_ingest.datasets.sync import transform_step
 
             return run_step(spec, str(run_id), "transform", transform_step, spec, _store(spec), fetched,
                             job_id=str(run_id))
 
-        @task(task_id="validate")
+        @task(task_id="validate", multiple_outputs=False)
         def validate(staged: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
             from cdp_ingest.datasets.sync import validate_step
 
             return run_step(spec, str(run_id), "validate", validate_step, staged)
 
-        @task(task_id="load")
+        @task(task_id="load", multiple_outputs=False)
         def load(staged: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
             from cdp_ingest.datasets.sync import load_step
 
             return run_step(spec, str(run_id), "load", load_step, spec, _store(spec), staged, job_id=str(run_id))
 
-        @task(task_id="finish")
+        @task(task_id="finish", multiple_outputs=False)
         def finish(fetched: dict[str, Any], loaded: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
             from cdp_ingest.datasets.sync import finish_step
 

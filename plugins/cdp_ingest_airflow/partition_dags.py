@@ -434,7 +434,9 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
         },
     ) as dag:
 
-        @task(task_id="resolve_partition")
+        # multiple_outputs=False: a returned dict is one XCom. Airflow infers multiple outputs from a dict return
+        # annotation and would push each key as an XCom of its own too (an execution-API call and a row per key).
+        @task(task_id="resolve_partition", multiple_outputs=False)
         def resolve(data_interval_start: datetime | None = None, params: dict[str, Any] | None = None) -> dict:
             return resolve_partition(src, data_interval_start, params)
 
@@ -456,14 +458,14 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
         def list_files(partition: dict[str, Any]) -> list[str]:
             return list_partition_files(src, partition)
 
-        @task(task_id="transform", map_index_template="{{ file_name }}")
+        @task(task_id="transform", map_index_template="{{ file_name }}", multiple_outputs=False)
         def transform(file_url: str, partition: dict[str, Any]) -> dict[str, Any]:
             from airflow.sdk import get_current_context
 
             get_current_context()["file_name"] = file_url.rsplit("/", 1)[-1]  # type: ignore[typeddict-unknown-key]
             return stage_partition_file(src, partition, file_url)
 
-        @task(task_id="validate", map_index_template="{{ file_name }}")
+        @task(task_id="validate", map_index_template="{{ file_name }}", multiple_outputs=False)
         def validate(result: dict[str, Any], partition: dict[str, Any]) -> dict[str, Any]:
             from airflow.sdk import get_current_context
             from airflow.sdk.exceptions import AirflowSkipException
@@ -489,7 +491,7 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
                                      max_active_tis_per_dagrun=src["parallel_loads"])
             return load.output
 
-        @task(task_id="record_accounting", trigger_rule="none_failed")
+        @task(task_id="record_accounting", trigger_rule="none_failed", multiple_outputs=False)
         def record_accounting(partition: dict[str, Any], loaded: list[dict[str, Any]] | None = None,
                               staged: list[dict[str, Any]] | None = None) -> dict[str, Any]:
             return record_day(src, partition, mapped_outputs(staged), mapped_outputs(loaded))

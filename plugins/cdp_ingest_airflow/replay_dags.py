@@ -310,14 +310,16 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
         def list_archive_units(params: dict[str, Any] | None = None) -> list[str]:
             return list_units(rp, params)
 
-        @task(task_id="transform", map_index_template="{{ unit_name }}")
+        # multiple_outputs=False: a returned dict is one XCom. Airflow infers multiple outputs from a dict return
+        # annotation and would push each key as an XCom of its own too (an execution-API call and a row per key).
+        @task(task_id="transform", map_index_template="{{ unit_name }}", multiple_outputs=False)
         def transform(unit_path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
             from airflow.sdk import get_current_context
 
             get_current_context()["unit_name"] = unit_path.rsplit("/", 1)[-1]  # type: ignore[typeddict-unknown-key]
             return plan_unit(rp, unit_path, params)
 
-        @task(task_id="validate")
+        @task(task_id="validate", multiple_outputs=False)
         def validate(staged: dict[str, Any]) -> dict[str, Any]:
             from airflow.sdk.exceptions import AirflowSkipException
 
@@ -336,7 +338,7 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
                                   store_conn_id=rp["store_conn_id"], error_dir=rp["error_dir"])
             return sent.output
 
-        @task(task_id="finalize", trigger_rule="none_failed")
+        @task(task_id="finalize", trigger_rule="none_failed", multiple_outputs=False)
         def finalize(replayed: list[dict[str, Any]] | None = None,
                      planned: list[dict[str, Any]] | None = None) -> dict[str, Any]:
             return summarize(rp, mapped_outputs(planned), mapped_outputs(replayed))

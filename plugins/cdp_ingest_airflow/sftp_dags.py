@@ -137,14 +137,16 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
             max_file_bytes=int(cfg["max_file_bytes"]), **conns,
         )
 
-        @task(task_id="transform")
+        # multiple_outputs=False: a returned dict is one XCom. Airflow infers multiple outputs from a dict return
+        # annotation and would push each key as an XCom of its own too (an execution-API call and a row per key).
+        @task(task_id="transform", multiple_outputs=False)
         def transform(ticket: dict[str, Any], logical_date: Any = None, dag_run: Any = None) -> dict[str, Any]:
             from cdp_ingest_airflow.manifest_operator import processing_time, stage_rows
 
             now = processing_time({"logical_date": logical_date, "dag_run": dag_run})
             return stage_rows(ticket, store_conn_id=cfg["store_conn_id"], now=now)
 
-        @task(task_id="validate")
+        @task(task_id="validate", multiple_outputs=False)
         def validate(staged: dict[str, Any]) -> dict[str, Any]:
             from cdp_ingest_airflow.operators import validate_stage
 
@@ -154,7 +156,7 @@ def build_dag(name: str, cfg: dict[str, Any]) -> DAG:
         staged = validate(transform(parse.output))
         load = ManifestLoadOperator(task_id="load", staged=staged, store_conn_id=cfg["store_conn_id"])
 
-        @task(task_id="finalize", trigger_rule="none_skipped")
+        @task(task_id="finalize", trigger_rule="none_skipped", multiple_outputs=False)
         def finalize(ti: Any = None, logical_date: Any = None, dag_run: Any = None) -> dict[str, Any]:
             from cdp_ingest_airflow.manifest_operator import finalize_import, processing_time
 
