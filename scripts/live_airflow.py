@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
@@ -64,11 +65,21 @@ class LiveAirflow:
         out.close()
 
     def boot(self, dag_id: str, timeout: float = 240) -> None:
-        """Migrate the metadata DB, start ``airflow standalone`` and wait until ``dag_id`` is parsed."""
+        """Migrate the metadata DB, start ``airflow standalone`` and wait until ``dag_id`` is parsed and the
+        API server answers on its task execution API."""
         self.cli("db", "migrate")
         self.start()
         self.wait("the DAG to be parsed", lambda: self.query("SELECT 1 FROM serialized_dag WHERE dag_id = ?", dag_id),
                   timeout=timeout)
+        self.wait("the API server", self.api_ready, timeout=timeout)
+
+    def api_ready(self) -> bool:
+        url = self.env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return r.status == 200
+        except OSError:
+            return False
 
     def stop(self) -> None:
         """SIGINT to standalone (it stops its components), then TERM to its own process group."""
