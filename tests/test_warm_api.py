@@ -23,12 +23,15 @@ def _without_warm_up(app):
     return app
 
 
-def test_the_execution_api_is_built_when_the_server_starts(airflow_db):
+def test_the_execution_api_is_built_when_the_server_starts(airflow_db, caplog):
+    import logging
+
     from airflow.api_fastapi.app import create_app
     from fastapi.testclient import TestClient
 
     from cdp_ingest_airflow.warm_api import WarmExecutionAPI
 
+    caplog.set_level(logging.INFO, logger="cdp_ingest_airflow.warm_api")
     app = create_app("all")
     assert any(m.cls is WarmExecutionAPI for m in app.user_middleware), "the plugin's middleware is not installed"
     execution = _execution_app(app)
@@ -37,6 +40,9 @@ def test_the_execution_api_is_built_when_the_server_starts(airflow_db):
         assert execution._cadwyn_initialized is True  # built by the startup, before any request
         assert app.state.cdp_execution_api_warm_up["status"] == 200
         assert client.get("/execution/health").json() == {"status": "healthy"}
+    assert any(r.name == "cdp_ingest_airflow.warm_api" and r.levelno == logging.INFO
+               and "execution API warmed at startup: GET /execution/health -> 200" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_without_the_middleware_the_first_request_builds_it(airflow_db):
