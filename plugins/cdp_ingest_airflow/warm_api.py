@@ -71,5 +71,6 @@ class WarmExecutionAPI:
         outcome = {"status": status[0] if status else None, "seconds": round(time.monotonic() - t0, 2)}
         if root is not None:
             root.state.cdp_execution_api_warm_up = outcome
-        log.info("execution API warmed at startup: GET %s -> %s in %.2f s", HEALTH_PATH, outcome["status"],
-                 outcome["seconds"])
+        if outcome["status"]:
+            log.info("execution API warmed at startup: GET %s -> %s in %.2f s", HEALTH_PATH, outcome["status"],
+                     outcome["seconds"])
