@@ -3,6 +3,7 @@ LocalExecutor) for the live tests and the partition benchmark; stopped by PID.""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
@@ -80,6 +82,28 @@ class LiveAirflow:
                 return r.status == 200
         except OSError:
             return False
+
+    def trigger(self, dag_id: str, run_id: str, conf: dict) -> dict:
+        """Trigger a run through the public REST API, as the UI's Trigger button does (no CLI process to
+        start): a token from ``GET /auth/token`` (every user an admin, see ``standalone_env``), then
+        ``POST /api/v2/dags/{dag_id}/dagRuns``. The created run, as the API answers it."""
+        base = f"http://127.0.0.1:{self.env['AIRFLOW__API__PORT']}"
+        with urllib.request.urlopen(f"{base}/auth/token", timeout=30) as r:
+            token = json.load(r)["access_token"]
+        req = urllib.request.Request(
+            f"{base}/api/v2/dags/{dag_id}/dagRuns", method="POST",
+            data=json.dumps({"dag_run_id": run_id, "logical_date": None, "conf": conf}).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.load(r)
+
+    def run_end(self, dag_id: str, run_id: str) -> tuple[str, datetime] | None:
+        """A finished run's state and end time (UTC, as the scheduler recorded it); None while it runs."""
+        rows = self.query("SELECT state, end_date FROM dag_run WHERE dag_id = ? AND run_id = ? "
+                          "AND state IN ('success', 'failed')", dag_id, run_id)
+        if not rows or rows[0][1] is None:
+            return None
+        return rows[0][0], datetime.fromisoformat(rows[0][1]).replace(tzinfo=UTC)
 
     def stop(self) -> None:
         """SIGINT to standalone (it stops its components), then TERM to its own process group."""

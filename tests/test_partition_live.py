@@ -137,6 +137,21 @@ def test_backfill_rerun_and_deadline_alert_with_the_real_scheduler(tmp_path, ope
         assert sum(e["loaded"] for e in entries) == len(expected)
         assert all(e["rows_in"] == e["loaded"] + e["rejected"] + e["duplicates"] for e in entries)
 
+        # a manual run for one more day, triggered through the REST API as the UI's Trigger button does
+        # (the day in its conf): its new events are loaded, those of the day before are duplicates
+        extra_day = DAYS[-1] + timedelta(days=1)
+        rows = [ev(n, extra_day) for n in range(55, 70)]
+        put(extra_day, "part-00000.parquet", rows)
+        run = af.trigger(dag_id, "rest-manual", {"date": str(extra_day)})
+        assert run["run_type"] == "manual" and run["conf"] == {"date": str(extra_day)}, run
+        state, end = af.wait("the REST-triggered run", lambda: af.run_end(dag_id, "rest-manual"), timeout=240)
+        assert state == "success" and end.tzinfo is not None and end <= datetime.now(UTC)
+        store.refresh([f"{prefix}event-*"])
+        assert store.count(f"{prefix}event-*") == len(expected) + 10  # insert_ids 60-69 are new
+        entry = [h["_source"] for h in store._request("POST", f"/{prefix}import-ledger/_search", body={
+            "size": 100})["hits"]["hits"] if f"/dt={extra_day}/" in h["_source"]["path"]]
+        assert [(e["rows_in"], e["loaded"], e["duplicates"]) for e in entry] == [(15, 10, 5)], entry
+
         # no deadline notification for any backfill run, still only the scheduled one
         assert len(deadline_notes()) == 1
     finally:
