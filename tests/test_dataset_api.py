@@ -159,6 +159,53 @@ def test_job_state_comes_from_the_run_and_the_job_document():
     assert (died["state"], died["error_code"]) == ("failure", "run_failed")
 
 
+def test_parsing_in_a_request_thread_keeps_the_importers_signal_warnings_out_of_the_log(tmp_path):
+    """The API server parses the dataset DAG file in a request thread, where Airflow's importer can set
+    neither its SIGSEGV handler nor its import timeout and says so (the second with a traceback): each
+    dataset created looked like a failure in the log. Only those two records of that thread are dropped."""
+    import logging
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    from cdp_ingest_airflow.dataset_api import _IMPORTER_LOGGER, quiet_thread_signal_warnings
+
+    dag_file = tmp_path / "tiny_dag.py"
+    dag_file.write_text("from airflow.sdk import DAG\n\nwith DAG('t_quiet_parse', schedule=None):\n    pass\n")
+    records: list[logging.LogRecord] = []
+    capture = logging.Handler(logging.DEBUG)
+    capture.emit = records.append  # type: ignore[method-assign]
+    importer = logging.getLogger(_IMPORTER_LOGGER)
+    importer.addHandler(capture)
+
+    def parse_in_a_thread(quiet: bool) -> list[str]:
+        records.clear()
+        bags: list = []
+
+        def parse() -> None:
+            with quiet_thread_signal_warnings() if quiet else contextlib.nullcontext():
+                bags.append(DagBag(dag_folder=str(dag_file)))
+                if quiet:  # another warning of the importer in the same thread is kept
+                    importer.warning("a warning of its own")
+
+        t = threading.Thread(target=parse)
+        t.start()
+        t.join()
+        assert list(bags[0].dags) == ["t_quiet_parse"] and not bags[0].import_errors  # parsed all the same
+        return [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+
+    try:
+        loud = parse_in_a_thread(quiet=False)  # what Airflow logs (if its words change, the filter must follow)
+        assert any(m.startswith("SIGSEGV signal handler registration failed") for m in loud), loud
+        assert any(m.startswith("timeout can't be used in the current context") for m in loud), loud
+        assert parse_in_a_thread(quiet=True) == ["a warning of its own"]
+        assert not importer.filters  # the filter goes with the parse
+        with quiet_thread_signal_warnings():  # the main thread: nothing is dropped
+            importer.warning("SIGSEGV signal handler registration failed. Not in the main thread")
+        assert [r.getMessage() for r in records][-1].startswith("SIGSEGV signal handler registration failed")
+    finally:
+        importer.removeHandler(capture)
+
+
 @contextlib.contextmanager
 def sqlite_locked(db: Path, seconds: float):
     """Another connection holds an exclusive lock on the SQLite metadata DB for ``seconds`` (what a scheduler

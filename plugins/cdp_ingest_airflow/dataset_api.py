@@ -23,9 +23,11 @@ The helpers below need Airflow's ORM but no FastAPI; ``create_app`` imports Fast
 
 # No "from __future__ import annotations": FastAPI must see the real types of the route parameters.
 
+import contextlib
 import logging
 import re
 import secrets
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,14 +97,52 @@ def register_dags(session) -> list[str]:
         raise DatasetError(f"no DAG bundle holds {DAG_FILE.name}", "internal")
     if not bundle.is_initialized:
         bundle.initialize()
-    bag = DagBag(dag_folder=str(Path(bundle.path) / DAG_FILE.name), bundle_path=Path(bundle.path),
-                 bundle_name=bundle.name)
+    with quiet_thread_signal_warnings():
+        bag = DagBag(dag_folder=str(Path(bundle.path) / DAG_FILE.name), bundle_path=Path(bundle.path),
+                     bundle_name=bundle.name)
     if bag.import_errors:
         raise DatasetError(f"the dataset DAG file failed to parse: {next(iter(bag.import_errors.values()))[-500:]}",
                            "internal")
     sync_bag_to_db(bag, bundle.name, bundle.version, session=session)
     session.flush()
     return sorted(bag.dags)
+
+
+# What Airflow's DAG importer logs when it parses a file outside the main thread, as a request thread of the
+# API server does here: that it cannot set its SIGSEGV handler or its import timeout (signals work in the main
+# thread only), the second with a traceback. On every dataset created or re-registered, that looked like a
+# failure in the API server's log; the file (this project's dataset DAG file) is parsed all the same.
+_IMPORTER_LOGGER = "airflow.dag_processing.importers.python_importer"
+_THREAD_SIGNAL_WARNINGS = ("SIGSEGV signal handler registration failed", "timeout can't be used in the current context")
+
+
+class _ThreadSignalWarnings(logging.Filter):
+    """Drops the importer's two signal warnings logged by one thread (``thread``: its ident)."""
+
+    def __init__(self, thread: int) -> None:
+        super().__init__()
+        self.thread = thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.thread == self.thread and isinstance(record.msg, str)
+                    and record.msg.startswith(_THREAD_SIGNAL_WARNINGS))
+
+
+@contextlib.contextmanager
+def quiet_thread_signal_warnings():
+    """Outside the main thread: keep the importer's two signal warnings (above) out of the log while this
+    thread parses a DAG file; every other record, and every other thread's, is logged as before. In the
+    main thread (where the importer sets its signals) nothing changes."""
+    if threading.current_thread() is threading.main_thread():
+        yield
+        return
+    logger = logging.getLogger(_IMPORTER_LOGGER)
+    only_here = _ThreadSignalWarnings(threading.get_ident())
+    logger.addFilter(only_here)
+    try:
+        yield
+    finally:
+        logger.removeFilter(only_here)
 
 
 def _dag_model(session, dag_id: str):
