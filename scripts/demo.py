@@ -149,13 +149,7 @@ def create_datasets(port: int, home: Path) -> tuple[object, dict[str, str]]:
     """Create the two datasets through the REST API (Airflow auth); returns the client and their first jobs."""
     from cdp_ingest.datasets.client import DatasetsClient
 
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(90):  # the api-server may still be starting
-        try:
-            with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=5):
-                break
-        except OSError:
-            time.sleep(2)
+    url = f"http://127.0.0.1:{port}"  # up: main() waited for it (wait_for_api)
     password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
     api = DatasetsClient(url, username="admin", password=password)
     jobs = {
@@ -276,6 +270,24 @@ def wait_for_dags(db: Path, dag_ids: list[str], proc: subprocess.Popen, timeout:
     raise RuntimeError(f"DAGs not parsed within {timeout:.0f} s: {dag_ids}")
 
 
+def wait_for_api(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Until the API server answers on the task execution API: a task started before it does retries its
+    first calls, and Airflow logs each retry as a warning ("Starting call to ... Client.request, this is the
+    2nd time calling it"), which in the demo's log read like trouble."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"airflow standalone exited with code {proc.returncode}; see its log")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/execution/health", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the API server did not answer within {timeout:.0f} s; see its log")
+
+
 def first_run(db: Path, dag_id: str, timeout: float) -> str | None:
     """The run the scheduler creates when a scheduled DAG is unpaused (its latest interval)."""
     deadline = time.monotonic() + timeout
@@ -372,6 +384,7 @@ def main() -> int:
         airflow("db", "migrate", env=env)
         proc = start_standalone(env, home / "standalone.log")
         wait_for_dags(home / "airflow.db", list(runs_cfg), proc)
+        wait_for_api(port, proc)
         if args.ui:
             sys.stdout.write(f"\nAirflow UI: http://127.0.0.1:{port}  user admin, password in "
                              f"{home}/simple_auth_manager_passwords.json.generated\n"
