@@ -20,14 +20,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from airflow_env import ROOT, airflow_env
-from devservices import Harness, _kill_groups, free_port
+from devservices import Harness, _http_ok, _kill_groups, free_port
 
 log = logging.getLogger("demo")
 RUN = ROOT / ".run"
@@ -254,38 +253,34 @@ def stop_standalone(proc: subprocess.Popen) -> None:
     _kill_groups([proc.pid], grace=5)
 
 
-def wait_for_dags(db: Path, dag_ids: list[str], proc: subprocess.Popen, timeout: float = 180) -> None:
+def wait_until(what: str, ready: Callable[[], bool], proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Until ``ready()``, while ``airflow standalone`` runs; ``what`` names the wait in its error."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"airflow standalone exited with code {proc.returncode}; see its log")
+        if ready():
+            return
+        time.sleep(1)
+    raise RuntimeError(f"waited {timeout:.0f} s for {what}; see Airflow's log")
+
+
+def wait_for_dags(db: Path, dag_ids: list[str], proc: subprocess.Popen) -> None:
+    def parsed() -> bool:
         try:
             with sqlite3.connect(db) as c:
-                found = {r[0] for r in c.execute("SELECT dag_id FROM serialized_dag")}
-            if set(dag_ids) <= found:
-                return
+                return set(dag_ids) <= {r[0] for r in c.execute("SELECT dag_id FROM serialized_dag")}
         except sqlite3.Error:
-            pass
-        time.sleep(2)
-    raise RuntimeError(f"DAGs not parsed within {timeout:.0f} s: {dag_ids}")
+            return False
+
+    wait_until(f"the DAGs to be parsed ({', '.join(dag_ids)})", parsed, proc)
 
 
-def wait_for_api(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+def wait_for_api(port: int, proc: subprocess.Popen) -> None:
     """Until the API server answers on the task execution API: a task started before it does retries its
     first calls, and Airflow logs each retry as a warning ("Starting call to ... Client.request, this is the
     2nd time calling it"), which in the demo's log read like trouble."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"airflow standalone exited with code {proc.returncode}; see its log")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/execution/health", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"the API server did not answer within {timeout:.0f} s; see its log")
+    wait_until("the API server to answer", lambda: _http_ok(f"http://127.0.0.1:{port}/execution/health"), proc)
 
 
 def first_run(db: Path, dag_id: str, timeout: float) -> str | None:
